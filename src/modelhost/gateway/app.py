@@ -1,0 +1,178 @@
+"""The gateway: the one ASGI app `modelhost serve` runs.
+
+Model routes take the hot path (`model_routes`); `/console/...`, `/healthz` and `/metrics` go
+to the console app. On start it spawns the workers of every active version; while running it
+records each version's state in the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sys
+from typing import Any
+
+from modelhost.auth.passwords import hash_password
+from modelhost.auth.tokens import TokenService
+from modelhost.gateway.auth import Authenticator
+from modelhost.gateway.console import Console
+from modelhost.gateway.deployer import Deployer
+from modelhost.gateway.model_routes import ModelRoutes
+from modelhost.gateway.routes import ModelEntry, RouteTable
+from modelhost.registry import ModelRow, Registry, VersionRow
+from modelhost.runtime.supervisor import Supervisor, VersionInfo, VersionWorkers
+from modelhost.settings import Settings
+from modelhost.store import ObjectStore, open_store
+from modelhost.types import Receive, Scope, Send
+
+log = logging.getLogger("modelhost.gateway")
+_CONSOLE_PATHS = ("/console/", "/healthz", "/metrics")
+
+
+class Gateway:
+    def __init__(
+        self, settings: Settings, registry: Registry, store: ObjectStore, tokens: TokenService
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.tokens = tokens
+        self.routes = RouteTable()
+        self.supervisor = Supervisor(settings, self._version_changed)
+        self.auth = Authenticator(tokens, registry, settings.revocation_poll_s)
+        self.deployer = Deployer(self)
+        self._console = Console(self).app()
+        self._models = ModelRoutes(self)
+        self._boot_task: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if scope["path"].startswith(_CONSOLE_PATHS):
+                await self._console(scope, receive, send)
+            else:
+                await self._models(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        await asyncio.to_thread(self.auth.refresh_revocations)
+        self.auth.start()
+        active = await asyncio.to_thread(self.registry.list_active_versions)
+        starts = [self.start_version(a.model, a.version, a.replicas) for a in active]
+        if starts:
+            log.info("starting %d model version(s)", len(starts))
+            self._boot_task = asyncio.get_running_loop().create_task(_gather(starts))
+
+    async def shutdown(self) -> None:
+        await self.auth.stop()
+        await self.supervisor.shutdown()
+
+    async def start_version(self, model: ModelRow, version: VersionRow, replicas: int) -> VersionWorkers:
+        entry = self.routes.add(
+            ModelEntry(model.id, model.prefix_key, model.name, model.deployment_key)
+        )
+        info = VersionInfo(
+            version_id=version.id, model_id=model.id, prefix=model.prefix_key, name=model.name,
+            version=version.version, deployment=model.deployment_key, store_key=version.store_key,
+            model_json=version.model_json, traffic_weight=version.traffic_weight,
+        )
+        workers = VersionWorkers(info, replicas, self.settings, self._version_changed)
+        entry.versions[version.version] = workers
+        self.supervisor.versions[version.id] = workers
+        await workers.start()
+        return workers
+
+    def _version_changed(self, workers: VersionWorkers) -> None:
+        info, state = workers.info, workers.state
+        error = workers.reason if state == "failed" else None
+        log.info("%s/%s v%d is %s%s", info.prefix, info.name, info.version, state,
+                 f": {error}" if error else "")
+        loop = asyncio.get_running_loop()
+        loop.run_in_executor(None, self.registry.set_version_state, info.version_id, state, error)
+
+    def model_meta(self, entry: ModelEntry, workers: VersionWorkers) -> dict[str, Any]:
+        info = workers.info
+        return {
+            "model_id": entry.model_id,
+            "name": entry.name,
+            "prefix": entry.prefix,
+            "version": info.version,
+            "deployment": entry.deployment,
+            "state": workers.state,
+            "reason": workers.reason,
+            "model_json": info.model_json,
+            "hooks": workers.hooks,
+            "pod_name": workers.pod_name,
+            "replicas": len(workers.replicas),
+            "versions": {f"v{n}": w.state for n, w in sorted(entry.versions.items())},
+        }
+
+    def metrics_text(self) -> str:
+        lines = [
+            "# HELP modelhost_requests_total Model requests received by the gateway.",
+            "# TYPE modelhost_requests_total counter",
+        ]
+        errors = [
+            "# HELP modelhost_request_errors_total Model requests answered with an error.",
+            "# TYPE modelhost_request_errors_total counter",
+        ]
+        for e in self.routes.entries():
+            labels = f'prefix="{e.prefix}",model="{e.name}"'
+            lines.append(f"modelhost_requests_total{{{labels}}} {e.requests}")
+            errors.append(f"modelhost_request_errors_total{{{labels}}} {e.errors}")
+        return "\n".join(lines + errors) + "\n"
+
+
+async def _gather(coros: list[Any]) -> None:
+    results = await asyncio.gather(*coros, return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception):
+            log.error("a model version failed to start: %s", result)
+
+
+def bootstrap_admin(settings: Settings, registry: Registry) -> None:
+    """The first start creates the admin account; a generated password is printed once."""
+    if registry.count_users() > 0:
+        return
+    password = settings.admin_password
+    generated = not password
+    if generated:
+        password = secrets.token_urlsafe(12)
+    registry.create_user(settings.admin_email, hash_password(password), is_admin=True)
+    if generated:
+        print(
+            f"\nCreated the admin account {settings.admin_email} with password: {password}\n"
+            "It is shown only this once (set MODELHOST_ADMIN_PASSWORD to choose it).\n",
+            file=sys.stderr, flush=True,
+        )
+
+
+def build_gateway(settings: Settings) -> Gateway:
+    settings.home.mkdir(parents=True, exist_ok=True)
+    registry = Registry(settings.database_url)
+    registry.migrate()
+    bootstrap_admin(settings, registry)
+    tokens = TokenService(
+        settings.load_jwt_secret(), access_ttl_s=settings.access_token_ttl_s,
+        refresh_ttl_s=settings.refresh_token_ttl_s, session_ttl_s=settings.session_token_ttl_s,
+    )
+    store = open_store(settings.store_url, settings.s3_endpoint_url)
+    return Gateway(settings, registry, store, tokens)

@@ -1,0 +1,41 @@
+"""The one place where domain errors become HTTP answers."""
+
+from __future__ import annotations
+
+import orjson
+
+from modelhost import errors as e
+
+_STATUS: list[tuple[type[e.ModelhostError], int]] = [
+    (e.BadRequest, 400),
+    (e.Unauthorized, 401),
+    (e.Forbidden, 403),
+    (e.NotFound, 404),
+    (e.Conflict, 409),
+    (e.PayloadTooLarge, 413),
+    (e.UnsupportedMediaType, 415),
+    (e.TooManyRequests, 429),
+    (e.PredictFailed, 500),
+    (e.ModelNotReady, 503),
+    (e.WorkerUnavailable, 503),
+]
+
+
+def status_of(error: e.ModelhostError) -> int:
+    for cls, status in _STATUS:
+        if isinstance(error, cls):
+            return status
+    return 500
+
+
+def error_body(error: e.ModelhostError) -> bytes:
+    return orjson.dumps({"error": {"type": error.code, "message": error.message}})
+
+
+def error_headers(error: e.ModelhostError) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", b"application/json")]
+    if isinstance(error, e.TooManyRequests):
+        headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
+    if isinstance(error, e.Unauthorized):
+        headers.append((b"www-authenticate", b'Bearer realm="modelhost"'))
+    return headers

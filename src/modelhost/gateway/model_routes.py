@@ -1,0 +1,205 @@
+"""The hot path: one model request from the HTTP client to its worker and back.
+
+Raw ASGI on purpose: no framework request/response objects, one pass over the headers,
+a cached token check, the in-memory route table, one frame to the worker over a persistent
+socket. Everything that can be computed once (x-prt-* headers) is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from modelhost.errors import ModelhostError, ModelNotReady, NotFound, WorkerUnavailable
+from modelhost.gateway import body as bodies
+from modelhost.gateway.http_errors import error_body, error_headers, status_of
+from modelhost.gateway.routes import Match, ModelEntry
+from modelhost.runtime.channel import Head, Stream
+from modelhost.runtime.supervisor import VersionWorkers
+from modelhost.types import Headers, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from modelhost.gateway.app import Gateway
+
+access_log = logging.getLogger("modelhost.access")
+
+
+class ModelRoutes:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.limit = gateway.settings.max_body_bytes
+        self.sample = gateway.settings.access_log_sample
+        self._ids = itertools.count(1)
+        self._boot = os.urandom(4).hex()
+        self._prt_headers: dict[int, Headers] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        n = next(self._ids)
+        request_id = f"{self._boot}-{n:x}".encode()
+        authorization = content_type = encoding = length = None
+        for key, value in scope["headers"]:
+            if key == b"authorization":
+                authorization = value
+            elif key == b"content-type":
+                content_type = value
+            elif key == b"content-length":
+                length = value
+            elif key == b"content-encoding":
+                encoding = value
+            elif key == b"x-request-id":
+                request_id = value[:128]
+        entry: ModelEntry | None = None
+        try:
+            match = self.gw.routes.resolve(scope["path"])
+            if match is None:
+                raise NotFound(_unknown_model_message(scope["path"]))
+            entry = match.entry
+            entry.requests += 1
+            principal = await self.gw.auth.authenticate(authorization)
+            self.gw.auth.authorize(principal, entry)
+            workers = _pick_version(match)
+            if b"get_meta=true" in scope["query_string"]:
+                await self._send_meta(send, entry, workers, request_id)
+                return
+            channel = workers.pick() if workers.state == "ready" else None
+            if channel is None:
+                raise _not_ready(entry, workers)
+            body = await bodies.read_body(receive, self.limit, int(length) if length else None)
+            if encoding:
+                body = bodies.decode(body, encoding.decode("latin-1"), self.limit)
+            fut = channel.request(
+                scope["method"], match.subpath, scope["query_string"].decode("latin-1"),
+                content_type.decode("latin-1") if content_type else "", body,
+            )
+            reply = await fut
+            headers = self._headers(entry, workers) + [(b"x-request-id", request_id)]
+            if isinstance(reply, Stream):
+                await _send_stream(reply, headers, receive, send)
+            else:
+                await _send_reply(reply[0], reply[1], headers, encoding, send)
+        except ModelhostError as exc:
+            if entry is not None:
+                entry.errors += 1
+            await _send_error(send, exc, request_id)
+        if self.sample and n % self.sample == 0:
+            access_log.info("%s %s %s", scope["method"], scope["path"], request_id.decode())
+
+    def _headers(self, entry: ModelEntry, workers: VersionWorkers) -> Headers:
+        key = workers.info.version_id
+        cached = self._prt_headers.get(key)
+        if cached is None or not cached[3][1]:
+            info = workers.info
+            cached = [
+                (b"x-prt-model-id", str(entry.model_id).encode()),
+                (b"x-prt-model-version", str(info.version).encode()),
+                (b"x-prt-model-deployment-key", entry.deployment.encode()),
+                (b"x-prt-pod-name", workers.pod_name.encode()),
+                (b"x-prt-model-prefix", entry.prefix.encode()),
+                (b"x-prt-model-name", entry.name.encode()),
+                (b"x-prt-traffic-weight", str(info.traffic_weight).encode()),
+            ]
+            self._prt_headers[key] = cached
+        return cached
+
+    async def _send_meta(
+        self, send: Send, entry: ModelEntry, workers: VersionWorkers, request_id: bytes
+    ) -> None:
+        body = orjson.dumps(self.gw.model_meta(entry, workers))
+        headers = self._headers(entry, workers) + [
+            (b"content-type", b"application/json"), (b"x-request-id", request_id),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _pick_version(match: Match) -> VersionWorkers:
+    entry = match.entry
+    if match.version is not None:
+        workers = entry.versions.get(match.version)
+        if workers is None:
+            known = ", ".join(f"v{v}" for v in sorted(entry.versions)) or "none"
+            raise NotFound(
+                f"{entry.prefix}/{entry.name} has no version {match.version} (versions: {known})"
+            )
+        return workers
+    workers = entry.latest_ready() or entry.latest()
+    if workers is None:
+        raise ModelNotReady(f"{entry.prefix}/{entry.name} has no deployed version yet")
+    return workers
+
+
+def _not_ready(entry: ModelEntry, workers: VersionWorkers) -> ModelhostError:
+    where = f"{entry.prefix}/{entry.name} v{workers.info.version}"
+    if workers.state == "failed":
+        return ModelNotReady(f"{where} failed to start: {workers.reason}")
+    if workers.state == "stopped":
+        return WorkerUnavailable(f"{where} is stopped")
+    return ModelNotReady(f"{where} is loading" + (f" ({workers.reason})" if workers.reason else ""))
+
+
+def _unknown_model_message(path: str) -> str:
+    return (
+        f"no model at '{path}'; model URLs look like /<prefix>/<model>/ or "
+        "/<prefix>/<model>/<version>/ and end with '/'"
+    )
+
+
+async def _send_reply(
+    head: Head, body: bytes, headers: Headers, encoding: bytes | None, send: Send
+) -> None:
+    headers.append((b"content-type", head.content_type.encode()))
+    if head.headers:
+        headers.extend((k.encode(), v.encode()) for k, v in head.headers.items())
+    if encoding:
+        name = encoding.decode("latin-1").strip().lower()
+        body = bodies.encode(body, name)
+        headers.append((b"content-encoding", name.encode()))
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": head.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_stream(stream: Stream, headers: Headers, receive: Receive, send: Send) -> None:
+    headers.append((b"content-type", stream.head.content_type.encode()))
+    headers.append((b"cache-control", b"no-cache"))
+    headers.append((b"x-accel-buffering", b"no"))
+    if stream.head.headers:
+        headers.extend((k.encode(), v.encode()) for k, v in stream.head.headers.items())
+    watcher = asyncio.get_running_loop().create_task(_wait_disconnect(receive, stream))
+    try:
+        await send({"type": "http.response.start", "status": stream.head.status, "headers": headers})
+        try:
+            async for chunk in stream:
+                if stream.done:
+                    break
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except ModelhostError as exc:
+            # Headers are gone already: the error becomes the stream's last piece.
+            await send({"type": "http.response.body", "body": b"\n" + error_body(exc), "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        watcher.cancel()
+        stream.close()
+
+
+async def _wait_disconnect(receive: Receive, stream: Stream) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        while True:
+            message: Any = await receive()
+            if message["type"] == "http.disconnect":
+                stream.close()
+                return
+
+
+async def _send_error(send: Send, exc: ModelhostError, request_id: bytes) -> None:
+    headers = error_headers(exc) + [(b"x-request-id", request_id)]
+    with contextlib.suppress(Exception):
+        await send({"type": "http.response.start", "status": status_of(exc), "headers": headers})
+        await send({"type": "http.response.body", "body": error_body(exc)})

@@ -1,0 +1,92 @@
+"""The in-memory route table: URL path → model, version and sub-path. No registry query per request.
+
+Model URLs are `/{prefix...}/{model}/{version?}/{subpath?}` where the prefix may span several
+segments and `version` is `v3` or `3`. A segment that looks like a version is taken as one only
+when the rest is empty or is itself an API path (`v1/...`), so `/p/m/v1/chat/completions`
+is the versionless model's OpenAI route while `/p/m/v1/` is version 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from modelhost.runtime.supervisor import VersionWorkers
+
+
+@dataclass
+class ModelEntry:
+    model_id: int
+    prefix: str
+    name: str
+    deployment: str
+    versions: dict[int, VersionWorkers] = field(default_factory=dict)
+    requests: int = 0
+    errors: int = 0
+
+    def latest_ready(self) -> VersionWorkers | None:
+        for number in sorted(self.versions, reverse=True):
+            workers = self.versions[number]
+            if workers.state == "ready":
+                return workers
+        return None
+
+    def latest(self) -> VersionWorkers | None:
+        return self.versions[max(self.versions)] if self.versions else None
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    entry: ModelEntry
+    version: int | None
+    subpath: str
+
+
+def _version_number(segment: str) -> int | None:
+    digits = segment[1:] if segment[:1] in ("v", "V") else segment
+    return int(digits) if digits.isdigit() else None
+
+
+class RouteTable:
+    def __init__(self) -> None:
+        self._by_key: dict[str, ModelEntry] = {}
+        self._by_id: dict[int, ModelEntry] = {}
+        self._prefixes: set[str] = set()
+
+    def add(self, entry: ModelEntry) -> ModelEntry:
+        key = f"{entry.prefix}/{entry.name}"
+        existing = self._by_key.get(key)
+        if existing is not None:
+            existing.deployment = entry.deployment
+            return existing
+        self._by_key[key] = entry
+        self._by_id[entry.model_id] = entry
+        self._prefixes.add(entry.prefix)
+        return entry
+
+    def by_id(self, model_id: int) -> ModelEntry | None:
+        return self._by_id.get(model_id)
+
+    def entries(self) -> list[ModelEntry]:
+        return list(self._by_key.values())
+
+    def has_prefix(self, prefix: str) -> bool:
+        return prefix in self._prefixes
+
+    def resolve(self, path: str) -> Match | None:
+        segments = path.strip("/").split("/")
+        by_key = self._by_key
+        for i in range(1, len(segments)):
+            entry = by_key.get("/".join(segments[: i + 1]))
+            if entry is not None:
+                return _split_rest(entry, segments[i + 1 :])
+        return None
+
+
+def _split_rest(entry: ModelEntry, rest: list[str]) -> Match:
+    if rest and rest[-1] == "":
+        rest = rest[:-1]
+    if rest:
+        number = _version_number(rest[0])
+        if number is not None and (len(rest) == 1 or rest[1][:1] in ("v", "V")):
+            return Match(entry, number, "/".join(rest[1:]))
+    return Match(entry, None, "/".join(rest))

@@ -1,0 +1,175 @@
+"""Loading a user's `model.py`, and checking its contract before anything runs.
+
+Two checks, both naming the file, the hook and the fix:
+- `check_folder` (at deploy, in the gateway): model.json parses, model.py compiles and
+  defines `predict` — cheap, imports nothing of the user's.
+- `load_model` (in the worker): imports model.py under its own module name and validates
+  the hooks' signatures.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import inspect
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from modelhost.errors import InvalidModelFolder
+
+HOOKS = ("init", "predict", "cleanup")
+_SIGNATURES = {
+    "init": "async def init(model_meta=None, *args, **kwargs)",
+    "predict": "async def predict(payload_dict: dict, **kwargs)",
+    "cleanup": "async def cleanup(model_meta=None, *args, **kwargs)",
+}
+
+
+@dataclass(frozen=True)
+class FolderCheck:
+    model_json: dict[str, Any]
+    hooks: list[str]
+    has_model_py: bool
+
+
+def read_model_json(folder: Path) -> dict[str, Any]:
+    path = folder / "model.json"
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except json.JSONDecodeError as exc:
+        raise InvalidModelFolder(
+            f"model.json, line {exc.lineno}: not valid JSON ({exc.msg}); fix the file and deploy again"
+        ) from None
+    if not isinstance(data, dict):
+        raise InvalidModelFolder("model.json must hold a JSON object, e.g. {\"download_files_from\": \"cache/x/\"}")
+    return data
+
+
+def check_folder(folder: Path) -> FolderCheck:
+    """Validate a model folder at deploy time without importing it."""
+    model_json = read_model_json(folder)
+    source_path = folder / "model.py"
+    if not source_path.exists():
+        if "llm" in model_json:
+            return FolderCheck(model_json, [], has_model_py=False)
+        raise InvalidModelFolder(
+            "the folder has no model.py; add one defining "
+            f"`{_SIGNATURES['predict']}` (or a model.json with an \"llm\" section)"
+        )
+    hooks = _hooks_in_source(source_path.read_text(encoding="utf-8"), "model.py")
+    if "predict" not in hooks and "llm" not in model_json:
+        raise InvalidModelFolder(
+            f"model.py defines no `predict` hook; add `{_SIGNATURES['predict']}` at module level"
+        )
+    return FolderCheck(model_json, hooks, has_model_py=True)
+
+
+def _hooks_in_source(source: str, filename: str) -> list[str]:
+    try:
+        tree = ast.parse(source, filename=filename)
+    except SyntaxError as exc:
+        line = (exc.text or "").strip()
+        raise InvalidModelFolder(
+            f"{filename}, line {exc.lineno}: SyntaxError: {exc.msg}"
+            + (f" -> {line!r}" if line else "")
+            + "; fix it and deploy again",
+            file=filename,
+            line=exc.lineno,
+        ) from None
+    names = {
+        node.name
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+    return [h for h in HOOKS if h in names]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """The hooks of an imported model.py; `predict` may be sync, async or an async generator."""
+
+    module: ModuleType
+    predict: Callable[..., Any]
+    init: Callable[..., Any] | None
+    cleanup: Callable[..., Any] | None
+
+    @property
+    def hooks(self) -> list[str]:
+        return [h for h in HOOKS if getattr(self, h) is not None]
+
+
+def load_model(folder: Path, module_name: str) -> LoadedModel:
+    """Import `folder/model.py` as `module_name` and validate its hooks."""
+    path = folder / "model.py"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise InvalidModelFolder(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError:
+        _hooks_in_source(path.read_text(encoding="utf-8"), "model.py")
+        raise
+    except BaseException as exc:
+        sys.modules.pop(module_name, None)
+        raise InvalidModelFolder(
+            f"model.py failed while importing: {type(exc).__name__}: {exc}{_user_line(exc, path)}; "
+            "fix the import (is the package installed in the worker's environment?)"
+        ) from exc
+    hooks = {name: getattr(module, name, None) for name in HOOKS}
+    for name, fn in hooks.items():
+        if fn is not None and not callable(fn):
+            raise InvalidModelFolder(f"model.py: `{name}` is not a function; define `{_SIGNATURES[name]}`")
+    predict = hooks["predict"]
+    if predict is None:
+        raise InvalidModelFolder(f"model.py defines no `predict` hook; add `{_SIGNATURES['predict']}`")
+    _check_takes_payload(predict)
+    for name in ("init", "cleanup"):
+        if hooks[name] is not None:
+            _check_takes_model_meta(name, hooks[name])
+    return LoadedModel(module, predict, hooks["init"], hooks["cleanup"])
+
+
+def _check_takes_payload(fn: Callable[..., Any]) -> None:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    params = list(sig.parameters.values())
+    positional = [
+        p for p in params
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    if not positional:
+        raise InvalidModelFolder(
+            f"model.py: `predict{sig}` takes no payload argument; define `{_SIGNATURES['predict']}`"
+        )
+
+
+def _check_takes_model_meta(name: str, fn: Callable[..., Any]) -> None:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    params = sig.parameters
+    if "model_meta" in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return
+    raise InvalidModelFolder(
+        f"model.py: `{name}{sig}` cannot take model_meta=...; define `{_SIGNATURES[name]}`"
+    )
+
+
+def _user_line(exc: BaseException, path: Path) -> str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+    return f" (model.py, line {frames[-1].lineno})" if frames else ""

@@ -1,0 +1,51 @@
+"""Getting a model version ready in its worker: files in place, then the right runner."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from modelhost.runtime.loader import load_model, read_model_json
+from modelhost.runtime.meta import ModelMeta
+from modelhost.runtime.runner import PythonModelRunner, Runner
+from modelhost.runtime.spec import WorkerSpec
+
+log = logging.getLogger("modelhost.worker")
+
+
+def sync_files(spec: WorkerSpec) -> None:
+    """Fetch the model folder and its `download_files_from` files (only what changed)."""
+    from modelhost.store import LogSyncProgress, open_store, sync_prefix
+
+    store = open_store(spec.store_url, spec.s3_endpoint_url)
+    version_dir = Path(spec.version_dir)
+    version_dir.mkdir(parents=True, exist_ok=True)
+    sync_prefix(store, spec.store_key, version_dir)
+    if spec.download_from:
+        target = Path(spec.download_to)
+        target.mkdir(parents=True, exist_ok=True)
+        log.info("syncing %s -> %s", spec.download_from, target)
+        report = sync_prefix(store, spec.download_from, target, LogSyncProgress())
+        log.info(
+            "synced %s: %d downloaded, %d already present",
+            spec.download_from, len(report.downloaded), len(report.skipped),
+        )
+
+
+async def load_runner(spec: WorkerSpec) -> Runner:
+    await asyncio.to_thread(sync_files, spec)
+    folder = Path(spec.version_dir)
+    model_json = read_model_json(folder)
+    meta = ModelMeta(
+        model_id=spec.model_id, name=spec.name, prefix=spec.prefix, version=spec.version,
+        deployment=spec.deployment, cache_dir=spec.download_to, model_dir=str(folder),
+        pod_name=spec.pod_name, model_json=model_json,
+    )
+    if (folder / "model.py").exists():
+        module_name = f"modelhost_model_{spec.model_id}_v{spec.version}"
+        model = await asyncio.to_thread(load_model, folder, module_name)
+        return PythonModelRunner(model, meta)
+    from modelhost.llm.runner import build_llm_runner  # no model.py: a no-code LLM folder
+
+    return await build_llm_runner(meta)

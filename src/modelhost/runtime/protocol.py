@@ -1,0 +1,90 @@
+"""The framed protocol between the gateway and a worker process.
+
+One persistent Unix-socket connection carries many requests at once; each frame names its
+request id, so responses are matched to waiting futures in any order. A frame is::
+
+    u32 length | u8 kind | u32 request id | u32 header length | header JSON | body bytes
+
+The header is small JSON (orjson); the body is raw bytes (a request's JSON, a response, a
+stream chunk). Errors travel as ``ERROR`` frames whose header is ``{"type", "message"}``
+(see `modelhost.errors.from_wire`), never as pickled exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable
+from enum import IntEnum
+from typing import Any
+
+import orjson
+
+_PREFIX = struct.Struct("!IBII")  # length, kind, request id, header length
+PREFIX_SIZE = _PREFIX.size
+MAX_FRAME = 1 << 31
+
+
+class Kind(IntEnum):
+    REQUEST = 1  # gateway -> worker: header {m, p, q, ct, h}, body = request body
+    RESPONSE = 2  # worker -> gateway: header {s, ct, h}, body = whole response
+    STREAM_START = 3  # worker -> gateway: header {s, ct, h}; CHUNK frames follow
+    CHUNK = 4  # worker -> gateway: body = next piece of a streamed response
+    STREAM_END = 5  # worker -> gateway: end of stream; header may carry an error
+    ERROR = 6  # worker -> gateway: header {type, message}
+    CANCEL = 7  # gateway -> worker: the client went away
+    STATE = 8  # worker -> gateway: header {state, reason, hooks, pod}
+
+
+def encode(kind: Kind, rid: int, header: Any = None, body: bytes = b"") -> bytes:
+    head = orjson.dumps(header) if header is not None else b""
+    return (
+        _PREFIX.pack(PREFIX_SIZE - 4 + len(head) + len(body), kind, rid, len(head))
+        + head
+        + body
+    )
+
+
+FrameHandler = Callable[[Kind, int, Any, bytes], None]
+
+
+class FrameProtocol(asyncio.Protocol):
+    """Splits a byte stream into frames and hands each to `on_frame`.
+
+    An ``asyncio.Protocol`` rather than streams: on the hot path this saves a task switch
+    and a buffer copy per frame.
+    """
+
+    def __init__(self, on_frame: FrameHandler, on_lost: Callable[[Exception | None], None]):
+        self._on_frame = on_frame
+        self._on_lost = on_lost
+        self._buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        offset = 0
+        end = len(buf)
+        while end - offset >= PREFIX_SIZE:
+            length, kind, rid, hlen = _PREFIX.unpack_from(buf, offset)
+            total = length + 4
+            if end - offset < total:
+                break
+            start = offset + PREFIX_SIZE
+            header = orjson.loads(buf[start : start + hlen]) if hlen else None
+            body = bytes(buf[start + hlen : offset + total])
+            offset += total
+            self._on_frame(Kind(kind), rid, header, body)
+        if offset:
+            del buf[:offset]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_lost(exc)
+
+    def send(self, frame: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frame)

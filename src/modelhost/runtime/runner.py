@@ -1,0 +1,125 @@
+"""Runs a loaded model's hooks for the worker: `init` once, `predict` per request, `cleanup`.
+
+A runner turns a `WorkRequest` into a `Reply` (one body) or a `StreamReply` (chunks). The
+worker's socket server knows nothing about models; the model knows nothing about sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from modelhost.errors import BadRequest, NotFound, PredictFailed
+from modelhost.runtime.codec import decode_payload, encode_chunk, encode_result
+from modelhost.runtime.loader import LoadedModel
+from modelhost.runtime.meta import ModelMeta
+
+
+@dataclass(frozen=True, slots=True)
+class WorkRequest:
+    method: str
+    subpath: str
+    query: str
+    content_type: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    body: bytes
+    content_type: str = "application/json"
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReply:
+    chunks: AsyncIterator[bytes]
+    content_type: str = "text/plain; charset=utf-8"
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Runner(Protocol):
+    hooks: list[str]
+
+    async def start(self) -> None: ...
+
+    async def handle(self, request: WorkRequest) -> Reply | StreamReply: ...
+
+    async def stop(self) -> None: ...
+
+
+class PythonModelRunner:
+    """A user's model.py. Sync hooks run in a thread pool; async hooks on the worker's loop."""
+
+    def __init__(self, model: LoadedModel, meta: ModelMeta, threads: int = 4) -> None:
+        self.model = model
+        self.meta = meta
+        self.hooks = model.hooks
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="predict")
+        self._predict_kind = _kind(model.predict)
+
+    async def start(self) -> None:
+        if self.model.init is not None:
+            await self._call(self.model.init, model_meta=self.meta)
+
+    async def stop(self) -> None:
+        if self.model.cleanup is not None:
+            await self._call(self.model.cleanup, model_meta=self.meta)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def handle(self, request: WorkRequest) -> Reply | StreamReply:
+        if request.subpath:
+            raise NotFound(
+                f"this model serves its URL only, not '{request.subpath}'; "
+                "remove the extra path (OpenAI routes exist for LLM models)"
+            )
+        payload = decode_payload(request.body, request.content_type)
+        if self._predict_kind == "asyncgen":
+            return StreamReply(_stream(self.model.predict(payload)))
+        try:
+            if self._predict_kind == "async":
+                result = await self.model.predict(payload)
+            else:
+                result = await self._call(self.model.predict, payload)
+        except BadRequest:
+            raise
+        except Exception as exc:
+            raise PredictFailed(f"predict raised {type(exc).__name__}: {exc}") from exc
+        if inspect.isasyncgen(result):
+            return StreamReply(_stream(result))
+        try:
+            body, content_type = encode_result(result)
+        except TypeError as exc:
+            raise PredictFailed(str(exc)) from exc
+        return Reply(body, content_type)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args, **kwargs)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+
+def _kind(fn: Callable[..., Any]) -> str:
+    if inspect.isasyncgenfunction(fn):
+        return "asyncgen"
+    if inspect.iscoroutinefunction(fn):
+        return "async"
+    return "sync"
+
+
+async def _stream(gen: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    try:
+        async for item in gen:
+            yield encode_chunk(item)
+    except Exception as exc:
+        raise PredictFailed(f"predict raised {type(exc).__name__} while streaming: {exc}") from exc

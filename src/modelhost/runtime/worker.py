@@ -1,0 +1,181 @@
+"""The worker process of one model version: `python -m modelhost.runtime.worker SPEC.json`.
+
+It listens on its Unix socket at once (so the gateway can watch it load), fetches the model
+folder and the `download_files_from` files into place, imports model.py, runs `init`, then
+serves framed requests until SIGTERM, when it runs `cleanup`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from modelhost.errors import ModelhostError, ModelNotReady
+from modelhost.runtime.protocol import FrameProtocol, Kind, encode
+from modelhost.runtime.runner import Reply, Runner, StreamReply, WorkRequest
+from modelhost.runtime.spec import WorkerSpec
+
+log = logging.getLogger("modelhost.worker")
+
+
+class WorkerServer:
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.state = "loading"
+        self.reason = ""
+        self.hooks: list[str] = []
+        self.runner: Runner | None = None
+        self.conns: set[_Conn] = set()
+
+    def state_header(self) -> dict[str, Any]:
+        return {
+            "state": self.state, "reason": self.reason, "hooks": self.hooks,
+            "pod": self.spec.pod_name, "pid": os.getpid(),
+        }
+
+    def set_state(self, state: str, reason: str = "") -> None:
+        self.state, self.reason = state, reason
+        frame = encode(Kind.STATE, 0, self.state_header())
+        for conn in list(self.conns):
+            conn.send(frame)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        path = self.spec.socket_path
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        server = await loop.create_unix_server(lambda: _Conn(self), path)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.prepare()
+        await stop.wait()
+        server.close()
+        if self.runner is not None and self.state == "ready":
+            try:
+                await self.runner.stop()
+            except Exception:
+                log.exception("cleanup of %s failed", self.spec.name)
+
+    async def prepare(self) -> None:
+        from modelhost.runtime.prepare import load_runner
+
+        try:
+            self.runner = await load_runner(self.spec)
+            self.hooks = self.runner.hooks
+            self.set_state("loading", "running init()")
+            await self.runner.start()
+        except ModelhostError as exc:
+            log.error("%s v%s failed to load: %s", self.spec.name, self.spec.version, exc.message)
+            self.set_state("failed", exc.message)
+            return
+        except BaseException as exc:
+            log.exception("%s v%s failed to load", self.spec.name, self.spec.version)
+            self.set_state("failed", f"init() raised {type(exc).__name__}: {exc}")
+            if not isinstance(exc, Exception):
+                raise
+            return
+        log.info("%s v%s ready (hooks: %s)", self.spec.name, self.spec.version, ", ".join(self.hooks))
+        self.set_state("ready")
+
+
+class _Conn(FrameProtocol):
+    """One gateway connection; requests on it run concurrently as tasks."""
+
+    def __init__(self, server: WorkerServer) -> None:
+        super().__init__(self._on_frame, self._on_lost)
+        self.server = server
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.server.conns.add(self)
+        self.send(encode(Kind.STATE, 0, self.server.state_header()))
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        self.server.conns.discard(self)
+        for task in self.tasks.values():
+            task.cancel()
+
+    def _on_frame(self, kind: Kind, rid: int, header: Any, body: bytes) -> None:
+        if kind is Kind.REQUEST:
+            task = asyncio.get_running_loop().create_task(self._serve(rid, header, body))
+            self.tasks[rid] = task
+            task.add_done_callback(lambda _t, rid=rid: self.tasks.pop(rid, None))  # type: ignore[misc]
+        elif kind is Kind.CANCEL:
+            task = self.tasks.get(rid)
+            if task is not None:
+                task.cancel()
+
+    async def _serve(self, rid: int, header: dict[str, Any], body: bytes) -> None:
+        server = self.server
+        try:
+            if server.state != "ready" or server.runner is None:
+                raise ModelNotReady(f"model is {server.state}" + (f": {server.reason}" if server.reason else ""))
+            request = WorkRequest(header["m"], header.get("p", ""), header.get("q", ""), header.get("ct", ""), body)
+            reply = await server.runner.handle(request)
+            if isinstance(reply, Reply):
+                self.send(encode(Kind.RESPONSE, rid, _head(reply), reply.body))
+            else:
+                await self._stream(rid, reply)
+        except asyncio.CancelledError:
+            raise
+        except ModelhostError as exc:
+            if exc.__cause__ is not None:
+                log.error("request failed: %s", exc.message, exc_info=exc.__cause__)
+            self.send(encode(Kind.ERROR, rid, exc.to_wire()))
+        except Exception as exc:
+            log.exception("unexpected error in the worker")
+            self.send(encode(Kind.ERROR, rid, {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"}))
+
+    async def _stream(self, rid: int, reply: StreamReply) -> None:
+        self.send(encode(Kind.STREAM_START, rid, _head(reply)))
+        try:
+            async for chunk in reply.chunks:
+                if chunk:
+                    self.send(encode(Kind.CHUNK, rid, None, chunk))
+        except ModelhostError as exc:
+            log.error("stream failed: %s", exc.message, exc_info=exc.__cause__)
+            self.send(encode(Kind.STREAM_END, rid, exc.to_wire()))
+            return
+        self.send(encode(Kind.STREAM_END, rid))
+
+
+def _head(reply: Reply | StreamReply) -> dict[str, Any]:
+    head: dict[str, Any] = {"s": reply.status, "ct": reply.content_type}
+    if reply.headers:
+        head["h"] = reply.headers
+    return head
+
+
+def _die_with_parent() -> None:
+    """Linux: get SIGTERM when the gateway process dies, so no worker is orphaned."""
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    spec = WorkerSpec.load(Path(args[0]))
+    logging.basicConfig(
+        level=spec.log_level.upper(),
+        format=f"%(asctime)s %(levelname)s [{spec.pod_name}] %(name)s: %(message)s",
+    )
+    _die_with_parent()
+    try:
+        import uvloop
+
+        uvloop.run(WorkerServer(spec).run())
+    except ImportError:  # pragma: no cover
+        asyncio.run(WorkerServer(spec).run())
+
+
+if __name__ == "__main__":
+    main()
