@@ -1,0 +1,33 @@
+"""The registry: users, prefixes, deployments, models, versions, tokens and the audit log.
+
+Use `Registry` (``repo.py``); it returns the frozen rows of ``rows.py`` and raises the
+domain errors of `modelhost.errors`. ``schema.py`` and ``migrations/`` are internal.
+"""
+
+from modelhost.registry.repo import Registry
+from modelhost.registry.rows import (
+    AccessTokenRow,
+    ActiveVersionRow,
+    AuditEventRow,
+    DeploymentRow,
+    ModelRow,
+    PrefixRow,
+    RevocationSnapshot,
+    UserRow,
+    VersionRow,
+    VersionState,
+)
+
+__all__ = [
+    "AccessTokenRow",
+    "ActiveVersionRow",
+    "AuditEventRow",
+    "DeploymentRow",
+    "ModelRow",
+    "PrefixRow",
+    "Registry",
+    "RevocationSnapshot",
+    "UserRow",
+    "VersionRow",
+    "VersionState",
+]

@@ -1,0 +1,555 @@
+"""`Registry`: the only code that talks to the registry database.
+
+Every method opens a short session, converts what it read into frozen rows and closes the
+session, so callers never hold ORM objects or open transactions. Writes go through a
+second session factory whose transactions start with ``BEGIN IMMEDIATE`` on SQLite: a
+read-then-write transaction there would otherwise fail with "database is locked" when two
+writers race, and taking the write lock up front turns that race into a plain wait.
+On PostgreSQL the same code relies on row locks and unique constraints instead.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, overload
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, delete, event, func, select, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from modelhost.errors import BadRequest, Conflict, NotFound
+from modelhost.registry.rows import (
+    AccessTokenRow,
+    ActiveVersionRow,
+    AuditEventRow,
+    DeploymentRow,
+    ModelRow,
+    PrefixRow,
+    RevocationSnapshot,
+    UserRow,
+    VersionRow,
+    VersionState,
+)
+from modelhost.registry.schema import (
+    AccessToken,
+    AuditEvent,
+    Deployment,
+    Model,
+    Prefix,
+    RevokedJti,
+    User,
+    Version,
+    utcnow,
+)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# Execution option that marks the write engine; read by the SQLite "begin" hook.
+_WRITE_OPTION = "modelhost_write"
+# Arbitrary constant: the PostgreSQL advisory lock that serialises concurrent `migrate()`.
+_MIGRATION_LOCK_ID = 0x6D6F64656C68
+# Expired jtis are deleted at most this often; the snapshot filters them out regardless.
+_PURGE_INTERVAL_S = 60.0
+# create_version retries on a unique violation only if another writer slipped past the lock.
+_VERSION_ATTEMPTS = 5
+
+
+def _prefix_missing(key: str) -> NotFound:
+    return NotFound(
+        f"prefix {key!r} does not exist; create it with `modelhost admin prefix create {key}`"
+    )
+
+
+def _deployment_missing(key: str) -> NotFound:
+    return NotFound(
+        f"deployment {key!r} does not exist; "
+        f"create it with `modelhost admin deployment create {key}`"
+    )
+
+
+def _normalize_email(email: str) -> str:
+    """Emails are matched case-insensitively, so they are stored lower-cased."""
+    return email.strip().lower()
+
+
+@overload
+def _as_utc(value: datetime) -> datetime: ...
+@overload
+def _as_utc(value: None) -> None: ...
+def _as_utc(value: datetime | None) -> datetime | None:
+    """Convert to UTC so rows built from the input match rows read back later.
+
+    Naive datetimes are rejected: their zone would be a guess, and the guess would be stored.
+    """
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("the registry needs timezone-aware datetimes (e.g. datetime.now(UTC))")
+    return value.astimezone(UTC)
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Stop pysqlite from issuing its own BEGIN so `_sqlite_on_begin` decides the kind.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(connection: Connection) -> None:
+    immediate = connection.get_execution_options().get(_WRITE_OPTION, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def make_engine(database_url: str) -> Engine:
+    """Build the engine for ``sqlite:///path`` (parent dir created) or PostgreSQL."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    database = url.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def alembic_config(connection: Connection) -> Config:
+    """An alembic Config for the packaged migrations, bound to ``connection``."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    config.attributes["connection"] = connection
+    return config
+
+
+class Registry:
+    """Query API over the registry database; thread-safe, one instance per process."""
+
+    def __init__(self, database_url: str) -> None:
+        self._engine = make_engine(database_url)
+        self._read = sessionmaker(self._engine, expire_on_commit=False)
+        self._write_engine = self._engine.execution_options(**{_WRITE_OPTION: True})
+        self._write = sessionmaker(self._write_engine, expire_on_commit=False)
+        self._next_purge = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (``alembic upgrade head``); idempotent."""
+        with self._write_engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_ID}
+                )
+            command.upgrade(alembic_config(connection), "head")
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @contextmanager
+    def _writing(self, conflict: str) -> Iterator[Session]:
+        """A write transaction whose unique-constraint violation becomes `Conflict`."""
+        try:
+            with self._write.begin() as session:
+                yield session
+        except IntegrityError as exc:
+            raise Conflict(conflict) from exc
+
+    # -- users -------------------------------------------------------------------------
+
+    def create_user(self, email: str, password_hash: str, is_admin: bool = False) -> UserRow:
+        email = _normalize_email(email)
+        with self._writing(f"user {email!r} already exists") as session:
+            user = User(email=email, password_hash=password_hash, is_admin=is_admin, is_active=True)
+            session.add(user)
+            session.flush()
+            return user.to_row()
+
+    def get_user(self, user_id: int) -> UserRow | None:
+        with self._read.begin() as session:
+            user = session.get(User, user_id)
+            return user.to_row() if user else None
+
+    def get_user_by_email(self, email: str) -> UserRow | None:
+        with self._read.begin() as session:
+            user = session.scalar(select(User).where(User.email == _normalize_email(email)))
+            return user.to_row() if user else None
+
+    def count_users(self) -> int:
+        with self._read.begin() as session:
+            return session.scalar(select(func.count()).select_from(User)) or 0
+
+    def set_user_active(self, user_id: int, active: bool) -> UserRow:
+        with self._write.begin() as session:
+            user = session.get(User, user_id)
+            if user is None:
+                raise NotFound(f"user id {user_id} does not exist")
+            user.is_active = active
+            return user.to_row()
+
+    # -- prefixes ----------------------------------------------------------------------
+
+    def create_prefix(self, key: str, description: str = "") -> PrefixRow:
+        with self._writing(f"prefix {key!r} already exists") as session:
+            prefix = Prefix(key=key, description=description)
+            session.add(prefix)
+            session.flush()
+            return prefix.to_row()
+
+    def ensure_prefix(self, key: str) -> PrefixRow:
+        """Get or create; a concurrent creator winning the race is not an error."""
+        existing = self.get_prefix(key)
+        if existing is not None:
+            return existing
+        try:
+            return self.create_prefix(key)
+        except Conflict:
+            row = self.get_prefix(key)
+            if row is None:
+                raise
+            return row
+
+    def get_prefix(self, key: str) -> PrefixRow | None:
+        with self._read.begin() as session:
+            prefix = session.scalar(select(Prefix).where(Prefix.key == key))
+            return prefix.to_row() if prefix else None
+
+    def list_prefixes(self) -> list[PrefixRow]:
+        with self._read.begin() as session:
+            return [p.to_row() for p in session.scalars(select(Prefix).order_by(Prefix.key))]
+
+    # -- deployments -------------------------------------------------------------------
+
+    def create_deployment(self, key: str, replicas: int = 1) -> DeploymentRow:
+        _check_replicas(replicas)
+        with self._writing(f"deployment {key!r} already exists") as session:
+            deployment = Deployment(key=key, replicas=replicas)
+            session.add(deployment)
+            session.flush()
+            return deployment.to_row()
+
+    def ensure_deployment(self, key: str, replicas: int | None = None) -> DeploymentRow:
+        """Get or create; ``replicas``, when given, is applied to an existing one too."""
+        row = self.get_deployment(key)
+        if row is None:
+            try:
+                return self.create_deployment(key, 1 if replicas is None else replicas)
+            except Conflict:
+                row = self.get_deployment(key)
+                if row is None:
+                    raise
+        if replicas is not None and row.replicas != replicas:
+            return self.set_replicas(key, replicas)
+        return row
+
+    def get_deployment(self, key: str) -> DeploymentRow | None:
+        with self._read.begin() as session:
+            deployment = session.scalar(select(Deployment).where(Deployment.key == key))
+            return deployment.to_row() if deployment else None
+
+    def list_deployments(self) -> list[DeploymentRow]:
+        with self._read.begin() as session:
+            query = select(Deployment).order_by(Deployment.key)
+            return [d.to_row() for d in session.scalars(query)]
+
+    def set_replicas(self, key: str, n: int) -> DeploymentRow:
+        _check_replicas(n)
+        with self._write.begin() as session:
+            deployment = session.scalar(select(Deployment).where(Deployment.key == key))
+            if deployment is None:
+                raise _deployment_missing(key)
+            deployment.replicas = n
+            return deployment.to_row()
+
+    # -- models ------------------------------------------------------------------------
+
+    def get_or_create_model(self, prefix_key: str, name: str, deployment_key: str) -> ModelRow:
+        """The model ``prefix_key/name``, created or moved onto ``deployment_key``.
+
+        Both parents must exist already: a typo in a deploy command should fail loudly
+        rather than silently create a new prefix or deployment.
+        """
+        try:
+            return self._upsert_model(prefix_key, name, deployment_key)
+        except IntegrityError:
+            pass  # a concurrent deploy created the same model (PostgreSQL only); now it exists
+        try:
+            return self._upsert_model(prefix_key, name, deployment_key)
+        except IntegrityError as exc:
+            raise Conflict(f"model {prefix_key}/{name} is being changed concurrently") from exc
+
+    def _upsert_model(self, prefix_key: str, name: str, deployment_key: str) -> ModelRow:
+        with self._write.begin() as session:
+            prefix = session.scalar(select(Prefix).where(Prefix.key == prefix_key))
+            if prefix is None:
+                raise _prefix_missing(prefix_key)
+            deployment = session.scalar(select(Deployment).where(Deployment.key == deployment_key))
+            if deployment is None:
+                raise _deployment_missing(deployment_key)
+            model = session.scalar(
+                select(Model).where(Model.prefix_id == prefix.id, Model.name == name)
+            )
+            if model is None:
+                model = Model(prefix=prefix, name=name, deployment=deployment)
+                session.add(model)
+            elif model.deployment_id != deployment.id:
+                model.deployment = deployment
+            session.flush()
+            return model.to_row()
+
+    def get_model(self, prefix_key: str, name: str) -> ModelRow | None:
+        with self._read.begin() as session:
+            query = (
+                select(Model)
+                .join(Prefix, Model.prefix_id == Prefix.id)
+                .where(Prefix.key == prefix_key, Model.name == name)
+            )
+            model = session.scalar(query)
+            return model.to_row() if model else None
+
+    def get_model_by_id(self, model_id: int) -> ModelRow | None:
+        with self._read.begin() as session:
+            model = session.get(Model, model_id)
+            return model.to_row() if model else None
+
+    def list_models(self) -> list[ModelRow]:
+        with self._read.begin() as session:
+            query = (
+                select(Model)
+                .join(Prefix, Model.prefix_id == Prefix.id)
+                .order_by(Prefix.key, Model.name)
+            )
+            return [m.to_row() for m in session.scalars(query)]
+
+    # -- versions ----------------------------------------------------------------------
+
+    def create_version(
+        self, model_id: int, store_key: str, model_json: dict[str, Any], hooks: list[str]
+    ) -> VersionRow:
+        """Add version ``max + 1`` of the model in state 'pending'.
+
+        The model row is locked (``FOR UPDATE``) so concurrent deploys of one model take
+        turns on PostgreSQL; on SQLite ``BEGIN IMMEDIATE`` does the same. The retry on a
+        unique violation is a second line of defence, not the normal path.
+        """
+        for _ in range(_VERSION_ATTEMPTS):
+            try:
+                return self._insert_next_version(model_id, store_key, model_json, hooks)
+            except IntegrityError:
+                continue
+        raise Conflict(f"could not allocate a version number for model id {model_id}")
+
+    def _insert_next_version(
+        self, model_id: int, store_key: str, model_json: dict[str, Any], hooks: list[str]
+    ) -> VersionRow:
+        with self._write.begin() as session:
+            locked = session.scalar(select(Model.id).where(Model.id == model_id).with_for_update())
+            if locked is None:
+                raise NotFound(f"model id {model_id} does not exist")
+            current = session.scalar(
+                select(func.max(Version.version)).where(Version.model_id == model_id)
+            )
+            version = Version(
+                model_id=model_id,
+                version=(current or 0) + 1,
+                state=VersionState.PENDING.value,
+                traffic_weight=100,
+                store_key=store_key,
+                model_json=dict(model_json),
+                hooks=list(hooks),
+            )
+            session.add(version)
+            session.flush()
+            return version.to_row()
+
+    def set_version_state(
+        self, version_id: int, state: str, error: str | None = None
+    ) -> VersionRow:
+        """Move a version to ``state``; ``error`` replaces the stored one (None clears it)."""
+        try:
+            checked = VersionState(state)
+        except ValueError:
+            allowed = ", ".join(s.value for s in VersionState)
+            raise BadRequest(
+                f"unknown version state {state!r}; expected one of {allowed}"
+            ) from None
+        with self._write.begin() as session:
+            version = _existing_version(session, version_id)
+            version.state = checked.value
+            version.error = error
+            return version.to_row()
+
+    def set_traffic_weight(self, version_id: int, weight: int) -> VersionRow:
+        if weight < 0:
+            raise BadRequest(f"traffic weight must be >= 0, got {weight}")
+        with self._write.begin() as session:
+            version = _existing_version(session, version_id)
+            version.traffic_weight = weight
+            return version.to_row()
+
+    def get_version(self, model_id: int, version: int) -> VersionRow | None:
+        with self._read.begin() as session:
+            query = select(Version).where(Version.model_id == model_id, Version.version == version)
+            row = session.scalar(query)
+            return row.to_row() if row else None
+
+    def get_version_by_id(self, version_id: int) -> VersionRow | None:
+        with self._read.begin() as session:
+            row = session.get(Version, version_id)
+            return row.to_row() if row else None
+
+    def list_versions(self, model_id: int) -> list[VersionRow]:
+        with self._read.begin() as session:
+            query = select(Version).where(Version.model_id == model_id).order_by(Version.version)
+            return [v.to_row() for v in session.scalars(query)]
+
+    def list_active_versions(self) -> list[ActiveVersionRow]:
+        """Every version not 'stopped', for the supervisor to spawn workers at start-up."""
+        with self._read.begin() as session:
+            query = (
+                select(Version, Model)
+                .join(Model, Version.model_id == Model.id)
+                .where(Version.state != VersionState.STOPPED.value)
+                .order_by(Version.model_id, Version.version)
+            )
+            return [
+                ActiveVersionRow(
+                    version=version.to_row(),
+                    model=model.to_row(),
+                    replicas=model.deployment.replicas,
+                )
+                for version, model in session.execute(query).unique()
+            ]
+
+    # -- tokens ------------------------------------------------------------------------
+
+    def create_access_token(
+        self,
+        name: str,
+        token_hash: str,
+        user_id: int,
+        prefix_id: int | None = None,
+        model_id: int | None = None,
+        expires_at: datetime | None = None,
+    ) -> AccessTokenRow:
+        expires_at = _as_utc(expires_at)
+        with self._writing("an access token with this hash already exists") as session:
+            if session.get(User, user_id) is None:
+                raise NotFound(f"user id {user_id} does not exist")
+            if prefix_id is not None and session.get(Prefix, prefix_id) is None:
+                raise NotFound(f"prefix id {prefix_id} does not exist")
+            if model_id is not None and session.get(Model, model_id) is None:
+                raise NotFound(f"model id {model_id} does not exist")
+            token = AccessToken(
+                name=name,
+                token_hash=token_hash,
+                user_id=user_id,
+                prefix_id=prefix_id,
+                model_id=model_id,
+                expires_at=expires_at,
+                revoked=False,
+            )
+            session.add(token)
+            session.flush()
+            session.refresh(token, ["prefix"])
+            return token.to_row()
+
+    def get_access_token(self, token_hash: str) -> AccessTokenRow | None:
+        with self._read.begin() as session:
+            token = session.scalar(select(AccessToken).where(AccessToken.token_hash == token_hash))
+            return token.to_row() if token else None
+
+    def revoke_access_token(self, token_id: int) -> AccessTokenRow:
+        """Mark the token revoked (idempotent); the gateway sees it on its next poll."""
+        with self._write.begin() as session:
+            token = session.get(AccessToken, token_id)
+            if token is None:
+                raise NotFound(f"access token id {token_id} does not exist")
+            token.revoked = True
+            return token.to_row()
+
+    def revoke_jti(self, jti: str, expires_at: datetime) -> None:
+        """Deny one JWT until ``expires_at`` (its own expiry; after that it is dead anyway)."""
+        expires_at = _as_utc(expires_at)
+        try:
+            with self._write.begin() as session:
+                existing = session.get(RevokedJti, jti)
+                if existing is None:
+                    session.add(RevokedJti(jti=jti, expires_at=expires_at))
+                elif existing.expires_at < expires_at:
+                    existing.expires_at = expires_at
+        except IntegrityError:
+            pass  # revoked concurrently by someone else: the outcome is the same
+
+    def revocation_snapshot(self) -> RevocationSnapshot:
+        """Everything the gateway must reject; three indexed-or-tiny reads per poll."""
+        now = utcnow()
+        if time.monotonic() >= self._next_purge:
+            self._next_purge = time.monotonic() + _PURGE_INTERVAL_S
+            with self._write.begin() as session:
+                session.execute(delete(RevokedJti).where(RevokedJti.expires_at <= now))
+        with self._read.begin() as session:
+            jtis = session.scalars(select(RevokedJti.jti).where(RevokedJti.expires_at > now))
+            users = session.scalars(select(User.id).where(User.is_active.is_(False)))
+            hashes = session.scalars(
+                select(AccessToken.token_hash).where(AccessToken.revoked.is_(True))
+            )
+            return RevocationSnapshot(
+                revoked_jtis=frozenset(jtis),
+                inactive_user_ids=frozenset(users),
+                revoked_token_hashes=frozenset(hashes),
+            )
+
+    # -- audit -------------------------------------------------------------------------
+
+    def audit(self, actor: str, action: str, detail: dict[str, Any]) -> AuditEventRow:
+        with self._write.begin() as session:
+            event_ = AuditEvent(actor=actor, action=action, detail=dict(detail))
+            session.add(event_)
+            session.flush()
+            return event_.to_row()
+
+    def list_audit(self, limit: int = 100) -> list[AuditEventRow]:
+        """Newest first."""
+        with self._read.begin() as session:
+            query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+            return [e.to_row() for e in session.scalars(query)]
+
+
+def _check_replicas(n: int) -> None:
+    if n < 0:
+        raise BadRequest(f"replicas must be >= 0, got {n}")
+
+
+def _existing_version(session: Session, version_id: int) -> Version:
+    version = session.get(Version, version_id)
+    if version is None:
+        raise NotFound(f"version id {version_id} does not exist")
+    return version

@@ -1,0 +1,252 @@
+"""ORM tables of the registry.
+
+`migrations/versions/*.py` must describe exactly this metadata; a test runs alembic's
+autogenerate comparison against a migrated database to keep the two from drifting.
+Each class converts itself to the frozen row of `rows.py` with ``to_row()``, the only way
+data leaves a session. Constraint names come from the naming convention so SQLite and
+PostgreSQL agree on them and future migrations can drop them by name.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from modelhost.registry.rows import (
+    AccessTokenRow,
+    AuditEventRow,
+    DeploymentRow,
+    ModelRow,
+    PrefixRow,
+    UserRow,
+    VersionRow,
+)
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python.
+
+    SQLite has no timezone type and returns naive values; storing UTC everywhere and
+    re-attaching the zone on read keeps comparisons (``expires_at < now``) correct on both
+    backends and keeps the lexical order of SQLite's text timestamps chronological.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the registry; use a timezone-aware one")
+        value = value.astimezone(UTC)
+        # SQLite's storage format has no zone field; drop it after converting to UTC.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class JSONText(TypeDecorator[Any]):
+    """JSON stored as plain TEXT, so both backends hold byte-identical documents."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else json.dumps(value, separators=(",", ":"))
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def to_row(self) -> UserRow:
+        return UserRow(
+            id=self.id,
+            email=self.email,
+            password_hash=self.password_hash,
+            is_admin=self.is_admin,
+            is_active=self.is_active,
+            created_at=self.created_at,
+        )
+
+
+class Prefix(Base):
+    __tablename__ = "prefixes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def to_row(self) -> PrefixRow:
+        return PrefixRow(
+            id=self.id, key=self.key, description=self.description, created_at=self.created_at
+        )
+
+
+class Deployment(Base):
+    __tablename__ = "deployments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), unique=True)
+    replicas: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def to_row(self) -> DeploymentRow:
+        return DeploymentRow(
+            id=self.id, key=self.key, replicas=self.replicas, created_at=self.created_at
+        )
+
+
+class Model(Base):
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("prefix_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prefix_id: Mapped[int] = mapped_column(ForeignKey("prefixes.id"))
+    name: Mapped[str] = mapped_column(String(255))
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    # Always joined: every ModelRow carries the prefix and deployment keys.
+    prefix: Mapped[Prefix] = relationship(lazy="joined", innerjoin=True)
+    deployment: Mapped[Deployment] = relationship(lazy="joined", innerjoin=True)
+
+    def to_row(self) -> ModelRow:
+        return ModelRow(
+            id=self.id,
+            prefix_id=self.prefix_id,
+            prefix_key=self.prefix.key,
+            name=self.name,
+            deployment_id=self.deployment_id,
+            deployment_key=self.deployment.key,
+            created_at=self.created_at,
+        )
+
+
+class Version(Base):
+    __tablename__ = "versions"
+    __table_args__ = (UniqueConstraint("model_id", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    traffic_weight: Mapped[int] = mapped_column(Integer, default=100)
+    store_key: Mapped[str] = mapped_column(String(1024))
+    model_json: Mapped[dict[str, Any]] = mapped_column(JSONText)
+    hooks: Mapped[list[str]] = mapped_column(JSONText)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def to_row(self) -> VersionRow:
+        return VersionRow(
+            id=self.id,
+            model_id=self.model_id,
+            version=self.version,
+            state=self.state,
+            traffic_weight=self.traffic_weight,
+            store_key=self.store_key,
+            model_json=dict(self.model_json),
+            hooks=tuple(self.hooks),
+            error=self.error,
+            created_at=self.created_at,
+        )
+
+
+class AccessToken(Base):
+    __tablename__ = "access_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    prefix_id: Mapped[int | None] = mapped_column(ForeignKey("prefixes.id"))
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    prefix: Mapped[Prefix | None] = relationship(lazy="joined")
+
+    def to_row(self) -> AccessTokenRow:
+        return AccessTokenRow(
+            id=self.id,
+            name=self.name,
+            token_hash=self.token_hash,
+            user_id=self.user_id,
+            prefix_id=self.prefix_id,
+            prefix_key=self.prefix.key if self.prefix is not None else None,
+            model_id=self.model_id,
+            expires_at=self.expires_at,
+            revoked=self.revoked,
+            created_at=self.created_at,
+        )
+
+
+class RevokedJti(Base):
+    __tablename__ = "revoked_jtis"
+
+    jti: Mapped[str] = mapped_column(String(128), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(320))
+    action: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONText)
+
+    def to_row(self) -> AuditEventRow:
+        return AuditEventRow(
+            id=self.id, ts=self.ts, actor=self.actor, action=self.action, detail=dict(self.detail)
+        )
