@@ -1,0 +1,230 @@
+"""JWT issue and verification for console and model-session tokens, plus opaque tokens.
+
+Why it looks like this:
+- The algorithm is pinned to HS256 at verification time and the header is checked before
+  decoding, so ``alg: none`` and algorithm-confusion tokens are refused with a clear reason.
+- Every token carries a ``kid`` header; `TokenService` signs with the current key and still
+  accepts `previous_keys`, so the secret can be rotated without logging everybody out.
+- ``typ`` separates console access, refresh and model-session tokens: a token minted for one
+  purpose is never accepted for another.
+- Failures raise `modelhost.errors.Unauthorized` with a message that says what is wrong and
+  what to do next; the token itself never appears in a message (it would end up in logs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import jwt
+
+from modelhost.errors import Unauthorized
+
+if TYPE_CHECKING:
+    from modelhost.settings import Settings
+
+TokenType = Literal["access", "refresh", "model"]
+
+ALGORITHM = "HS256"
+OPAQUE_PREFIX = "mh_"
+# HMAC-SHA256 keys shorter than the hash output weaken the signature (RFC 7518 §3.2).
+MIN_SECRET_BYTES = 32
+
+_REQUIRED = ["sub", "typ", "exp", "iat", "jti"]
+_MODEL_CLAIMS = ("mid", "pfx", "mdl")
+_LABEL: dict[str, str] = {"access": "console access", "refresh": "refresh", "model": "session"}
+_REMEDY: dict[str, str] = {
+    "access": "log in again (POST /console/api/auth/) or refresh it "
+    "(POST /console/api/auth/refresh/)",
+    "refresh": "log in again (POST /console/api/auth/)",
+    "model": "get a new one with get_session_token()",
+}
+
+
+@dataclass(frozen=True)
+class Claims:
+    """The verified content of a token; `mid`/`pfx`/`mdl` are set only on model sessions."""
+
+    sub: int
+    typ: TokenType
+    exp: float
+    jti: str
+    mid: int | None = None
+    pfx: str | None = None
+    mdl: str | None = None
+    iat: float = 0.0
+
+
+class TokenService:
+    """Issues and verifies modelhost JWTs with one current signing key."""
+
+    def __init__(
+        self,
+        secret: str,
+        access_ttl_s: float = 3600,
+        refresh_ttl_s: float = 7 * 24 * 3600,
+        session_ttl_s: float = 4 * 3600,
+        kid: str = "k1",
+        *,
+        previous_keys: Mapping[str, str] | None = None,
+    ) -> None:
+        for key_id, key in {**(previous_keys or {}), kid: secret}.items():
+            if len(key.encode()) < MIN_SECRET_BYTES:
+                raise ValueError(
+                    f"JWT secret for kid {key_id!r} is shorter than {MIN_SECRET_BYTES} bytes; "
+                    "unset MODELHOST_JWT_SECRET to get a generated one, or use "
+                    "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+                )
+        self._secret = secret
+        self._kid = kid
+        self._keys: dict[str, str] = {**(previous_keys or {}), kid: secret}
+        self.access_ttl_s = access_ttl_s
+        self.refresh_ttl_s = refresh_ttl_s
+        self.session_ttl_s = session_ttl_s
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenService:
+        """The service the server uses: key from `Settings.load_jwt_secret`, TTLs from env."""
+        return cls(
+            settings.load_jwt_secret(),
+            access_ttl_s=settings.access_token_ttl_s,
+            refresh_ttl_s=settings.refresh_token_ttl_s,
+            session_ttl_s=settings.session_token_ttl_s,
+        )
+
+    def issue_access(self, user_id: int) -> str:
+        """A short-lived console token (bearer for the console API)."""
+        return self._issue(user_id, "access", self.access_ttl_s, {})
+
+    def issue_refresh(self, user_id: int) -> str:
+        """A longer-lived token that can only be traded for a new access token."""
+        return self._issue(user_id, "refresh", self.refresh_ttl_s, {})
+
+    def issue_model_session(
+        self,
+        user_id: int,
+        model_id: int,
+        prefix: str,
+        model_name: str,
+        ttl_s: float | None = None,
+    ) -> str:
+        """A session token scoped to one model, presented on prediction requests."""
+        ttl = self.session_ttl_s if ttl_s is None else ttl_s
+        extra = {"mid": model_id, "pfx": prefix, "mdl": model_name}
+        return self._issue(user_id, "model", ttl, extra)
+
+    def _issue(self, user_id: int, typ: TokenType, ttl_s: float, extra: dict[str, Any]) -> str:
+        if ttl_s <= 0:
+            raise ValueError(f"token lifetime must be positive, got {ttl_s}")
+        now = int(time.time())
+        payload = {
+            "sub": str(user_id),
+            "typ": typ,
+            "iat": now,
+            "exp": now + int(ttl_s),
+            "jti": uuid.uuid4().hex,
+            **extra,
+        }
+        return jwt.encode(payload, self._secret, algorithm=ALGORITHM, headers={"kid": self._kid})
+
+    def verify(self, token: str, expected: str) -> Claims:
+        """Check signature, expiry and purpose; raise `Unauthorized` saying what to do."""
+        if expected not in _LABEL:
+            raise ValueError(f"expected must be one of {sorted(_LABEL)}, got {expected!r}")
+        label, remedy = _LABEL[expected], _REMEDY[expected]
+        key = self._key_for(token, label, remedy)
+        payload = _decode(token, key, label, remedy)
+        typ = payload.get("typ")
+        if typ != expected:
+            got = _LABEL.get(str(typ), "unknown")
+            raise Unauthorized(f"expected a {label} token but got a {got} token; {remedy}")
+        return _to_claims(payload, label, remedy)
+
+    def _key_for(self, token: str, label: str, remedy: str) -> str:
+        """Pick the key by `kid` after refusing any algorithm but HS256."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Unauthorized(f"{label} token is malformed (not a JWT); {remedy}") from None
+        alg = header.get("alg")
+        if alg != ALGORITHM:
+            shown = str(alg)[:16]
+            raise Unauthorized(
+                f"{label} token uses algorithm {shown!r}; only {ALGORITHM} is accepted; {remedy}"
+            )
+        key = self._keys.get(str(header.get("kid")))
+        if key is None:
+            raise Unauthorized(
+                f"{label} token was signed with an unknown key id (the server key may have "
+                f"been rotated); {remedy}"
+            )
+        return key
+
+
+def _decode(token: str, key: str, label: str, remedy: str) -> dict[str, Any]:
+    try:
+        return jwt.decode(token, key, algorithms=[ALGORITHM], options={"require": _REQUIRED})
+    except jwt.ExpiredSignatureError:
+        reason = "expired"
+    except jwt.InvalidSignatureError:
+        reason = "has an invalid signature"
+    except jwt.MissingRequiredClaimError as exc:
+        reason = f"is missing the {exc.claim!r} claim"
+    except jwt.ImmatureSignatureError:
+        reason = "is not valid yet (check the clocks of client and server)"
+    except jwt.InvalidAlgorithmError:
+        reason = f"is not signed with {ALGORITHM}"
+    except jwt.PyJWTError:
+        reason = "is malformed"
+    raise Unauthorized(f"{label} token {reason}; {remedy}")
+
+
+def _to_claims(payload: dict[str, Any], label: str, remedy: str) -> Claims:
+    typ = payload["typ"]
+    model = {name: payload.get(name) for name in _MODEL_CLAIMS}
+    if typ == "model" and any(value is None for value in model.values()):
+        missing = ", ".join(name for name, value in model.items() if value is None)
+        raise Unauthorized(f"{label} token is missing claim(s) {missing}; {remedy}")
+    try:
+        return Claims(
+            sub=int(payload["sub"]),
+            typ=typ,
+            exp=float(payload["exp"]),
+            jti=str(payload["jti"]),
+            mid=None if model["mid"] is None else int(model["mid"]),
+            pfx=None if model["pfx"] is None else str(model["pfx"]),
+            mdl=None if model["mdl"] is None else str(model["mdl"]),
+            iat=float(payload["iat"]),
+        )
+    except (TypeError, ValueError):
+        raise Unauthorized(f"{label} token has malformed claims; {remedy}") from None
+
+
+def new_opaque_token() -> str:
+    """A long-lived access token: shown to the admin once, stored only as `hash_opaque`."""
+    return OPAQUE_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_opaque(token: str) -> str:
+    """SHA-256 hex of an opaque token; the token has 256 random bits, so no salt is needed."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def unverified_expiry(token: str) -> float | None:
+    """The `exp` of a JWT read without checking the signature, or None if there is none.
+
+    For clients deciding whether a token is worth reusing; never for authorization.
+    """
+    try:
+        payload = jwt.decode(token, options={"verify_signature": False, "verify_exp": False})
+    except jwt.PyJWTError:
+        return None
+    exp = payload.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        return None
+    return float(exp)

@@ -1,0 +1,25 @@
+"""``practicuscore.gen_ai``: the PrtLang* and OpenAI-shaped models `model.py` files import."""
+
+from modelhost.gen_ai import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatCompletionResponseChoice,
+    ChatCompletionResponseChoiceMessage,
+    ChatCompletionResponseUsage,
+    ChatMessage,
+    PrtLangMessage,
+    PrtLangRequest,
+    PrtLangResponse,
+)
+
+__all__ = [
+    "ChatCompletionRequest",
+    "ChatCompletionResponse",
+    "ChatCompletionResponseChoice",
+    "ChatCompletionResponseChoiceMessage",
+    "ChatCompletionResponseUsage",
+    "ChatMessage",
+    "PrtLangMessage",
+    "PrtLangRequest",
+    "PrtLangResponse",
+]
