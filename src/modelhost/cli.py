@@ -16,21 +16,29 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-files_app = typer.Typer(help="Object-store files (model weights, tokenizers).", no_args_is_help=True)
-admin_app = typer.Typer(help="Administration: prefixes, deployments, access tokens.", no_args_is_help=True)
+files_app = typer.Typer(
+    help="Object-store files (model weights, tokenizers).", no_args_is_help=True
+)
+admin_app = typer.Typer(
+    help="Administration: prefixes, deployments, access tokens.", no_args_is_help=True
+)
 app.add_typer(files_app, name="files")
 app.add_typer(admin_app, name="admin")
 
-Url = Annotated[str | None, typer.Option("--url", help="Server URL (default: saved login or MODELHOST_URL).")]
+Url = Annotated[
+    str | None, typer.Option("--url", help="Server URL (default: saved login or MODELHOST_URL).")
+]
 
 
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (MODELHOST_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (MODELHOST_PORT).")] = None,
-    home: Annotated[Path | None, typer.Option(help="State folder (MODELHOST_HOME, default ~/.modelhost).")] = None,
+    home: Annotated[
+        Path | None, typer.Option(help="State folder (MODELHOST_HOME, default ~/.modelhost).")
+    ] = None,
 ) -> None:
-    """Run the gateway and the model workers (registry, store and cache from MODELHOST_* settings)."""
+    """Run the gateway and the model workers (settings: MODELHOST_* variables)."""
     import uvicorn
 
     from modelhost.gateway.app import build_gateway
@@ -40,9 +48,16 @@ def serve(
     gateway = build_gateway(settings)
     typer.echo(f"modelhost serving on {settings.public_url} (home: {settings.home})", err=True)
     uvicorn.run(
-        gateway, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-        access_log=False, log_level=settings.log_level, lifespan="on",
-        timeout_keep_alive=30, backlog=4096,
+        gateway,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=settings.log_level,
+        lifespan="on",
+        timeout_keep_alive=30,
+        backlog=4096,
     )
 
 
@@ -61,22 +76,32 @@ def login(
 
 @app.command()
 def deploy(
-    model_dir: Annotated[Path, typer.Argument(help="The model folder (model.py, model.json).")] = Path("."),
-    deployment: Annotated[str, typer.Option("--deployment", help="Deployment key, e.g. llm-depl.")] = ...,  # type: ignore[assignment]
+    model_dir: Annotated[
+        Path, typer.Argument(help="The model folder (model.py, model.json).")
+    ] = Path("."),
+    deployment: Annotated[
+        str, typer.Option("--deployment", help="Deployment key, e.g. llm-depl.")
+    ] = ...,  # type: ignore[assignment]
     prefix: Annotated[str, typer.Option("--prefix", help="URL prefix, e.g. llm-models.")] = ...,  # type: ignore[assignment]
-    name: Annotated[str, typer.Option("--name", help="Model name, e.g. llama-1b-basic-test.")] = ...,  # type: ignore[assignment]
+    name: Annotated[
+        str, typer.Option("--name", help="Model name, e.g. llama-1b-basic-test.")
+    ] = ...,  # type: ignore[assignment]
     url: Url = None,
 ) -> None:
     """Upload a model folder as a new version and wait until it serves (or say why not)."""
     from modelhost.client import deploy as do_deploy
 
     api_url, version_url, meta_url = do_deploy(deployment, prefix, name, model_dir, url)
-    typer.echo(f"api_url:         {api_url}\napi_version_url: {version_url}\napi_meta_url:    {meta_url}")
+    typer.echo(
+        f"api_url:         {api_url}\napi_version_url: {version_url}\napi_meta_url:    {meta_url}"
+    )
 
 
 @app.command()
 def token(
-    api_url: Annotated[str, typer.Argument(help="A model URL, e.g. http://127.0.0.1:8000/llm-models/x/")],
+    api_url: Annotated[
+        str, typer.Argument(help="A model URL, e.g. http://127.0.0.1:8000/llm-models/x/")
+    ],
 ) -> None:
     """Print a model session token (4 h) for a model URL."""
     from modelhost.client import get_session_token
@@ -98,7 +123,9 @@ def files_upload(
     typer.echo(f"uploaded {len(keys)} file(s) to {settings.store_url} under {key_prefix}")
 
 
-def _admin_call(method: str, path: str, url: str | None, body: dict[str, object] | None = None) -> None:
+def _admin_call(
+    method: str, path: str, url: str | None, body: dict[str, object] | None = None
+) -> None:
     from modelhost.client.admin import admin_request
 
     typer.echo(json.dumps(admin_request(method, path, url, body), indent=1))
@@ -113,7 +140,9 @@ def prefix_create(key: str, url: Url = None) -> None:
 @admin_app.command("deployment-create")
 def deployment_create(key: str, replicas: int = 1, url: Url = None) -> None:
     """Create a deployment; each of its model versions runs in `replicas` worker processes."""
-    _admin_call("POST", "/console/api/modelhost/deployments/", url, {"key": key, "replicas": replicas})
+    _admin_call(
+        "POST", "/console/api/modelhost/deployments/", url, {"key": key, "replicas": replicas}
+    )
 
 
 @admin_app.command("token-create")
@@ -125,8 +154,12 @@ def token_create(
     url: Url = None,
 ) -> None:
     """Create a long-lived access token (shown once, stored hashed)."""
-    _admin_call("POST", "/console/api/modelhost/access-tokens/", url,
-                {"prefix": prefix, "model_id": model_id, "ttl_s": ttl_s, "name": name})
+    _admin_call(
+        "POST",
+        "/console/api/modelhost/access-tokens/",
+        url,
+        {"prefix": prefix, "model_id": model_id, "ttl_s": ttl_s, "name": name},
+    )
 
 
 @admin_app.command("token-revoke")
@@ -138,7 +171,9 @@ def token_revoke(token_id: int, url: Url = None) -> None:
 @app.command()
 def demo(
     port: Annotated[int, typer.Option(help="Port for the demo server.")] = 8000,
-    home: Annotated[Path | None, typer.Option(help="State folder (default ~/.modelhost-demo).")] = None,
+    home: Annotated[
+        Path | None, typer.Option(help="State folder (default ~/.modelhost-demo).")
+    ] = None,
 ) -> None:
     """Prepare the demo LLM, start the server, deploy the seed's model and print how to call it."""
     from modelhost.demo import run_demo
@@ -147,7 +182,9 @@ def demo(
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
 
 def main() -> None:

@@ -41,8 +41,10 @@ class Server:
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(
-            MODELHOST_HOME=str(self.home), MODELHOST_PORT=str(self.port),
-            MODELHOST_ADMIN_PASSWORD=ADMIN_PASSWORD, MODELHOST_REVOCATION_POLL_S="0.5",
+            MODELHOST_HOME=str(self.home),
+            MODELHOST_PORT=str(self.port),
+            MODELHOST_ADMIN_PASSWORD=ADMIN_PASSWORD,
+            MODELHOST_REVOCATION_POLL_S="0.5",
             MODELHOST_LOG_LEVEL="info",
         )
         env.update(self.extra_env)
@@ -53,8 +55,11 @@ class Server:
         self.log_path = self.home / "serve.log"
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "modelhost.cli", "serve"], env=self.env(),
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "modelhost.cli", "serve"],
+            env=self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -83,25 +88,34 @@ class Server:
     # --- console helpers -------------------------------------------------------------
 
     def admin_token(self) -> str:
-        r = httpx.post(self.url + "/console/api/auth/", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD})
+        r = httpx.post(
+            self.url + "/console/api/auth/", json={"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+        )
         r.raise_for_status()
         return str(r.json()["access"])
 
-    def deploy(self, folder: Path, prefix: str, name: str, deployment: str = "test-depl") -> dict[str, Any]:
+    def deploy(
+        self, folder: Path, prefix: str, name: str, deployment: str = "test-depl"
+    ) -> dict[str, Any]:
         from modelhost.client._packing import pack_model_dir
 
         r = httpx.post(
             self.url + "/console/api/modelhost/deploy/",
             params={"deployment": deployment, "prefix": prefix, "name": name},
             content=pack_model_dir(folder),
-            headers={"authorization": f"Bearer {self.admin_token()}", "content-type": "application/gzip"},
+            headers={
+                "authorization": f"Bearer {self.admin_token()}",
+                "content-type": "application/gzip",
+            },
             timeout=600,
         )
         return {"status": r.status_code, **r.json()}
 
     def session_token(self, api_url: str) -> str:
         r = httpx.request(
-            "GET", self.url + "/console/api/modelhost/model-auth/", json={"model_url": api_url},
+            "GET",
+            self.url + "/console/api/modelhost/model-auth/",
+            json={"model_url": api_url},
             headers={"authorization": f"Bearer {self.admin_token()}"},
         )
         r.raise_for_status()

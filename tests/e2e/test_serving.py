@@ -35,8 +35,15 @@ def test_predict_post_and_get_with_json(echo: tuple[str, str]) -> None:
     assert r.json() == {"x": 1, "text": "héllo"}
     r = httpx.request("GET", url, json={"user_prompt": "hi"}, headers=_auth(token))
     assert r.json() == {"user_prompt": "hi"}
-    for header in ("model-id", "model-version", "model-deployment-key", "pod-name",
-                   "model-prefix", "model-name", "traffic-weight"):
+    for header in (
+        "model-id",
+        "model-version",
+        "model-deployment-key",
+        "pod-name",
+        "model-prefix",
+        "model-name",
+        "traffic-weight",
+    ):
         assert r.headers[f"x-prt-{header}"], header
     assert r.headers["x-prt-model-prefix"] == "models/test"
     assert r.headers["x-prt-model-name"] == "echo"
@@ -81,7 +88,9 @@ def test_auth_failures(server: Server, echo: tuple[str, str], folders: Path) -> 
 
 def test_bad_bodies(echo: tuple[str, str]) -> None:
     url, token = echo
-    r = httpx.post(url, content=b'{"a": ', headers={**_auth(token), "content-type": "application/json"})
+    r = httpx.post(
+        url, content=b'{"a": ', headers={**_auth(token), "content-type": "application/json"}
+    )
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_json"
     r = httpx.post(url, content=b"x" * (33 * 1024 * 1024), headers=_auth(token))
     assert r.status_code == 413
@@ -89,7 +98,9 @@ def test_bad_bodies(echo: tuple[str, str]) -> None:
     assert len(bomb) < 1024 * 1024
     r = httpx.post(url, content=bomb, headers={**_auth(token), "content-encoding": "gzip"})
     assert r.status_code == 413
-    r = httpx.post(url, content=b"a,b\n1,2\n", headers={**_auth(token), "content-type": "image/png"})
+    r = httpx.post(
+        url, content=b"a,b\n1,2\n", headers={**_auth(token), "content-type": "image/png"}
+    )
     assert r.status_code == 415
     r = httpx.post(url, content=b"{}", headers={**_auth(token), "content-encoding": "br"})
     assert r.status_code == 415
@@ -103,14 +114,25 @@ def test_bad_bodies(echo: tuple[str, str]) -> None:
         ("lz4", lz4.frame.compress, lz4.frame.decompress),
     ],
 )
-def test_compressed_request_gets_compressed_answer(echo: tuple[str, str], encoding, pack, unpack) -> None:  # type: ignore[no-untyped-def]
+def test_compressed_request_gets_compressed_answer(
+    echo: tuple[str, str], encoding, pack, unpack
+) -> None:  # type: ignore[no-untyped-def]
     url, token = echo
     body = pack(b'{"compressed": true}')
     with httpx.Client() as client:
-        r = client.send(client.build_request(
-            "POST", url, content=body,
-            headers={**_auth(token), "content-encoding": encoding, "accept-encoding": "identity"},
-        ), stream=True)
+        r = client.send(
+            client.build_request(
+                "POST",
+                url,
+                content=body,
+                headers={
+                    **_auth(token),
+                    "content-encoding": encoding,
+                    "accept-encoding": "identity",
+                },
+            ),
+            stream=True,
+        )
         raw = r.read()
     assert r.status_code == 200
     assert r.headers["content-encoding"] == encoding
@@ -136,10 +158,14 @@ def test_predict_error_is_500_without_traceback(server: Server, folders: Path) -
     assert "Traceback" in server.log()
 
 
-def test_syntax_error_fails_deploy_and_previous_version_serves(server: Server, folders: Path) -> None:
+def test_syntax_error_fails_deploy_and_previous_version_serves(
+    server: Server, folders: Path
+) -> None:
     good = server.deploy(model_dir(folders, "v1", "echo.py"), "models/test", "versions")
     assert good["state"] == "ready"
-    bad_folder = model_dir(folders, "v2", "async def predict(payload_dict, **kwargs):\n    return {\n")
+    bad_folder = model_dir(
+        folders, "v2", "async def predict(payload_dict, **kwargs):\n    return {\n"
+    )
     bad = server.deploy(bad_folder, "models/test", "versions")
     assert bad["status"] == 400
     assert bad["error"]["type"] == "invalid_model_folder"
@@ -150,11 +176,15 @@ def test_syntax_error_fails_deploy_and_previous_version_serves(server: Server, f
 
 
 def test_missing_predict_fails_deploy(server: Server, folders: Path) -> None:
-    bad = server.deploy(model_dir(folders, "nopredict", "def helper():\n    pass\n"), "models/test", "np")
+    bad = server.deploy(
+        model_dir(folders, "nopredict", "def helper():\n    pass\n"), "models/test", "np"
+    )
     assert bad["status"] == 400 and "predict" in bad["error"]["message"]
 
 
-def test_failed_init_is_503_with_reason_and_previous_version_serves(server: Server, folders: Path) -> None:
+def test_failed_init_is_503_with_reason_and_previous_version_serves(
+    server: Server, folders: Path
+) -> None:
     good = server.deploy(model_dir(folders, "g", "echo.py"), "models/test", "initfail")
     bad = server.deploy(model_dir(folders, "b", "bad_init.py"), "models/test", "initfail")
     assert bad["status"] == 200 and bad["state"] == "failed"
@@ -182,7 +212,9 @@ def test_new_version_takes_over_versionless_url(server: Server, folders: Path) -
 def test_blocking_predict_freezes_neither_health_nor_other_models(
     server: Server, echo: tuple[str, str], folders: Path
 ) -> None:
-    blocking = server.deploy(model_dir(folders, "blocking", "blocking.py"), "models/test", "blocking")
+    blocking = server.deploy(
+        model_dir(folders, "blocking", "blocking.py"), "models/test", "blocking"
+    )
     token = server.session_token(blocking["api_url"])
     results: list[int] = []
 
@@ -238,27 +270,42 @@ def test_worker_crash_is_503_then_restarts(server: Server, folders: Path) -> Non
 def test_access_token_scope_and_revocation(server: Server, echo: tuple[str, str]) -> None:
     url, _ = echo
     admin = {"authorization": f"Bearer {server.admin_token()}"}
-    r = httpx.post(server.url + "/console/api/modelhost/access-tokens/", json={"prefix": "models/test"}, headers=admin)
+    r = httpx.post(
+        server.url + "/console/api/modelhost/access-tokens/",
+        json={"prefix": "models/test"},
+        headers=admin,
+    )
     assert r.status_code == 201
     created = r.json()
     assert created["token"].startswith("mh_")
     assert httpx.post(url, json={"t": 1}, headers=_auth(created["token"])).status_code == 200
     # the same token gives model session tokens through the console API
-    r = httpx.request("GET", server.url + "/console/api/modelhost/model-auth/", json={"model_url": url},
-                      headers=_auth(created["token"]))
+    r = httpx.request(
+        "GET",
+        server.url + "/console/api/modelhost/model-auth/",
+        json={"model_url": url},
+        headers=_auth(created["token"]),
+    )
     assert r.status_code == 200
-    r = httpx.delete(server.url + f"/console/api/modelhost/access-tokens/{created['id']}/", headers=admin)
+    r = httpx.delete(
+        server.url + f"/console/api/modelhost/access-tokens/{created['id']}/", headers=admin
+    )
     assert r.status_code == 200
     time.sleep(1.5)  # MODELHOST_REVOCATION_POLL_S=0.5 in the harness
     assert httpx.post(url, json={"t": 1}, headers=_auth(created["token"])).status_code == 401
 
 
-def test_tokens_are_hashed_at_rest_and_secrets_not_logged(server: Server, echo: tuple[str, str]) -> None:
+def test_tokens_are_hashed_at_rest_and_secrets_not_logged(
+    server: Server, echo: tuple[str, str]
+) -> None:
     import sqlite3
 
     admin = {"authorization": f"Bearer {server.admin_token()}"}
-    token = httpx.post(server.url + "/console/api/modelhost/access-tokens/", json={"prefix": "models/test"},
-                       headers=admin).json()["token"]
+    token = httpx.post(
+        server.url + "/console/api/modelhost/access-tokens/",
+        json={"prefix": "models/test"},
+        headers=admin,
+    ).json()["token"]
     db = sqlite3.connect(server.home / "registry.db")
     dump = "\n".join(db.iterdump())
     assert token not in dump
@@ -268,12 +315,17 @@ def test_tokens_are_hashed_at_rest_and_secrets_not_logged(server: Server, echo: 
 
 
 def test_console_auth_flow(server: Server) -> None:
-    r = httpx.post(server.url + "/console/api/auth/", json={"email": "admin@modelhost.local", "password": "wrong"})
+    r = httpx.post(
+        server.url + "/console/api/auth/",
+        json={"email": "admin@modelhost.local", "password": "wrong"},
+    )
     assert r.status_code == 401
     r = httpx.post(server.url + "/console/api/auth/", content=b"{nope")
     assert r.status_code == 400
-    r = httpx.post(server.url + "/console/api/auth/", json={"email": "admin@modelhost.local",
-                                                            "password": "e2e-admin-password"})
+    r = httpx.post(
+        server.url + "/console/api/auth/",
+        json={"email": "admin@modelhost.local", "password": "e2e-admin-password"},
+    )
     tokens = r.json()
     r = httpx.post(server.url + "/console/api/auth/refresh/", json={"refresh": tokens["refresh"]})
     assert r.status_code == 200 and r.json()["access"]

@@ -85,26 +85,44 @@ class Gateway:
         await self.auth.stop()
         await self.supervisor.shutdown()
 
-    async def start_version(self, model: ModelRow, version: VersionRow, replicas: int) -> VersionWorkers:
+    async def start_version(
+        self, model: ModelRow, version: VersionRow, replicas: int
+    ) -> VersionWorkers:
         entry = self.routes.add(
             ModelEntry(model.id, model.prefix_key, model.name, model.deployment_key)
         )
         info = VersionInfo(
-            version_id=version.id, model_id=model.id, prefix=model.prefix_key, name=model.name,
-            version=version.version, deployment=model.deployment_key, store_key=version.store_key,
-            model_json=version.model_json, traffic_weight=version.traffic_weight,
+            version_id=version.id,
+            model_id=model.id,
+            prefix=model.prefix_key,
+            name=model.name,
+            version=version.version,
+            deployment=model.deployment_key,
+            store_key=version.store_key,
+            model_json=version.model_json,
+            traffic_weight=version.traffic_weight,
         )
         workers = VersionWorkers(info, replicas, self.settings, self._version_changed)
         entry.versions[version.version] = workers
+        entry.refresh()
         self.supervisor.versions[version.id] = workers
         await workers.start()
         return workers
 
     def _version_changed(self, workers: VersionWorkers) -> None:
         info, state = workers.info, workers.state
+        entry = self.routes.by_id(info.model_id)
+        if entry is not None:
+            entry.refresh()
         error = workers.reason if state == "failed" else None
-        log.info("%s/%s v%d is %s%s", info.prefix, info.name, info.version, state,
-                 f": {error}" if error else "")
+        log.info(
+            "%s/%s v%d is %s%s",
+            info.prefix,
+            info.name,
+            info.version,
+            state,
+            f": {error}" if error else "",
+        )
         loop = asyncio.get_running_loop()
         loop.run_in_executor(None, self.registry.set_version_state, info.version_id, state, error)
 
@@ -161,7 +179,8 @@ def bootstrap_admin(settings: Settings, registry: Registry) -> None:
         print(
             f"\nCreated the admin account {settings.admin_email} with password: {password}\n"
             "It is shown only this once (set MODELHOST_ADMIN_PASSWORD to choose it).\n",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
 
 
@@ -171,8 +190,10 @@ def build_gateway(settings: Settings) -> Gateway:
     registry.migrate()
     bootstrap_admin(settings, registry)
     tokens = TokenService(
-        settings.load_jwt_secret(), access_ttl_s=settings.access_token_ttl_s,
-        refresh_ttl_s=settings.refresh_token_ttl_s, session_ttl_s=settings.session_token_ttl_s,
+        settings.load_jwt_secret(),
+        access_ttl_s=settings.access_token_ttl_s,
+        refresh_ttl_s=settings.refresh_token_ttl_s,
+        session_ttl_s=settings.session_token_ttl_s,
     )
     store = open_store(settings.store_url, settings.s3_endpoint_url)
     return Gateway(settings, registry, store, tokens)

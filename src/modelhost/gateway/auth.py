@@ -62,7 +62,9 @@ class Authenticator:
             principal = await self._verify(authorization)
         if principal.expires < time.time():
             self._cache.pop(authorization, None)
-            raise Unauthorized("the token has expired; get a new one with get_session_token(api_url)")
+            raise Unauthorized(
+                "the token has expired; get a new one with get_session_token(api_url)"
+            )
         if (
             principal.user_id in self._inactive_users
             or (principal.jti and principal.jti in self._revoked_jtis)
@@ -103,7 +105,10 @@ class Authenticator:
             raise Unauthorized("unknown or revoked access token")
         expires = row.expires_at.timestamp() if row.expires_at else float("inf")
         return Principal(
-            user_id=row.user_id, expires=expires, model_id=row.model_id, prefix=row.prefix_key,
+            user_id=row.user_id,
+            expires=expires,
+            model_id=row.model_id,
+            prefix=row.prefix_key,
             token_hash=digest,
         )
 

@@ -19,7 +19,14 @@ from starlette.routing import Route
 
 from modelhost.auth.passwords import verify_password
 from modelhost.auth.tokens import hash_opaque, new_opaque_token
-from modelhost.errors import BadRequest, Forbidden, InvalidJSON, ModelhostError, NotFound, Unauthorized
+from modelhost.errors import (
+    BadRequest,
+    Forbidden,
+    InvalidJSON,
+    ModelhostError,
+    NotFound,
+    Unauthorized,
+)
 from modelhost.gateway.http_errors import error_body, error_headers, status_of
 from modelhost.registry.rows import UserRow
 
@@ -67,7 +74,11 @@ class Console:
             Route(f"{API}/modelhost/prefixes/", self.prefixes, methods=["GET", "POST"]),
             Route(f"{API}/modelhost/deployments/", self.deployments, methods=["GET", "POST"]),
             Route(f"{API}/modelhost/access-tokens/", self.create_access_token, methods=["POST"]),
-            Route(f"{API}/modelhost/access-tokens/{{token_id:int}}/", self.revoke_access_token, methods=["DELETE"]),
+            Route(
+                f"{API}/modelhost/access-tokens/{{token_id:int}}/",
+                self.revoke_access_token,
+                methods=["DELETE"],
+            ),
         ]
         return Starlette(routes=routes, exception_handlers={ModelhostError: self._on_error})  # type: ignore[dict-item]
 
@@ -91,7 +102,9 @@ class Console:
         if user is None or not user.is_active or not verify_password(user.password_hash, password):
             raise Unauthorized("wrong email or password")
         tokens = self.gw.tokens
-        return JSONResponse({"access": tokens.issue_access(user.id), "refresh": tokens.issue_refresh(user.id)})
+        return JSONResponse(
+            {"access": tokens.issue_access(user.id), "refresh": tokens.issue_refresh(user.id)}
+        )
 
     async def refresh(self, request: Request) -> Response:
         data = await _json(request)
@@ -105,11 +118,17 @@ class Console:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise Unauthorized("send 'Authorization: Bearer <console access token>' (POST /console/api/auth/)")
+            raise Unauthorized(
+                "send 'Authorization: Bearer <console access token>' (POST /console/api/auth/)"
+            )
         registry = self.gw.registry
         if token.startswith("mh_"):
             row = await asyncio.to_thread(registry.get_access_token, hash_opaque(token))
-            if row is None or row.revoked or (row.expires_at and row.expires_at.timestamp() < time.time()):
+            if (
+                row is None
+                or row.revoked
+                or (row.expires_at and row.expires_at.timestamp() < time.time())
+            ):
                 raise Unauthorized("unknown, expired or revoked access token")
             user_id = row.user_id
         else:
@@ -129,7 +148,9 @@ class Console:
         user = await self._user(request)
         data = {**request.query_params, **await _json(request)}
         entry = self._find_model(data)
-        token = self.gw.tokens.issue_model_session(user.id, entry.model_id, entry.prefix, entry.name)
+        token = self.gw.tokens.issue_model_session(
+            user.id, entry.model_id, entry.prefix, entry.name
+        )
         return JSONResponse({"token": token, "model_id": entry.model_id})
 
     def _find_model(self, data: dict[str, Any]) -> Any:
@@ -178,7 +199,9 @@ class Console:
         registry = self.gw.registry
         if request.method == "POST":
             data = await _json(request)
-            row = await asyncio.to_thread(registry.create_prefix, _field(data, "key").strip("/"), data.get("description", ""))
+            row = await asyncio.to_thread(
+                registry.create_prefix, _field(data, "key").strip("/"), data.get("description", "")
+            )
             await asyncio.to_thread(registry.audit, user.email, "prefix.create", {"key": row.key})
             return JSONResponse({"id": row.id, "key": row.key}, status_code=201)
         rows = await asyncio.to_thread(registry.list_prefixes)
@@ -193,8 +216,12 @@ class Console:
             if not isinstance(replicas, int) or not 1 <= replicas <= 64:
                 raise BadRequest("'replicas' must be an integer from 1 to 64")
             row = await asyncio.to_thread(registry.create_deployment, _field(data, "key"), replicas)
-            await asyncio.to_thread(registry.audit, user.email, "deployment.create", {"key": row.key})
-            return JSONResponse({"id": row.id, "key": row.key, "replicas": row.replicas}, status_code=201)
+            await asyncio.to_thread(
+                registry.audit, user.email, "deployment.create", {"key": row.key}
+            )
+            return JSONResponse(
+                {"id": row.id, "key": row.key, "replicas": row.replicas}, status_code=201
+            )
         rows = await asyncio.to_thread(registry.list_deployments)
         return JSONResponse([{"id": r.id, "key": r.key, "replicas": r.replicas} for r in rows])
 
@@ -220,8 +247,13 @@ class Console:
         expires = datetime.now(UTC) + timedelta(seconds=ttl) if ttl else None
         token = new_opaque_token()
         row = await asyncio.to_thread(
-            registry.create_access_token, str(data.get("name", "")), hash_opaque(token), user.id,
-            prefix_id, model_id, expires,
+            registry.create_access_token,
+            str(data.get("name", "")),
+            hash_opaque(token),
+            user.id,
+            prefix_id,
+            model_id,
+            expires,
         )
         await asyncio.to_thread(registry.audit, user.email, "access_token.create", {"id": row.id})
         return JSONResponse({"id": row.id, "token": token}, status_code=201)
@@ -230,5 +262,7 @@ class Console:
         user = await self._admin(request)
         token_id = request.path_params["token_id"]
         await asyncio.to_thread(self.gw.registry.revoke_access_token, token_id)
-        await asyncio.to_thread(self.gw.registry.audit, user.email, "access_token.revoke", {"id": token_id})
+        await asyncio.to_thread(
+            self.gw.registry.audit, user.email, "access_token.revoke", {"id": token_id}
+        )
         return JSONResponse({"revoked": token_id})

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from modelhost.errors import BadRequest, PayloadTooLarge
 from modelhost.runtime.loader import check_folder
-from modelhost.runtime.supervisor import VersionInfo
 
 if TYPE_CHECKING:
     from modelhost.gateway.app import Gateway
@@ -43,7 +42,9 @@ def unpack(archive: bytes, dest: Path) -> None:
                 )
             tar.extractall(dest, filter="data")
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise BadRequest(f"the upload is not a readable tar archive of the model folder: {exc}") from None
+        raise BadRequest(
+            f"the upload is not a readable tar archive of the model folder: {exc}"
+        ) from None
 
 
 class Deployer:
@@ -69,7 +70,9 @@ class Deployer:
             dep = registry.ensure_deployment(deployment)
             model = registry.get_or_create_model(prefix, name, deployment)
             version = registry.create_version(model.id, store_key, check.model_json, check.hooks)
-            registry.audit(actor, "model.deploy", {"model": f"{prefix}/{name}", "version": version.version})
+            registry.audit(
+                actor, "model.deploy", {"model": f"{prefix}/{name}", "version": version.version}
+            )
             return model, version, dep.replicas
 
         model, version, replicas = await asyncio.to_thread(record)
@@ -100,5 +103,5 @@ def _check_names(prefix: str, name: str, deployment: str) -> None:
             raise BadRequest(f"invalid {label} {value!r}: use letters, digits, '-', '_' and '.'")
     if "/" in name or "/" in deployment:
         raise BadRequest("the model name and the deployment key are one path segment each")
-    if name[:1] in ("v", "V") and name[1:].isdigit() or name.isdigit():
+    if (name[:1] in ("v", "V") and name[1:].isdigit()) or name.isdigit():
         raise BadRequest(f"model name {name!r} looks like a version; pick another name")

@@ -41,19 +41,9 @@ class ModelRoutes:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         n = next(self._ids)
-        request_id = f"{self._boot}-{n:x}".encode()
-        authorization = content_type = encoding = length = None
-        for key, value in scope["headers"]:
-            if key == b"authorization":
-                authorization = value
-            elif key == b"content-type":
-                content_type = value
-            elif key == b"content-length":
-                length = value
-            elif key == b"content-encoding":
-                encoding = value
-            elif key == b"x-request-id":
-                request_id = value[:128]
+        authorization, content_type, length, encoding, request_id = _read_headers(scope)
+        if request_id is None:
+            request_id = f"{self._boot}-{n:x}".encode()
         entry: ModelEntry | None = None
         try:
             match = self.gw.routes.resolve(scope["path"])
@@ -67,15 +57,18 @@ class ModelRoutes:
             if b"get_meta=true" in scope["query_string"]:
                 await self._send_meta(send, entry, workers, request_id)
                 return
-            channel = workers.pick() if workers.state == "ready" else None
+            channel = workers.pick()
             if channel is None:
                 raise _not_ready(entry, workers)
             body = await bodies.read_body(receive, self.limit, int(length) if length else None)
             if encoding:
                 body = bodies.decode(body, encoding.decode("latin-1"), self.limit)
             fut = channel.request(
-                scope["method"], match.subpath, scope["query_string"].decode("latin-1"),
-                content_type.decode("latin-1") if content_type else "", body,
+                scope["method"],
+                match.subpath,
+                scope["query_string"].decode("latin-1"),
+                content_type.decode("latin-1") if content_type else "",
+                body,
             )
             reply = await fut
             headers = self._headers(entry, workers) + [(b"x-request-id", request_id)]
@@ -112,11 +105,31 @@ class ModelRoutes:
     ) -> None:
         body = orjson.dumps(self.gw.model_meta(entry, workers))
         headers = self._headers(entry, workers) + [
-            (b"content-type", b"application/json"), (b"x-request-id", request_id),
+            (b"content-type", b"application/json"),
+            (b"x-request-id", request_id),
             (b"content-length", str(len(body)).encode()),
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
+
+
+def _read_headers(
+    scope: Scope,
+) -> tuple[bytes | None, bytes | None, bytes | None, bytes | None, bytes | None]:
+    """One pass over the headers for the five the hot path reads."""
+    authorization = content_type = length = encoding = request_id = None
+    for key, value in scope["headers"]:
+        if key == b"authorization":
+            authorization = value
+        elif key == b"content-type":
+            content_type = value
+        elif key == b"content-length":
+            length = value
+        elif key == b"content-encoding":
+            encoding = value
+        elif key == b"x-request-id":
+            request_id = value[:128]
+    return authorization, content_type, length, encoding, request_id
 
 
 def _pick_version(match: Match) -> VersionWorkers:
@@ -129,7 +142,7 @@ def _pick_version(match: Match) -> VersionWorkers:
                 f"{entry.prefix}/{entry.name} has no version {match.version} (versions: {known})"
             )
         return workers
-    workers = entry.latest_ready() or entry.latest()
+    workers = entry.serving
     if workers is None:
         raise ModelNotReady(f"{entry.prefix}/{entry.name} has no deployed version yet")
     return workers
@@ -174,7 +187,9 @@ async def _send_stream(stream: Stream, headers: Headers, receive: Receive, send:
         headers.extend((k.encode(), v.encode()) for k, v in stream.head.headers.items())
     watcher = asyncio.get_running_loop().create_task(_wait_disconnect(receive, stream))
     try:
-        await send({"type": "http.response.start", "status": stream.head.status, "headers": headers})
+        await send(
+            {"type": "http.response.start", "status": stream.head.status, "headers": headers}
+        )
         try:
             async for chunk in stream:
                 if stream.done:
@@ -182,7 +197,9 @@ async def _send_stream(stream: Stream, headers: Headers, receive: Receive, send:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except ModelhostError as exc:
             # Headers are gone already: the error becomes the stream's last piece.
-            await send({"type": "http.response.body", "body": b"\n" + error_body(exc), "more_body": True})
+            await send(
+                {"type": "http.response.body", "body": b"\n" + error_body(exc), "more_body": True}
+            )
         await send({"type": "http.response.body", "body": b""})
     finally:
         watcher.cancel()

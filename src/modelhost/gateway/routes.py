@@ -22,6 +22,12 @@ class ModelEntry:
     versions: dict[int, VersionWorkers] = field(default_factory=dict)
     requests: int = 0
     errors: int = 0
+    # What the versionless URL serves: the newest ready version, else the newest one (whose
+    # state explains the 503). Kept current by `refresh` so requests need not compute it.
+    serving: VersionWorkers | None = None
+
+    def refresh(self) -> None:
+        self.serving = self.latest_ready() or self.latest()
 
     def latest_ready(self) -> VersionWorkers | None:
         for number in sorted(self.versions, reverse=True):

@@ -18,7 +18,9 @@ def decode_payload(body: bytes, content_type: str) -> Any:
     if not body:
         return {}
     kind = content_type.split(";", 1)[0].strip().lower()
-    if kind in ("", JSON_TYPE, "text/plain", "application/x-www-form-urlencoded") or kind.endswith("+json"):
+    if kind in ("", JSON_TYPE, "text/plain", "application/x-www-form-urlencoded") or kind.endswith(
+        "+json"
+    ):
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:

@@ -46,10 +46,12 @@ def read_model_json(folder: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8") or "{}")
     except json.JSONDecodeError as exc:
         raise InvalidModelFolder(
-            f"model.json, line {exc.lineno}: not valid JSON ({exc.msg}); fix the file and deploy again"
+            f"model.json, line {exc.lineno}: not valid JSON ({exc.msg}); fix it and deploy again"
         ) from None
     if not isinstance(data, dict):
-        raise InvalidModelFolder("model.json must hold a JSON object, e.g. {\"download_files_from\": \"cache/x/\"}")
+        raise InvalidModelFolder(
+            'model.json must hold a JSON object, e.g. {"download_files_from": "cache/x/"}'
+        )
     return data
 
 
@@ -62,7 +64,7 @@ def check_folder(folder: Path) -> FolderCheck:
             return FolderCheck(model_json, [], has_model_py=False)
         raise InvalidModelFolder(
             "the folder has no model.py; add one defining "
-            f"`{_SIGNATURES['predict']}` (or a model.json with an \"llm\" section)"
+            f'`{_SIGNATURES["predict"]}` (or a model.json with an "llm" section)'
         )
     hooks = _hooks_in_source(source_path.read_text(encoding="utf-8"), "model.py")
     if "predict" not in hooks and "llm" not in model_json:
@@ -85,9 +87,7 @@ def _hooks_in_source(source: str, filename: str) -> list[str]:
             line=exc.lineno,
         ) from None
     names = {
-        node.name
-        for node in tree.body
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        node.name for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
     }
     return [h for h in HOOKS if h in names]
 
@@ -130,10 +130,14 @@ def load_model(folder: Path, module_name: str) -> LoadedModel:
     hooks = {name: getattr(module, name, None) for name in HOOKS}
     for name, fn in hooks.items():
         if fn is not None and not callable(fn):
-            raise InvalidModelFolder(f"model.py: `{name}` is not a function; define `{_SIGNATURES[name]}`")
+            raise InvalidModelFolder(
+                f"model.py: `{name}` is not a function; define `{_SIGNATURES[name]}`"
+            )
     predict = hooks["predict"]
     if predict is None:
-        raise InvalidModelFolder(f"model.py defines no `predict` hook; add `{_SIGNATURES['predict']}`")
+        raise InvalidModelFolder(
+            f"model.py defines no `predict` hook; add `{_SIGNATURES['predict']}`"
+        )
     _check_takes_payload(predict)
     for name in ("init", "cleanup"):
         if hooks[name] is not None:
@@ -148,7 +152,8 @@ def _check_takes_payload(fn: Callable[..., Any]) -> None:
         return
     params = list(sig.parameters.values())
     positional = [
-        p for p in params
+        p
+        for p in params
         if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
     ]
     if not positional:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -19,6 +19,8 @@ class ModelMeta:
     model_dir: str
     pod_name: str
     model_json: dict[str, Any]
+    # The built-in LLM engine's service, when model.json has an "llm" section.
+    llm: Any = field(default=None, repr=False, compare=False)
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
@@ -27,7 +29,9 @@ class ModelMeta:
         return getattr(self, key, default)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data.pop("llm", None)
+        return data
 
     # Practicus-style aliases
     @property

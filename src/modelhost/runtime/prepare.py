@@ -6,6 +6,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+from modelhost.errors import InvalidModelFolder
 from modelhost.runtime.loader import load_model, read_model_json
 from modelhost.runtime.meta import ModelMeta
 from modelhost.runtime.runner import PythonModelRunner, Runner
@@ -29,7 +30,9 @@ def sync_files(spec: WorkerSpec) -> None:
         report = sync_prefix(store, spec.download_from, target, LogSyncProgress())
         log.info(
             "synced %s: %d downloaded, %d already present",
-            spec.download_from, len(report.downloaded), len(report.skipped),
+            spec.download_from,
+            len(report.downloaded),
+            len(report.skipped),
         )
 
 
@@ -38,14 +41,32 @@ async def load_runner(spec: WorkerSpec) -> Runner:
     folder = Path(spec.version_dir)
     model_json = read_model_json(folder)
     meta = ModelMeta(
-        model_id=spec.model_id, name=spec.name, prefix=spec.prefix, version=spec.version,
-        deployment=spec.deployment, cache_dir=spec.download_to, model_dir=str(folder),
-        pod_name=spec.pod_name, model_json=model_json,
+        model_id=spec.model_id,
+        name=spec.name,
+        prefix=spec.prefix,
+        version=spec.version,
+        deployment=spec.deployment,
+        cache_dir=spec.download_to,
+        model_dir=str(folder),
+        pod_name=spec.pod_name,
+        model_json=model_json,
     )
-    if (folder / "model.py").exists():
-        module_name = f"modelhost_model_{spec.model_id}_v{spec.version}"
-        model = await asyncio.to_thread(load_model, folder, module_name)
-        return PythonModelRunner(model, meta)
-    from modelhost.llm.runner import build_llm_runner  # no model.py: a no-code LLM folder
+    llm = None
+    if "llm" in model_json:
+        from modelhost.runtime.llm_runner import build_llm_runner
 
-    return await build_llm_runner(meta)
+        llm = await build_llm_runner(meta)
+    if not (folder / "model.py").exists():
+        if llm is None:
+            raise InvalidModelFolder(
+                'the model folder has no model.py and no "llm" section in model.json'
+            )
+        return llm  # a no-code LLM folder
+    module_name = f"modelhost_model_{spec.model_id}_v{spec.version}"
+    model = await asyncio.to_thread(load_model, folder, module_name)
+    runner = PythonModelRunner(model, meta)
+    if llm is None:
+        return runner
+    from modelhost.runtime.llm_runner import LLMWithModelRunner
+
+    return LLMWithModelRunner(llm, runner)

@@ -38,11 +38,7 @@ class Kind(IntEnum):
 
 def encode(kind: Kind, rid: int, header: Any = None, body: bytes = b"") -> bytes:
     head = orjson.dumps(header) if header is not None else b""
-    return (
-        _PREFIX.pack(PREFIX_SIZE - 4 + len(head) + len(body), kind, rid, len(head))
-        + head
-        + body
-    )
+    return _PREFIX.pack(PREFIX_SIZE - 4 + len(head) + len(body), kind, rid, len(head)) + head + body
 
 
 FrameHandler = Callable[[Kind, int, Any, bytes], None]

