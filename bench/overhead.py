@@ -1,0 +1,172 @@
+"""Platform overhead: an echo model through modelhost's full path vs. bare and peer servers.
+
+    python -m bench.overhead [--duration 10] [--only modelhost,starlette,...]
+
+Each system runs alone (the others stopped) on this machine, measured with
+`wrk -t1 -c64` posting a small JSON body. modelhost's path includes the session-token check,
+routing, x-prt-* headers, metrics counters, request id, body limit and the hop to the worker
+process. Prints a table with ratios and writes bench/results/overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from bench.wrk import WrkResult, run_wrk
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+ECHO_MODEL = "async def predict(payload_dict: dict, **kwargs):\n    return payload_dict\n"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, timeout: float = 120, ok: Callable[[int], bool] = lambda s: s < 500) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if ok(httpx.post(url, json={"x": 1}, timeout=2).status_code):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+@contextmanager
+def _process(cmd: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def bench_modelhost(duration: int, replicas: int) -> WrkResult:
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as home:
+        env = {**os.environ, "MODELHOST_HOME": home, "MODELHOST_PORT": str(port),
+               "MODELHOST_ADMIN_PASSWORD": "bench-password", "MODELHOST_LOG_LEVEL": "warning"}
+        with _process([sys.executable, "-m", "modelhost.cli", "serve"], env):
+            url = f"http://127.0.0.1:{port}"
+            _wait_http(url + "/healthz", ok=lambda s: s == 405 or s == 200)
+            access = httpx.post(url + "/console/api/auth/", json={
+                "email": "admin@modelhost.local", "password": "bench-password"}).json()["access"]
+            admin = {"authorization": f"Bearer {access}"}
+            httpx.post(url + "/console/api/modelhost/deployments/",
+                       json={"key": "echo-depl", "replicas": replicas}, headers=admin)
+            folder = Path(home) / "echo"
+            folder.mkdir()
+            (folder / "model.py").write_text(ECHO_MODEL)
+            from modelhost.client._packing import pack_model_dir
+
+            deployed = httpx.post(url + "/console/api/modelhost/deploy/", params={
+                "deployment": "echo-depl", "prefix": "bench", "name": "echo"},
+                content=pack_model_dir(folder), headers=admin, timeout=120).json()
+            token = httpx.request("GET", url + "/console/api/modelhost/model-auth/",
+                                  json={"model_url": deployed["api_url"]}, headers=admin).json()["token"]
+            name = "modelhost" + (f" ({replicas} workers)" if replicas > 1 else "")
+            run_wrk(name, deployed["api_url"], token, duration_s=2)  # warm-up
+            return run_wrk(name, deployed["api_url"], token, duration_s=duration)
+
+
+def bench_starlette(duration: int) -> WrkResult:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "bench.peers.starlette_echo:app", "--port", str(port),
+           "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    with _process(cmd):
+        url = f"http://127.0.0.1:{port}/echo/"
+        _wait_http(url)
+        run_wrk("starlette", url, duration_s=2)
+        return run_wrk("bare Starlette echo", url, duration_s=duration)
+
+
+def bench_litserve(duration: int) -> WrkResult:
+    port = _free_port()
+    with _process([sys.executable, str(HERE / "peers" / "litserve_echo.py"), str(port)]):
+        url = f"http://127.0.0.1:{port}/predict"
+        _wait_http(url)
+        run_wrk("litserve", url, duration_s=2)
+        return run_wrk("LitServe echo", url, duration_s=duration)
+
+
+def bench_rayserve(duration: int) -> WrkResult:
+    port = _free_port()
+    with _process([sys.executable, str(HERE / "peers" / "rayserve_echo.py"), str(port)]):
+        url = f"http://127.0.0.1:{port}/echo"
+        _wait_http(url, timeout=180, ok=lambda s: s == 200)
+        run_wrk("ray", url, duration_s=2)
+        return run_wrk("Ray Serve echo", url, duration_s=duration)
+
+
+SYSTEMS: dict[str, Callable[[int], WrkResult]] = {
+    "modelhost": lambda d: bench_modelhost(d, 1),
+    "modelhost2": lambda d: bench_modelhost(d, 2),
+    "starlette": bench_starlette,
+    "litserve": bench_litserve,
+    "rayserve": bench_rayserve,
+}
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    parser.add_argument("--only", default=",".join(SYSTEMS), help="comma-separated subset")
+    args = parser.parse_args()
+    results: list[WrkResult] = []
+    for key in args.only.split(","):
+        needs = {"litserve": "litserve", "rayserve": "ray"}.get(key)
+        if needs and not _importable(needs):
+            print(f"skipping {key}: `{needs}` is not installed (pip install -e '.[bench]')", file=sys.stderr)
+            continue
+        print(f"measuring {key} ...", file=sys.stderr, flush=True)
+        results.append(SYSTEMS[key](args.duration))
+    _report(results)
+
+
+def _report(results: list[WrkResult]) -> None:
+    by = {r.system: r for r in results}
+    base = by.get("modelhost")
+    print("\n| system | requests/s | p50 ms | p99 ms | errors | modelhost ÷ system |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        ratio = f"{base.rps / r.rps:.2f}×" if base and r.rps else "—"
+        print(f"| {r.system} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {ratio} |")
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / "overhead.json"
+    out.write_text(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpu_count": os.cpu_count(),
+                               "results": [r.as_dict() for r in results]}, indent=1))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
