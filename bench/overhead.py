@@ -39,7 +39,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_http(url: str, timeout: float = 120, ok: Callable[[int], bool] = lambda s: s < 500) -> None:
+def _wait_http(
+    url: str, timeout: float = 120, ok: Callable[[int], bool] = lambda s: s < 500
+) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
@@ -52,9 +54,12 @@ def _wait_http(url: str, timeout: float = 120, ok: Callable[[int], bool] = lambd
 
 
 @contextmanager
-def _process(cmd: list[str], env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+def _process(
+    cmd: list[str], env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         yield proc
     finally:
@@ -68,26 +73,44 @@ def _process(cmd: list[str], env: dict[str, str] | None = None) -> Iterator[subp
 def bench_modelhost(duration: int, replicas: int) -> WrkResult:
     port = _free_port()
     with tempfile.TemporaryDirectory() as home:
-        env = {**os.environ, "MODELHOST_HOME": home, "MODELHOST_PORT": str(port),
-               "MODELHOST_ADMIN_PASSWORD": "bench-password", "MODELHOST_LOG_LEVEL": "warning"}
+        env = {
+            **os.environ,
+            "MODELHOST_HOME": home,
+            "MODELHOST_PORT": str(port),
+            "MODELHOST_ADMIN_PASSWORD": "bench-password",
+            "MODELHOST_LOG_LEVEL": "warning",
+        }
         with _process([sys.executable, "-m", "modelhost.cli", "serve"], env):
             url = f"http://127.0.0.1:{port}"
             _wait_http(url + "/healthz", ok=lambda s: s == 405 or s == 200)
-            access = httpx.post(url + "/console/api/auth/", json={
-                "email": "admin@modelhost.local", "password": "bench-password"}).json()["access"]
+            access = httpx.post(
+                url + "/console/api/auth/",
+                json={"email": "admin@modelhost.local", "password": "bench-password"},
+            ).json()["access"]
             admin = {"authorization": f"Bearer {access}"}
-            httpx.post(url + "/console/api/modelhost/deployments/",
-                       json={"key": "echo-depl", "replicas": replicas}, headers=admin)
+            httpx.post(
+                url + "/console/api/modelhost/deployments/",
+                json={"key": "echo-depl", "replicas": replicas},
+                headers=admin,
+            )
             folder = Path(home) / "echo"
             folder.mkdir()
             (folder / "model.py").write_text(ECHO_MODEL)
             from modelhost.client._packing import pack_model_dir
 
-            deployed = httpx.post(url + "/console/api/modelhost/deploy/", params={
-                "deployment": "echo-depl", "prefix": "bench", "name": "echo"},
-                content=pack_model_dir(folder), headers=admin, timeout=120).json()
-            token = httpx.request("GET", url + "/console/api/modelhost/model-auth/",
-                                  json={"model_url": deployed["api_url"]}, headers=admin).json()["token"]
+            deployed = httpx.post(
+                url + "/console/api/modelhost/deploy/",
+                params={"deployment": "echo-depl", "prefix": "bench", "name": "echo"},
+                content=pack_model_dir(folder),
+                headers=admin,
+                timeout=120,
+            ).json()
+            token = httpx.request(
+                "GET",
+                url + "/console/api/modelhost/model-auth/",
+                json={"model_url": deployed["api_url"]},
+                headers=admin,
+            ).json()["token"]
             name = "modelhost" + (f" ({replicas} workers)" if replicas > 1 else "")
             run_wrk(name, deployed["api_url"], token, duration_s=2)  # warm-up
             return run_wrk(name, deployed["api_url"], token, duration_s=duration)
@@ -95,8 +118,21 @@ def bench_modelhost(duration: int, replicas: int) -> WrkResult:
 
 def bench_starlette(duration: int) -> WrkResult:
     port = _free_port()
-    cmd = [sys.executable, "-m", "uvicorn", "bench.peers.starlette_echo:app", "--port", str(port),
-           "--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", "warning"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.peers.starlette_echo:app",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
     with _process(cmd):
         url = f"http://127.0.0.1:{port}/echo/"
         _wait_http(url)
@@ -138,7 +174,9 @@ def _importable(module: str) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
     parser.add_argument("--only", default=",".join(SYSTEMS), help="comma-separated subset")
     args = parser.parse_args()
@@ -146,7 +184,10 @@ def main() -> None:
     for key in args.only.split(","):
         needs = {"litserve": "litserve", "rayserve": "ray"}.get(key)
         if needs and not _importable(needs):
-            print(f"skipping {key}: `{needs}` is not installed (pip install -e '.[bench]')", file=sys.stderr)
+            print(
+                f"skipping {key}: `{needs}` is not installed (pip install -e '.[bench]')",
+                file=sys.stderr,
+            )
             continue
         print(f"measuring {key} ...", file=sys.stderr, flush=True)
         results.append(SYSTEMS[key](args.duration))
@@ -159,12 +200,28 @@ def _report(results: list[WrkResult]) -> None:
     print("\n| system | requests/s | p50 ms | p99 ms | errors | modelhost ÷ system |")
     print("|---|---|---|---|---|---|")
     for r in results:
-        ratio = f"{base.rps / r.rps:.2f}×" if base and r.rps else "—"
-        print(f"| {r.system} | {r.rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors} | {ratio} |")
+        ratio = f"{base.rps / r.rps:.2f}x" if base and r.rps else "—"
+        row = [
+            r.system,
+            f"{r.rps:,.0f}",
+            f"{r.p50_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            str(r.errors),
+            ratio,
+        ]
+        print("| " + " | ".join(row) + " |")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "overhead.json"
-    out.write_text(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpu_count": os.cpu_count(),
-                               "results": [r.as_dict() for r in results]}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "cpu_count": os.cpu_count(),
+                "results": [r.as_dict() for r in results],
+            },
+            indent=1,
+        )
+    )
     print(f"\nwrote {out}")
 
 

@@ -31,20 +31,35 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(
-    system: str, url: str, token: str | None = None, duration_s: int = 10,
-    connections: int = 64, threads: int = 1,
+    system: str,
+    url: str,
+    token: str | None = None,
+    duration_s: int = 10,
+    connections: int = 64,
+    threads: int = 1,
 ) -> WrkResult:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install -y wrk")
     headers = 'wrk.headers["Content-Type"] = "application/json"\n'
     if token:
         headers += f'wrk.headers["Authorization"] = "Bearer {token}"\n'
-    script = f'wrk.method = "POST"\nwrk.body = \'{BODY}\'\n{headers}'
+    script = f"wrk.method = \"POST\"\nwrk.body = '{BODY}'\n{headers}"
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(script)
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", fh.name, url],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{duration_s}s",
+            "--latency",
+            "-s",
+            fh.name,
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     Path(fh.name).unlink()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]

