@@ -94,9 +94,19 @@ class WorkerUnavailable(ModelhostError):
 _BY_CODE: dict[str, type[ModelhostError]] = {
     cls.code: cls
     for cls in (
-        ModelhostError, BadRequest, InvalidJSON, InvalidModelFolder, Unauthorized, Forbidden,
-        NotFound, Conflict, PayloadTooLarge, UnsupportedMediaType, PredictFailed,
-        ModelNotReady, WorkerUnavailable,
+        ModelhostError,
+        BadRequest,
+        InvalidJSON,
+        InvalidModelFolder,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        PredictFailed,
+        ModelNotReady,
+        WorkerUnavailable,
     )
 }
 

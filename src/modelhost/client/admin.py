@@ -9,7 +9,9 @@ from modelhost.client._sync import run_sync
 from modelhost.client.credentials import load_credentials
 
 
-async def aadmin_request(method: str, path: str, url: str | None, body: dict[str, Any] | None) -> Any:
+async def aadmin_request(
+    method: str, path: str, url: str | None, body: dict[str, Any] | None
+) -> Any:
     creds = load_credentials(url)
     payload = {k: v for k, v in (body or {}).items() if v is not None}
     async with _console.http_client() as client:
@@ -19,5 +21,7 @@ async def aadmin_request(method: str, path: str, url: str | None, body: dict[str
     return response.json()
 
 
-def admin_request(method: str, path: str, url: str | None, body: dict[str, Any] | None = None) -> Any:
+def admin_request(
+    method: str, path: str, url: str | None, body: dict[str, Any] | None = None
+) -> Any:
     return run_sync(aadmin_request(method, path, url, body))
