@@ -227,8 +227,8 @@ def sync_prefix(
     syncer = _Syncer(store, Path(dest_dir).absolute(), progress)
     report = syncer.run(files)
     logger.info(
-        "synced %s%s to %s: %d downloaded (%s), %d up to date",
-        store, prefix, syncer.dest_dir, len(report.downloaded), human_bytes(report.bytes),
+        "synced '%s' from %s to %s: %d downloaded (%s), %d up to date",
+        prefix, store, syncer.dest_dir, len(report.downloaded), human_bytes(report.bytes),
         len(report.skipped),
     )
     return report
