@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from modelhost.demo_assets import INSTALL_HINT, DemoAssets, prepare_demo_assets
+from services import pg_admin, pg_url, s3_endpoint  # noqa: F401  (shared fixtures)
 
 # Tests never reach for the Hugging Face hub: every model comes from a local file.
 os.environ["HF_HUB_OFFLINE"] = "1"

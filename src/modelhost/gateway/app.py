@@ -45,6 +45,7 @@ class Gateway:
         self._console = Console(self).app()
         self._models = ModelRoutes(self)
         self._boot_task: asyncio.Task[None] | None = None
+        self._shutting_down = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -76,18 +77,21 @@ class Gateway:
         await asyncio.to_thread(self.auth.refresh_revocations)
         self.auth.start()
         active = await asyncio.to_thread(self.registry.list_active_versions)
-        starts = [self.start_version(a.model, a.version, a.replicas) for a in active]
+        # Routes exist before the first request; workers start in the background.
+        starts = [self.register_version(a.model, a.version, a.replicas).start() for a in active]
         if starts:
             log.info("starting %d model version(s)", len(starts))
             self._boot_task = asyncio.get_running_loop().create_task(_gather(starts))
 
     async def shutdown(self) -> None:
+        self._shutting_down = True  # versions stop with the server, not for good
         await self.auth.stop()
         await self.supervisor.shutdown()
 
-    async def start_version(
+    def register_version(
         self, model: ModelRow, version: VersionRow, replicas: int
     ) -> VersionWorkers:
+        """Put a version in the route table (state: loading) without starting it yet."""
         entry = self.routes.add(
             ModelEntry(model.id, model.prefix_key, model.name, model.deployment_key)
         )
@@ -106,6 +110,12 @@ class Gateway:
         entry.versions[version.version] = workers
         entry.refresh()
         self.supervisor.versions[version.id] = workers
+        return workers
+
+    async def start_version(
+        self, model: ModelRow, version: VersionRow, replicas: int
+    ) -> VersionWorkers:
+        workers = self.register_version(model, version, replicas)
         await workers.start()
         return workers
 
@@ -123,6 +133,8 @@ class Gateway:
             state,
             f": {error}" if error else "",
         )
+        if self._shutting_down:
+            return
         loop = asyncio.get_running_loop()
         loop.run_in_executor(None, self.registry.set_version_state, info.version_id, state, error)
 
