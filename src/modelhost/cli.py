@@ -188,7 +188,13 @@ def _logging(level: str) -> None:
 
 
 def main() -> None:
-    app()
+    from modelhost.errors import ModelhostError
+
+    try:
+        app()
+    except ModelhostError as exc:  # a user-facing problem: say it, no traceback
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -16,15 +16,16 @@ from modelhost.errors import InvalidModelFolder
 
 
 def pack_model_dir(model_dir: Path) -> bytes:
-    """The gzip tar of `model_dir`, paths relative to it; checks that model.py is there."""
+    """The gzip tar of `model_dir`, paths relative to it; checks there is something to serve."""
     from modelhost.store.upload import DEFAULT_EXCLUDES, iter_files  # owned by `store`
 
     root = Path(model_dir).expanduser().resolve()
     if not root.is_dir():
         raise InvalidModelFolder(f"{root} is not a folder; pass model_dir= the model folder")
-    if not (root / "model.py").is_file():
+    if not (root / "model.py").is_file() and not (root / "model.json").is_file():
         raise InvalidModelFolder(
-            f"{root} has no model.py; run deploy from the model folder or pass model_dir="
+            f"{root} has neither model.py nor model.json; run deploy from the model folder "
+            "or pass model_dir="
         )
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
