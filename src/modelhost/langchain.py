@@ -146,7 +146,7 @@ def _result(data: dict[str, Any]) -> ChatResult:
         "output_tokens": int(data.get("output_tokens", 0)),
         "total_tokens": int(data.get("total_tokens", 0)),
     }
-    message = AIMessage(content=str(data.get("content", "")), usage_metadata=usage)  # type: ignore[arg-type]
+    message = AIMessage(content=str(data.get("content", "")), usage_metadata=usage)
     return ChatResult(
         generations=[ChatGeneration(message=message)],
         llm_output={"lang_model": data.get("lang_model"), **usage},

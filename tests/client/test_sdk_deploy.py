@@ -51,9 +51,11 @@ def test_pack_drops_local_owner_names(tmp_path: Path) -> None:
         assert {(m.uname, m.uid) for m in tar.getmembers()} == {("", 0)}
 
 
-def test_pack_requires_model_py(tmp_path: Path) -> None:
-    with pytest.raises(InvalidModelFolder, match=r"has no model\.py"):
+def test_pack_requires_model_py_or_model_json(tmp_path: Path) -> None:
+    with pytest.raises(InvalidModelFolder, match=r"has neither model\.py nor model\.json"):
         pack_model_dir(tmp_path)
+    (tmp_path / "model.json").write_text('{"llm": {"model": "x.gguf"}}')
+    assert pack_model_dir(tmp_path)  # a no-code LLM folder
     with pytest.raises(InvalidModelFolder, match="is not a folder"):
         pack_model_dir(tmp_path / "missing")
 

@@ -232,3 +232,51 @@ def test_disconnect_frees_the_slot_and_queue_limit_answers_429(
     status, waited = asyncio.run(scenario())
     assert status == 429
     assert waited < 5  # the queued request ran as soon as the slot was freed, not after 2000 tokens
+
+
+def test_server_mode_engine_and_proxy(llm: tuple[Server, str, str, Path]) -> None:
+    """model.py with prt.models.server: start_serving + serve, in engine and in proxy mode."""
+    import shutil as sh
+
+    from .harness import MODELS
+
+    srv, smol_url, smol_token, root = llm
+    local = root / "server-local"
+    local.mkdir()
+    sh.copy(MODELS / "server_mode.py", local / "model.py")
+    (local / "model.json").write_text('{"download_files_from": "cache/smollm2-135m-instruct/"}')
+    deployed = srv.deploy(local, "llm-models", "server-local")
+    assert deployed["state"] == "ready", deployed
+    chat = {
+        "messages": [{"role": "user", "content": "Who is Einstein?"}],
+        "max_tokens": 8,
+        "temperature": 0,
+    }
+    token = srv.session_token(deployed["api_url"])
+    r = httpx.post(
+        deployed["api_url"], json=chat, headers={"authorization": f"Bearer {token}"}, timeout=120
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["served_by"] == "model.py" and r.json()["usage"]["completion_tokens"] == 8
+
+    proxy = root / "server-proxy"
+    proxy.mkdir()
+    sh.copy(MODELS / "server_mode.py", proxy / "model.py")
+    upstream = {"base_url": smol_url + "v1", "api_key": smol_token}
+    (proxy / "model.json").write_text(json.dumps({"upstream": upstream}))
+    deployed = srv.deploy(proxy, "llm-models", "server-proxy")
+    assert deployed["state"] == "ready", deployed
+    token = srv.session_token(deployed["api_url"])
+    r = httpx.post(
+        deployed["api_url"], json=chat, headers={"authorization": f"Bearer {token}"}, timeout=120
+    )
+    assert r.status_code == 200, r.text
+    direct = httpx.post(
+        smol_url + "v1/chat/completions",
+        json=chat,
+        headers={"authorization": f"Bearer {smol_token}"},
+        timeout=120,
+    ).json()
+    assert (
+        r.json()["choices"][0]["message"]["content"] == direct["choices"][0]["message"]["content"]
+    )

@@ -35,6 +35,22 @@ def _model_path(meta: ModelMeta, name: str) -> Path:
     )
 
 
+ENGINE_OPTIONS = ("kv_capacity", "seq_ctx", "max_batch_tokens", "n_threads")
+
+
+def build_service(model_path: Path, name: str, options: dict[str, Any]) -> Any:
+    """An `LLMService` over a llama.cpp engine for one GGUF file (blocking: loads weights)."""
+    from modelhost.llm.engine import LLMEngine
+    from modelhost.llm.llamacpp import LlamaCppBackend
+    from modelhost.llm.service import LLMService
+
+    max_seqs = int(options.get("max_seqs", 32))
+    extra = {key: int(options[key]) for key in ENGINE_OPTIONS if key in options}
+    backend = LlamaCppBackend(model_path, max_seqs=max_seqs, **extra)
+    engine = LLMEngine(backend, max_seqs, int(options.get("max_queue", 64)))
+    return LLMService(engine, name)
+
+
 class LLMRunner:
     def __init__(self, meta: ModelMeta, config: dict[str, Any]) -> None:
         self.meta = meta
@@ -47,22 +63,13 @@ class LLMRunner:
         self.service = await asyncio.to_thread(self._build)
 
     def _build(self) -> Any:
-        from modelhost.llm.engine import LLMEngine
-        from modelhost.llm.llamacpp import LlamaCppBackend
-        from modelhost.llm.service import LLMService
-
         cfg = self.config
         if not isinstance(cfg.get("model"), str):
             raise InvalidModelFolder('model.json: "llm" needs "model": "<file.gguf>"')
-        max_seqs = int(cfg.get("max_seqs", 32))
-        backend_kwargs: dict[str, Any] = {"max_seqs": max_seqs}
-        for key in ("kv_capacity", "seq_ctx", "max_batch_tokens", "n_threads"):
-            if key in cfg:
-                backend_kwargs[key] = int(cfg[key])
-        backend = LlamaCppBackend(_model_path(self.meta, cfg["model"]), **backend_kwargs)
-        self.engine = LLMEngine(backend, max_seqs, int(cfg.get("max_queue", 64)))
         name = str(cfg.get("served_name") or self.meta.name)
-        return LLMService(self.engine, name)
+        self.service = build_service(_model_path(self.meta, cfg["model"]), name, cfg)
+        self.engine = self.service.engine
+        return self.service
 
     async def handle(self, request: WorkRequest) -> Reply | StreamReply:
         body = decode_payload(request.body, request.content_type) if request.body else None
