@@ -28,7 +28,7 @@ import llama_cpp as lc
 import numpy as np
 
 from modelhost.llm.demo import demo_model_path
-from modelhost.llm.engine import LLMEngine
+from modelhost.llm.engine import DEFAULT_MIN_PREFIX_REUSE, LLMEngine
 from modelhost.llm.llamacpp import LlamaCppBackend
 from modelhost.llm.params import SamplingParams
 
@@ -135,12 +135,18 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--no-prefix-reuse",
+        action="store_true",
+        help="make the engine recompute every prompt, like the plain loop does",
+    )
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     max_seqs = max(levels)
 
     backend = LlamaCppBackend(args.model or default_model(), max_seqs=max_seqs)
-    engine = LLMEngine(backend, max_seqs=max_seqs)
+    reuse = 1 << 30 if args.no_prefix_reuse else DEFAULT_MIN_PREFIX_REUSE
+    engine = LLMEngine(backend, max_seqs=max_seqs, min_prefix_reuse=reuse)
     plain = PlainLoop(backend, max_seqs, backend.max_batch_tokens)
     chats = [
         backend.tokenize(backend.render_chat([{"role": "user", "content": q}])) for q in PROMPTS
@@ -155,6 +161,7 @@ def main() -> None:
         "model": backend.model_name,
         "tokens_per_request": args.tokens,
         "cpu_count": os.cpu_count(),
+        "prefix_reuse": not args.no_prefix_reuse,
         "levels": {},
     }
     for n in levels:
@@ -164,7 +171,7 @@ def main() -> None:
             runs["plain"].append(p["tok_s"])
             runs["plain_decode_only"].append(p["decode_tok_s"])
             runs["engine"].append(asyncio.run(engine_run(engine, prompts(n), args.tokens))["tok_s"])
-        row = {k: round(statistics.median(v), 1) for k, v in runs.items()}
+        row: dict[str, Any] = {k: round(statistics.median(v), 1) for k, v in runs.items()}
         row["engine_over_plain"] = round(row["engine"] / row["plain"], 3)
         row["runs"] = {k: [round(x, 1) for x in v] for k, v in runs.items()}
         results["levels"][str(n)] = row

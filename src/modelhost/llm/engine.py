@@ -1,0 +1,138 @@
+"""`LLMEngine`: one per loaded model, shared by all of that model's concurrent requests.
+
+    engine = LLMEngine(backend, max_seqs=32, max_queue=64)
+    stream = await engine.generate(prompt_tokens, SamplingParams(max_tokens=64))
+    async for event in stream:      # TokenEvent(text, token_id, finish_reason, ...)
+        ...
+
+``generate`` admits or refuses at once (`TooManyRequests` when running + waiting requests
+reach ``max_seqs + max_queue``), so an HTTP layer can still answer 429 before streaming.
+Decoding runs in one thread (`modelhost.llm.scheduler`); ``llama_decode`` releases the GIL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+from functools import partial
+
+from modelhost.errors import BadRequest, ModelNotReady, TooManyRequests
+from modelhost.llm.backend import Backend
+from modelhost.llm.params import SamplingParams
+from modelhost.llm.scheduler import Scheduler
+from modelhost.llm.sequence import Sequence
+from modelhost.llm.stream import Channel, TokenStream
+
+DEFAULT_MAX_QUEUE = 64
+DEFAULT_PREFILL_CHUNK = 256
+DEFAULT_MIN_PREFIX_REUSE = 8
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    running: int
+    waiting: int
+    in_flight: int
+    steps: int
+    generated_tokens: int
+    prefill_tokens: int
+    prefix_hits: int
+    prefix_tokens_reused: int
+    preemptions: int
+
+
+class LLMEngine:
+    """Continuous batching over a `Backend`.
+
+    ``max_seqs`` requests decode together (at most the backend's slots); up to
+    ``max_queue`` more wait. Prompts are prefilled in chunks of at most ``prefill_chunk``
+    tokens per step, beside the running sequences' decode tokens. A prompt sharing at least
+    ``min_prefix_reuse`` leading tokens with a cached sequence reuses that KV.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        max_seqs: int | None = None,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        *,
+        prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+        min_prefix_reuse: int = DEFAULT_MIN_PREFIX_REUSE,
+    ) -> None:
+        self.backend = backend
+        self.max_seqs = min(max_seqs or backend.max_seqs, backend.max_seqs)
+        self.max_queue = max(0, max_queue)
+        self._scheduler = Scheduler(backend, self.max_seqs, prefill_chunk, min_prefix_reuse)
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._scheduler.run, name="llm-engine", daemon=True)
+        self._thread.start()
+
+    async def generate(
+        self, prompt_tokens: Seq[int], params: SamplingParams | None = None
+    ) -> TokenStream:
+        """Queue one request; iterate the returned stream for its tokens."""
+        params = params or SamplingParams()
+        prompt = list(prompt_tokens)
+        max_new = self._max_new_tokens(prompt, params)
+        self._reserve()
+        channel = Channel(asyncio.get_running_loop())
+        seq = Sequence(prompt, params, channel, max_new)
+        stream = TokenStream(
+            channel, on_cancel=partial(self._scheduler.cancel, seq), on_done=self._release
+        )
+        self._scheduler.submit(seq)
+        return stream
+
+    def _max_new_tokens(self, prompt: list[int], params: SamplingParams) -> int:
+        if not prompt:
+            raise BadRequest("prompt: is empty", param="prompt")
+        room = self.backend.seq_ctx - len(prompt)
+        if room < 1:
+            raise BadRequest(
+                f"prompt: {len(prompt)} tokens, this model accepts at most "
+                f"{self.backend.seq_ctx - 1}",
+                param="messages",
+            )
+        return min(room, params.max_tokens or room)
+
+    def _reserve(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise ModelNotReady("the LLM engine is stopped")
+            if self._in_flight >= self.max_seqs + self.max_queue:
+                raise TooManyRequests(
+                    f"{self._in_flight} requests are running or queued; try again shortly",
+                    retry_after=1.0,
+                )
+            self._in_flight += 1
+
+    def _release(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    @property
+    def stats(self) -> EngineStats:
+        counters = self._scheduler.counters
+        running, waiting = self._scheduler.load
+        return EngineStats(
+            running=running,
+            waiting=waiting,
+            in_flight=self._in_flight,
+            steps=counters.steps,
+            generated_tokens=counters.generated_tokens,
+            prefill_tokens=counters.prefill_tokens,
+            prefix_hits=counters.prefix.hits,
+            prefix_tokens_reused=counters.prefix.reused_tokens,
+            preemptions=counters.preemptions,
+        )
+
+    def close(self) -> None:
+        """Stop the decode thread; pending requests fail with `ModelNotReady`."""
+        with self._lock:
+            self._closed = True
+        self._scheduler.stop()
+        self._thread.join()

@@ -1,0 +1,237 @@
+"""llama.cpp backend through llama-cpp-python's low-level API.
+
+The high-level ``llama_cpp.Llama`` owns a context with a single sequence slot; batching
+several requests needs a context created here with ``n_seq_max`` slots and one unified KV
+buffer, so sequences can also share cells (prefix reuse via ``llama_memory_seq_cp``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import llama_cpp as lc
+import numpy as np
+
+from modelhost.llm.backend import BackendError, KVCacheFull, Logits
+from modelhost.llm.chat_template import ChatTemplate
+from modelhost.llm.llamacpp_batch import NumpyBatch
+
+DEFAULT_KV_CAPACITY = 16384
+DEFAULT_SEQ_CTX = 2048
+DEFAULT_BATCH_TOKENS = 512
+
+_GGML_LOG_WARN = 3  # ggml_log_level: NONE, DEBUG, INFO, WARN, ERROR, CONT
+_GGML_LOG_ERROR = 4
+_log = logging.getLogger(__name__)
+_init_lock = threading.Lock()
+_initialized = False
+
+
+@lc.llama_log_callback
+def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+    if level == _GGML_LOG_ERROR:
+        _log.error("llama.cpp: %s", text.decode("utf-8", errors="replace").rstrip())
+    elif level == _GGML_LOG_WARN:
+        _log.debug("llama.cpp: %s", text.decode("utf-8", errors="replace").rstrip())
+
+
+def _init_llama() -> None:
+    global _initialized
+    with _init_lock:
+        if not _initialized:
+            lc.llama_log_set(_log_callback, ctypes.c_void_p(0))
+            lc.llama_backend_init()
+            _initialized = True
+
+
+def _meta_string(model: Any, key: str) -> str | None:
+    size = 1 << 16
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        n = lc.llama_model_meta_val_str(model, key.encode(), buf, size)
+        if n < 0:
+            return None
+        if n < size:
+            return buf.value.decode("utf-8", errors="replace")
+        size = n + 1
+
+
+def _piece(vocab: Any, token: int, special: bool) -> bytes:
+    buf = ctypes.create_string_buffer(64)
+    n = lc.llama_token_to_piece(vocab, token, buf, 64, 0, special)
+    if n < 0:
+        buf = ctypes.create_string_buffer(-n)
+        n = lc.llama_token_to_piece(vocab, token, buf, -n, 0, special)
+    return buf.raw[:n]
+
+
+class LlamaCppBackend:
+    """A GGUF model with ``max_seqs`` sequence slots sharing ``kv_capacity`` KV cells."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        *,
+        max_seqs: int = 32,
+        kv_capacity: int = DEFAULT_KV_CAPACITY,
+        seq_ctx: int = DEFAULT_SEQ_CTX,
+        max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
+        n_threads: int | None = None,
+    ) -> None:
+        _init_llama()
+        path = Path(model_path)
+        if not path.is_file():
+            raise FileNotFoundError(f"model file not found: {path}")
+        self._model: Any = lc.llama_model_load_from_file(
+            str(path).encode(), lc.llama_model_default_params()
+        )
+        if not self._model:
+            raise BackendError(f"llama.cpp could not load {path}")
+        self._ctx: Any = None
+        try:
+            self._vocab: Any = lc.llama_model_get_vocab(self._model)
+            self._ctx = self._new_context(max_seqs, kv_capacity, max_batch_tokens, n_threads)
+        except BaseException:
+            self.close()
+            raise
+        self._mem: Any = lc.llama_get_memory(self._ctx)
+        self._n_vocab = int(lc.llama_vocab_n_tokens(self._vocab))
+        self._max_seqs = max_seqs
+        self._kv_capacity = kv_capacity
+        train_ctx = int(lc.llama_model_n_ctx_train(self._model))
+        self._seq_ctx = min(seq_ctx, kv_capacity, train_ctx or seq_ctx)
+        self._batch = NumpyBatch(max_batch_tokens)
+        self._name = _meta_string(self._model, "general.name") or path.stem
+        self._pieces = [_piece(self._vocab, t, False) for t in range(self._n_vocab)]
+        self._eog = frozenset(
+            t for t in range(self._n_vocab) if lc.llama_vocab_is_eog(self._vocab, t)
+        )
+        self._bos = int(lc.llama_vocab_bos(self._vocab))
+        self._template = ChatTemplate(
+            _meta_string(self._model, "tokenizer.chat_template"),
+            bos_token=self._special_text(self._bos),
+            eos_token=self._special_text(int(lc.llama_vocab_eos(self._vocab))),
+        )
+
+    def _new_context(
+        self, max_seqs: int, kv_capacity: int, batch_tokens: int, n_threads: int | None
+    ) -> Any:
+        params = lc.llama_context_default_params()
+        params.n_ctx = kv_capacity
+        params.n_seq_max = max_seqs
+        params.kv_unified = True
+        params.n_batch = batch_tokens
+        params.n_ubatch = batch_tokens
+        params.n_threads = params.n_threads_batch = n_threads or os.cpu_count() or 1
+        params.no_perf = True
+        ctx = lc.llama_init_from_model(self._model, params)
+        if not ctx:
+            raise BackendError("llama.cpp could not create a context")
+        return ctx
+
+    def _special_text(self, token: int) -> str:
+        if token < 0:
+            return ""
+        return _piece(self._vocab, token, True).decode("utf-8", errors="replace")
+
+    # --- Backend properties -------------------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        return self._name
+
+    @property
+    def vocab_size(self) -> int:
+        return self._n_vocab
+
+    @property
+    def max_seqs(self) -> int:
+        return self._max_seqs
+
+    @property
+    def kv_capacity(self) -> int:
+        return self._kv_capacity
+
+    @property
+    def seq_ctx(self) -> int:
+        return self._seq_ctx
+
+    @property
+    def max_batch_tokens(self) -> int:
+        return self._batch.capacity
+
+    @property
+    def eog_ids(self) -> frozenset[int]:
+        return self._eog
+
+    @property
+    def chat_template(self) -> str:
+        return self._template.source
+
+    # --- text ---------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        data = text.encode("utf-8")
+        size = len(data) + 8
+        while True:
+            buf = (lc.llama_token * size)()
+            n = lc.llama_tokenize(self._vocab, data, len(data), buf, size, special, special)
+            if n >= 0:
+                tokens = list(buf[:n])
+                break
+            size = -n
+        if len(tokens) > 1 and tokens[0] == tokens[1] == self._bos:
+            del tokens[0]  # the template already wrote BOS and the tokenizer added another
+        return tokens
+
+    def token_bytes(self, token: int) -> bytes:
+        return self._pieces[token]
+
+    def render_chat(
+        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
+    ) -> str:
+        return self._template.render(messages, add_generation_prompt=add_generation_prompt)
+
+    # --- compute ------------------------------------------------------------------------
+
+    def decode(
+        self,
+        tokens: Sequence[int],
+        positions: Sequence[int],
+        seq_ids: Sequence[int],
+        outputs: Sequence[bool],
+    ) -> Logits:
+        n_out = self._batch.fill(tokens, positions, seq_ids, outputs)
+        rc = lc.llama_decode(self._ctx, self._batch.struct)
+        if rc == 1:
+            raise KVCacheFull(f"no KV room for {len(tokens)} tokens")
+        if rc != 0:
+            raise BackendError(f"llama_decode failed with code {rc}")
+        if n_out == 0:
+            return np.empty((0, self._n_vocab), dtype=np.float32)
+        address = ctypes.cast(lc.llama_get_logits(self._ctx), ctypes.c_void_p).value
+        if not address:
+            raise BackendError("llama.cpp returned no logits")
+        raw = (ctypes.c_float * (n_out * self._n_vocab)).from_address(address)
+        logits: Logits = np.ctypeslib.as_array(raw).reshape(n_out, self._n_vocab)
+        return logits
+
+    def seq_remove(self, seq_id: int, start: int = 0) -> bool:
+        return bool(lc.llama_memory_seq_rm(self._mem, seq_id, start, -1))
+
+    def seq_copy(self, src: int, dst: int, length: int) -> None:
+        lc.llama_memory_seq_cp(self._mem, src, dst, 0, length)
+
+    def close(self) -> None:
+        if self._ctx:
+            lc.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            lc.llama_model_free(self._model)
+            self._model = None

@@ -1,0 +1,116 @@
+"""Per-request sampling parameters, validated once when a request arrives.
+
+Every check raises `modelhost.errors.BadRequest` naming the offending field (``param``), so
+the OpenAI protocol can report it as ``{"error": {"param": ...}}``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelhost.errors import BadRequest
+
+MAX_STOP_STRINGS = 16
+MAX_STOP_LENGTH = 256
+
+
+def _bad(param: str, message: str) -> BadRequest:
+    return BadRequest(f"{param}: {message}", param=param)
+
+
+def _number(name: str, value: object, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _bad(name, f"must be a number, got {type(value).__name__}")
+    number = float(value)
+    if not (lo <= number <= hi) or math.isnan(number):
+        raise _bad(name, f"must be between {lo:g} and {hi:g}, got {value!r}")
+    return number
+
+
+def _integer(name: str, value: object, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _bad(name, f"must be an integer, got {type(value).__name__}")
+    if value < lo or (hi is not None and value > hi):
+        upper = "" if hi is None else f" and at most {hi}"
+        raise _bad(name, f"must be at least {lo}{upper}, got {value}")
+    return value
+
+
+def _stop_list(value: object) -> list[str]:
+    if value is None:
+        return []
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(s, str) for s in items):
+        raise _bad("stop", "must be a string or a list of strings")
+    stops = [s for s in items if s]
+    if len(stops) > MAX_STOP_STRINGS:
+        raise _bad("stop", f"at most {MAX_STOP_STRINGS} stop strings are allowed")
+    if any(len(s) > MAX_STOP_LENGTH for s in stops):
+        raise _bad("stop", f"a stop string may have at most {MAX_STOP_LENGTH} characters")
+    return stops
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """How one request samples. ``temperature == 0`` means greedy.
+
+    ``max_tokens=None`` generates until EOS, a stop string or the sequence's context limit.
+    Penalties look at the tokens generated so far (not the prompt), like vLLM's
+    presence/frequency penalties; ``repetition_penalty`` is the multiplicative CTRL one.
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    max_tokens: int | None = None
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        _number("temperature", self.temperature, 0.0, 100.0)
+        _number("top_p", self.top_p, 0.0, 1.0)
+        if self.top_p == 0.0:
+            raise _bad("top_p", "must be greater than 0")
+        _integer("top_k", self.top_k, -1)
+        _number("min_p", self.min_p, 0.0, 1.0)
+        if self.seed is not None:
+            _integer("seed", self.seed, -(2**63), 2**64 - 1)
+        object.__setattr__(self, "stop", _stop_list(self.stop))
+        if self.max_tokens is not None:
+            _integer("max_tokens", self.max_tokens, 1)
+        _number("repetition_penalty", self.repetition_penalty, 0.01, 100.0)
+        _number("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        _number("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        if not isinstance(self.ignore_eos, bool):
+            raise _bad("ignore_eos", "must be a boolean")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    @property
+    def has_penalties(self) -> bool:
+        return (
+            self.repetition_penalty != 1.0
+            or self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+        )
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], **defaults: Any) -> SamplingParams:
+        """Build from a request body, ignoring unknown keys and ``None`` values.
+
+        ``defaults`` fill fields the body leaves out (e.g. the protocol's own defaults).
+        """
+        names = cls.__dataclass_fields__
+        values = {k: v for k, v in defaults.items() if v is not None}
+        values.update({k: v for k, v in data.items() if k in names and v is not None})
+        return cls(**values)

@@ -1,0 +1,1 @@
+"""Wire protocols in front of the engine: OpenAI (`openai`) and Practicus (`practicus`)."""

@@ -1,0 +1,247 @@
+"""The decode loop: one thread, one backend ``decode`` per step for every active sequence.
+
+Each step: take new and cancelled requests, admit waiting ones into free slots (sharing
+cached prefixes), build one batch (a decode token for every running sequence, then prompt
+chunks up to ``prefill_chunk`` tokens), decode, sample, and hand the step's events to the
+consumers' event loops in one call per loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+from modelhost.errors import ModelNotReady, PredictFailed
+from modelhost.llm.backend import Backend, BackendError, KVCacheFull, Logits
+from modelhost.llm.sampling import greedy_choices
+from modelhost.llm.sequence import Sequence
+from modelhost.llm.slots import PrefixStats, SlotTable
+from modelhost.llm.stream import Channel, Item, deliver
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class StepPlan:
+    """One batch: parallel token arrays, who was fed how much, who gets sampled."""
+
+    tokens: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    seq_ids: list[int] = field(default_factory=list)
+    outputs: list[bool] = field(default_factory=list)
+    fed: list[tuple[Sequence, int]] = field(default_factory=list)
+    sampled: list[Sequence] = field(default_factory=list)
+    prompt_tokens: int = 0
+
+    def add(self, seq: Sequence, tokens: list[int], sample: bool) -> None:
+        start, n = seq.n_past, len(tokens)
+        self.tokens += tokens
+        self.positions += range(start, start + n)
+        self.seq_ids += [seq.slot] * n
+        self.outputs += [False] * (n - 1)
+        self.outputs.append(sample)
+        self.fed.append((seq, n))
+        if sample:
+            self.sampled.append(seq)
+
+
+@dataclass(slots=True)
+class LoopCounters:
+    steps: int = 0
+    generated_tokens: int = 0
+    prefill_tokens: int = 0
+    preemptions: int = 0
+    prefix: PrefixStats = field(default_factory=PrefixStats)
+
+
+class Scheduler:
+    """Runs in its own thread (`run`); `submit`, `cancel` and `stop` are thread-safe."""
+
+    def __init__(
+        self, backend: Backend, max_seqs: int, prefill_chunk: int, min_prefix_reuse: int
+    ) -> None:
+        self._backend = backend
+        self._slots = SlotTable(backend, max_seqs, min_prefix_reuse)
+        self._prefill_chunk = max(1, min(prefill_chunk, backend.max_batch_tokens - max_seqs))
+        self._pieces = backend.token_bytes
+        self._eog = backend.eog_ids
+        self._incoming: deque[Sequence] = deque()
+        self._cancels: deque[Sequence] = deque()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._waiting: deque[Sequence] = deque()
+        self._active: list[Sequence] = []
+        self.counters = LoopCounters(prefix=self._slots.stats)
+
+    # --- any thread -----------------------------------------------------------------------
+
+    def submit(self, seq: Sequence) -> None:
+        self._incoming.append(seq)
+        self._wake.set()
+
+    def cancel(self, seq: Sequence) -> None:
+        self._cancels.append(seq)
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    @property
+    def load(self) -> tuple[int, int]:
+        """(running, waiting) as last seen by the loop."""
+        return len(self._active), len(self._waiting)
+
+    # --- engine thread --------------------------------------------------------------------
+
+    def run(self) -> None:
+        while True:
+            self._wake.clear()
+            self._intake()
+            if self._stopping:
+                break
+            if not self._active:
+                self._admit()
+            if not self._active:
+                self._wake.wait()
+                continue
+            try:
+                self._step()
+            except Exception as exc:  # keep serving the next requests
+                _log.exception("engine step failed")
+                self._fail_active(PredictFailed(f"generation failed: {exc}"))
+        self._shutdown()
+
+    def _intake(self) -> None:
+        while self._incoming:
+            self._waiting.append(self._incoming.popleft())
+        while self._cancels:
+            self._drop(self._cancels.popleft())
+
+    def _drop(self, seq: Sequence) -> None:
+        """A cancelled request: free its slot now; a waiting one is skipped at admission."""
+        if seq.finished:
+            return
+        seq.finish_reason = "stop"
+        if seq.slot >= 0:
+            self._active.remove(seq)
+            self._slots.release(seq)
+
+    def _step(self) -> None:
+        self._admit()
+        plan = self._plan()
+        logits = self._decode(plan)
+        if logits is None:
+            return
+        outbox = self._advance(plan, logits)
+        self._send(outbox)
+        self.counters.steps += 1
+
+    def _admit(self) -> None:
+        waiting = self._waiting
+        while waiting:
+            if waiting[0].finished:
+                waiting.popleft()
+            elif self._slots.acquire(waiting[0]):
+                self._active.append(waiting.popleft())
+            else:
+                break
+
+    def _plan(self) -> StepPlan:
+        plan = StepPlan()
+        prefilling: list[Sequence] = []
+        for seq in self._active:
+            if seq.prefilling:
+                prefilling.append(seq)
+            else:
+                plan.add(seq, seq.generated[-1:], True)
+        budget = self._prefill_chunk
+        for seq in prefilling:
+            if budget <= 0:
+                break
+            chunk = seq.prompt[seq.n_past : seq.n_past + budget]
+            plan.add(seq, chunk, seq.n_past + len(chunk) == len(seq.prompt))
+            plan.prompt_tokens += len(chunk)
+            budget -= len(chunk)
+        return plan
+
+    def _decode(self, plan: StepPlan) -> Logits | None:
+        self._make_room(len(plan.tokens))
+        try:
+            return self._backend.decode(plan.tokens, plan.positions, plan.seq_ids, plan.outputs)
+        except KVCacheFull:
+            if not self._slots.evict_idle():
+                self._preempt()
+            return None
+        except BackendError as exc:
+            self._fail_active(PredictFailed(str(exc)))
+            return None
+
+    def _make_room(self, step_tokens: int) -> None:
+        spare = self._backend.kv_capacity - self._slots.kv_tokens() - step_tokens
+        if spare < 0:
+            self._slots.evict_idle(keep=max(0, -spare))
+
+    def _advance(self, plan: StepPlan, logits: Logits) -> list[tuple[Channel, Item]]:
+        for seq, n in plan.fed:
+            seq.n_past += n
+        self.counters.prefill_tokens += plan.prompt_tokens
+        greedy = greedy_choices(logits) if plan.sampled else []
+        outbox: list[tuple[Channel, Item]] = []
+        for row, seq in enumerate(plan.sampled):
+            token = greedy[row] if seq.sampler.simple_greedy else seq.sampler.sample(logits[row])
+            event = seq.accept(token, self._pieces(token), token in self._eog)
+            outbox.append((seq.channel, event))
+        self.counters.generated_tokens += len(plan.sampled)
+        if any(seq.finished for seq in plan.sampled):
+            self._retire_finished()
+        return outbox
+
+    def _retire_finished(self) -> None:
+        running: list[Sequence] = []
+        for seq in self._active:
+            if seq.finished:
+                self._slots.release(seq)
+            else:
+                running.append(seq)
+        self._active = running
+
+    def _preempt(self) -> None:
+        """No KV room even without caches: end the longest sequence ("length")."""
+        if not self._active:
+            return
+        seq = max(self._active, key=lambda s: s.n_past)
+        token = seq.generated[-1] if seq.generated else -1
+        event = seq.finish(token, seq.text.flush(), "length")
+        self._active.remove(seq)
+        self._slots.release(seq, keep_cache=False)
+        self.counters.preemptions += 1
+        self._send([(seq.channel, event)])
+
+    def _fail_active(self, error: Exception) -> None:
+        failed, self._active = self._active, []
+        for seq in failed:
+            seq.finish_reason = "stop"
+            self._slots.release(seq, keep_cache=False)
+        self._send([(seq.channel, error) for seq in failed])
+
+    def _send(self, outbox: list[tuple[Channel, Item]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Channel, Item]]] = {}
+        for entry in outbox:
+            by_loop.setdefault(entry[0].loop, []).append(entry)
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(deliver, items)
+            except RuntimeError:  # the consumer's loop is closed: nobody is listening
+                self._cancels.extend(s for s in self._active if s.channel.loop is loop)
+
+    def _shutdown(self) -> None:
+        self._intake()
+        error = ModelNotReady("the LLM engine was stopped")
+        pending = [*self._waiting, *self._incoming]
+        self._waiting.clear()
+        self._fail_active(error)
+        self._send([(seq.channel, error) for seq in pending])

@@ -1,0 +1,132 @@
+"""Sequence slots of the backend, and reuse of cached prompt prefixes between them.
+
+A slot whose request finished keeps its KV as a cache. A new request takes a free slot;
+if some slot (idle or running) already holds KV for a prefix of its prompt (typically the
+same system prompt), that prefix is shared (``seq_copy``, or kept in place when the new
+request lands in that very slot) instead of being computed again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from modelhost.llm.backend import Backend
+from modelhost.llm.sequence import Sequence
+
+_CHUNK = 64
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix of two token lists (compares in C, by slices)."""
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    i = 0
+    while i + _CHUNK <= n and a[i : i + _CHUNK] == b[i : i + _CHUNK]:
+        i += _CHUNK
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass(slots=True)
+class Slot:
+    index: int
+    owner: Sequence | None = None
+    cached: list[int] = field(default_factory=list)
+    """Idle slots: tokens whose KV is still held (positions 0..len-1)."""
+    last_used: int = 0
+
+    def tokens(self) -> list[int]:
+        return self.owner.cached_tokens() if self.owner is not None else self.cached
+
+
+@dataclass(slots=True)
+class PrefixStats:
+    hits: int = 0
+    reused_tokens: int = 0
+
+
+class SlotTable:
+    def __init__(self, backend: Backend, n_slots: int, min_reuse: int) -> None:
+        self._backend = backend
+        self._slots = [Slot(i) for i in range(n_slots)]
+        self._min_reuse = max(1, min_reuse)
+        self._clock = 0
+        self.stats = PrefixStats()
+        for slot in self._slots:  # the backend may hold KV of an earlier engine
+            backend.seq_remove(slot.index)
+
+    def has_free(self) -> bool:
+        return any(s.owner is None for s in self._slots)
+
+    def acquire(self, seq: Sequence) -> bool:
+        """Give ``seq`` a free slot, sharing the longest cached prefix; False if none."""
+        free = [s for s in self._slots if s.owner is None]
+        if not free:
+            return False
+        source, reuse = self._best_prefix(seq.prompt)
+        if source is not None and source.owner is None:
+            target = source
+        else:
+            target = min(free, key=lambda s: (len(s.cached) > 0, s.last_used))
+        reuse = self._prepare(target, source, reuse)
+        if reuse:
+            self.stats.hits += 1
+            self.stats.reused_tokens += reuse
+        self._clock += 1
+        target.owner, target.cached, target.last_used = seq, [], self._clock
+        seq.slot, seq.n_past = target.index, reuse
+        return True
+
+    def release(self, seq: Sequence, keep_cache: bool = True) -> None:
+        """Free ``seq``'s slot; its KV stays as a cache unless ``keep_cache`` is False."""
+        slot = self._slots[seq.slot]
+        slot.owner = None
+        slot.cached = seq.cached_tokens() if keep_cache else []
+        if not keep_cache:
+            self._backend.seq_remove(slot.index)
+
+    def evict_idle(self, keep: int = 0) -> int:
+        """Drop idle caches, oldest first, until at most ``keep`` cached tokens remain
+        in idle slots; returns how many tokens were dropped."""
+        idle = sorted(
+            (s for s in self._slots if s.owner is None and s.cached), key=lambda s: s.last_used
+        )
+        held = sum(len(s.cached) for s in idle)
+        dropped = 0
+        for slot in idle:
+            if held - dropped <= keep:
+                break
+            dropped += len(slot.cached)
+            self._backend.seq_remove(slot.index)
+            slot.cached = []
+        return dropped
+
+    def kv_tokens(self) -> int:
+        """Cells in use, counting shared prefixes once per slot (an upper bound)."""
+        return sum(s.owner.n_past if s.owner is not None else len(s.cached) for s in self._slots)
+
+    def _best_prefix(self, prompt: list[int]) -> tuple[Slot | None, int]:
+        best: Slot | None = None
+        best_len = 0
+        for slot in self._slots:
+            length = common_prefix(prompt, slot.tokens())
+            if length > best_len or (length == best_len and best and slot.owner is None):
+                best, best_len = slot, length
+        # at least the prompt's last token is computed, to get its logits
+        best_len = min(best_len, len(prompt) - 1)
+        if best is None or best_len < self._min_reuse:
+            return None, 0
+        return best, best_len
+
+    def _prepare(self, target: Slot, source: Slot | None, reuse: int) -> int:
+        backend = self._backend
+        if source is target:
+            if backend.seq_remove(target.index, reuse):
+                return reuse
+            reuse = 0
+        backend.seq_remove(target.index)
+        if source is not None and reuse:
+            backend.seq_copy(source.index, target.index, reuse)
+        return reuse
