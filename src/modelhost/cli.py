@@ -168,6 +168,28 @@ def token_revoke(token_id: int, url: Url = None) -> None:
     _admin_call("DELETE", f"/console/api/modelhost/access-tokens/{token_id}/", url)
 
 
+@admin_app.command("user-create")
+def user_create(
+    email: str,
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)],
+    admin: Annotated[bool, typer.Option("--admin", help="Give admin rights.")] = False,
+    url: Url = None,
+) -> None:
+    """Create a user who can log in and get model session tokens."""
+    _admin_call(
+        "POST",
+        "/console/api/modelhost/users/",
+        url,
+        {"email": email, "password": password, "is_admin": admin},
+    )
+
+
+@admin_app.command("user-disable")
+def user_disable(user_id: int, url: Url = None) -> None:
+    """Disable a user; their tokens stop working within MODELHOST_REVOCATION_POLL_S seconds."""
+    _admin_call("POST", f"/console/api/modelhost/users/{user_id}/disable/", url, {})
+
+
 @app.command()
 def demo(
     port: Annotated[int, typer.Option(help="Port for the demo server.")] = 8000,

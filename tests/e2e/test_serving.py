@@ -331,3 +331,60 @@ def test_console_auth_flow(server: Server) -> None:
     assert r.status_code == 200 and r.json()["access"]
     r = httpx.post(server.url + "/console/api/auth/refresh/", json={"refresh": tokens["access"]})
     assert r.status_code == 401
+
+
+def test_users_disable_and_session_revocation(server: Server, echo: tuple[str, str]) -> None:
+    url, _ = echo
+    admin = {"authorization": f"Bearer {server.admin_token()}"}
+    api = server.url + "/console/api/modelhost"
+    r = httpx.post(
+        api + "/users/", json={"email": "ds@example.com", "password": "s3cret-pass"}, headers=admin
+    )
+    assert r.status_code == 201
+    user_id = r.json()["id"]
+    access = httpx.post(
+        server.url + "/console/api/auth/",
+        json={"email": "ds@example.com", "password": "s3cret-pass"},
+    ).json()["access"]
+    user = {"authorization": f"Bearer {access}"}
+    token = httpx.request(
+        "GET", api + "/model-auth/", json={"model_url": url}, headers=user
+    ).json()["token"]
+    assert httpx.post(url, json={"u": 1}, headers=_auth(token)).status_code == 200
+    # a non-admin cannot deploy or create users
+    assert (
+        httpx.post(
+            api + "/users/", json={"email": "x@y.z", "password": "12345678"}, headers=user
+        ).status_code
+        == 403
+    )
+    # the owner revokes one session token: it stops within the poll bound (0.5 s here)
+    assert (
+        httpx.post(api + "/session-tokens/revoke/", json={"token": token}, headers=user).status_code
+        == 200
+    )
+    time.sleep(1.5)
+    assert httpx.post(url, json={"u": 1}, headers=_auth(token)).status_code == 401
+    # disabling the user ends every token of theirs
+    token2 = httpx.request(
+        "GET", api + "/model-auth/", json={"model_url": url}, headers=user
+    ).json()["token"]
+    assert httpx.post(url, json={"u": 2}, headers=_auth(token2)).status_code == 200
+    assert httpx.post(api + f"/users/{user_id}/disable/", headers=admin).status_code == 200
+    time.sleep(1.5)
+    assert httpx.post(url, json={"u": 2}, headers=_auth(token2)).status_code == 401
+    assert (
+        httpx.post(
+            server.url + "/console/api/auth/",
+            json={"email": "ds@example.com", "password": "s3cret-pass"},
+        ).status_code
+        == 401
+    )
+
+
+def test_metrics_count_requests(server: Server, echo: tuple[str, str]) -> None:
+    url, token = echo
+    httpx.post(url, json={}, headers=_auth(token))
+    text = httpx.get(server.url + "/metrics").text
+    assert 'modelhost_requests_total{model="echo",prefix="models/test"}' in text
+    assert "modelhost_ready_replicas" in text

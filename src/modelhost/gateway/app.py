@@ -18,6 +18,8 @@ from modelhost.auth.tokens import TokenService
 from modelhost.gateway.auth import Authenticator
 from modelhost.gateway.console import Console
 from modelhost.gateway.deployer import Deployer
+from modelhost.gateway.metrics import metrics_registry
+from modelhost.gateway.metrics import render as render_metrics
 from modelhost.gateway.model_routes import ModelRoutes
 from modelhost.gateway.routes import ModelEntry, RouteTable
 from modelhost.registry import ModelRow, Registry, VersionRow
@@ -44,6 +46,7 @@ class Gateway:
         self.deployer = Deployer(self)
         self._console = Console(self).app()
         self._models = ModelRoutes(self)
+        self._metrics = metrics_registry(self.routes)
         self._boot_task: asyncio.Task[None] | None = None
         self._shutting_down = False
 
@@ -155,20 +158,8 @@ class Gateway:
             "versions": {f"v{n}": w.state for n, w in sorted(entry.versions.items())},
         }
 
-    def metrics_text(self) -> str:
-        lines = [
-            "# HELP modelhost_requests_total Model requests received by the gateway.",
-            "# TYPE modelhost_requests_total counter",
-        ]
-        errors = [
-            "# HELP modelhost_request_errors_total Model requests answered with an error.",
-            "# TYPE modelhost_request_errors_total counter",
-        ]
-        for e in self.routes.entries():
-            labels = f'prefix="{e.prefix}",model="{e.name}"'
-            lines.append(f"modelhost_requests_total{{{labels}}} {e.requests}")
-            errors.append(f"modelhost_request_errors_total{{{labels}}} {e.errors}")
-        return "\n".join(lines + errors) + "\n"
+    def metrics_text(self) -> bytes:
+        return render_metrics(self._metrics)
 
 
 async def _gather(coros: list[Any]) -> None:

@@ -74,6 +74,13 @@ class Console:
             Route(f"{API}/modelhost/prefixes/", self.prefixes, methods=["GET", "POST"]),
             Route(f"{API}/modelhost/deployments/", self.deployments, methods=["GET", "POST"]),
             Route(f"{API}/modelhost/access-tokens/", self.create_access_token, methods=["POST"]),
+            Route(f"{API}/modelhost/users/", self.create_user, methods=["POST"]),
+            Route(
+                f"{API}/modelhost/users/{{user_id:int}}/{{action:str}}/",
+                self.set_user_active,
+                methods=["POST"],
+            ),
+            Route(f"{API}/modelhost/session-tokens/revoke/", self.revoke_session, methods=["POST"]),
             Route(
                 f"{API}/modelhost/access-tokens/{{token_id:int}}/",
                 self.revoke_access_token,
@@ -257,6 +264,48 @@ class Console:
         )
         await asyncio.to_thread(registry.audit, user.email, "access_token.create", {"id": row.id})
         return JSONResponse({"id": row.id, "token": token}, status_code=201)
+
+    async def create_user(self, request: Request) -> Response:
+        admin = await self._admin(request)
+        data = await _json(request)
+        email, password = _field(data, "email"), _field(data, "password")
+        if len(password) < 8:
+            raise BadRequest("'password' must have at least 8 characters")
+        is_admin = bool(data.get("is_admin", False))
+        from modelhost.auth.passwords import hash_password
+
+        row = await asyncio.to_thread(
+            self.gw.registry.create_user, email, hash_password(password), is_admin
+        )
+        await asyncio.to_thread(self.gw.registry.audit, admin.email, "user.create", {"id": row.id})
+        return JSONResponse({"id": row.id, "email": row.email, "is_admin": row.is_admin}, 201)
+
+    async def set_user_active(self, request: Request) -> Response:
+        admin = await self._admin(request)
+        user_id, action = request.path_params["user_id"], request.path_params["action"]
+        if action not in ("disable", "enable"):
+            raise NotFound(f"no action '{action}'; use disable or enable")
+        if user_id == admin.id and action == "disable":
+            raise BadRequest("an admin cannot disable their own account")
+        registry = self.gw.registry
+        row = await asyncio.to_thread(registry.set_user_active, user_id, action == "enable")
+        await asyncio.to_thread(registry.audit, admin.email, f"user.{action}", {"id": user_id})
+        return JSONResponse({"id": row.id, "is_active": row.is_active})
+
+    async def revoke_session(self, request: Request) -> Response:
+        user = await self._user(request)
+        data = await _json(request)
+        claims = self.gw.tokens.verify(_field(data, "token"), "model")
+        if claims.sub != user.id and not user.is_admin:
+            raise Forbidden("only the token's owner or an admin can revoke it")
+        from datetime import UTC, datetime
+
+        expires = datetime.fromtimestamp(claims.exp, UTC)
+        await asyncio.to_thread(self.gw.registry.revoke_jti, claims.jti, expires)
+        await asyncio.to_thread(
+            self.gw.registry.audit, user.email, "session_token.revoke", {"jti": claims.jti}
+        )
+        return JSONResponse({"revoked": True})
 
     async def revoke_access_token(self, request: Request) -> Response:
         user = await self._admin(request)
