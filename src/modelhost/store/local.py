@@ -41,11 +41,7 @@ class LocalStore:
         # Only walk the directory the prefix can live in; the rest of the prefix is a
         # plain string match, as in S3 ("cache/ll" matches "cache/llama/x").
         base = self.root / prefix.rpartition("/")[0]
-        out = [
-            _info(key, path)
-            for key, path in self._walk(base)
-            if key.startswith(prefix)
-        ]
+        out = [_info(key, path) for key, path in self._walk(base) if key.startswith(prefix)]
         return sorted(out, key=lambda o: o.key)
 
     def download(self, key: str, dest: Path, progress: ProgressCallback | None = None) -> None:

@@ -75,8 +75,7 @@ class S3Store:
 
     def __repr__(self) -> str:
         return (
-            f"S3Store({self.bucket!r}, prefix={self.prefix!r}, "
-            f"endpoint_url={self.endpoint_url!r})"
+            f"S3Store({self.bucket!r}, prefix={self.prefix!r}, endpoint_url={self.endpoint_url!r})"
         )
 
     # -- reads -------------------------------------------------------------------------------

@@ -228,7 +228,11 @@ def sync_prefix(
     report = syncer.run(files)
     logger.info(
         "synced '%s' from %s to %s: %d downloaded (%s), %d up to date",
-        prefix, store, syncer.dest_dir, len(report.downloaded), human_bytes(report.bytes),
+        prefix,
+        store,
+        syncer.dest_dir,
+        len(report.downloaded),
+        human_bytes(report.bytes),
         len(report.skipped),
     )
     return report
@@ -359,7 +363,9 @@ class _Syncer:
         if size != obj.size:
             logger.warning(
                 "%s changed while syncing (listed %d bytes, got %d); the next sync refetches it",
-                obj.key, obj.size, size,
+                obj.key,
+                obj.size,
+                size,
             )
         return size
 

@@ -75,9 +75,7 @@ def iter_files(local_dir: Path, exclude: Excludes = DEFAULT_EXCLUDES) -> Iterato
         here = Path(dirpath)
         base = here.relative_to(root).as_posix()
         prefix = "" if base == "." else base + "/"
-        dirnames[:] = sorted(
-            d for d in dirnames if not exclude.skips_dir(here / d, prefix + d)
-        )
+        dirnames[:] = sorted(d for d in dirnames if not exclude.skips_dir(here / d, prefix + d))
         for name in sorted(filenames):
             rel = prefix + name
             path = here / name
