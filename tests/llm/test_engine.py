@@ -191,3 +191,13 @@ async def test_prompt_longer_than_the_context_is_refused(engine: LLMEngine) -> N
         await engine.generate([1] * engine.backend.seq_ctx, SamplingParams())
     with pytest.raises(BadRequest):
         await engine.generate([], SamplingParams())
+
+
+async def test_no_prefix_cache_budget_means_no_reuse_after_release(backend: Any) -> None:
+    engine = LLMEngine(backend, max_seqs=4, prefix_cache_tokens=0)
+    try:
+        await run(engine, chat_tokens(backend, "Who is Einstein?", system=SYSTEM), max_tokens=2)
+        await run(engine, chat_tokens(backend, "Why?", system=SYSTEM), max_tokens=2)
+        assert engine.stats.prefix_hits == 0
+    finally:
+        engine.close()

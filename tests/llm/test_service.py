@@ -157,6 +157,7 @@ async def test_practicus_user_prompt(service: LLMService) -> None:
         "user_prompt": "What is the capital of France?",
         "system_context": "You are a helpful assistant.",
         "temperature": 0,
+        "max_tokens": 24,
     }
     result = as_json(await service.handle("POST", "", body))
     assert set(result.body) == {"answer"} and "Paris" in result.body["answer"]

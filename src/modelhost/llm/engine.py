@@ -49,7 +49,9 @@ class LLMEngine:
     ``max_seqs`` requests decode together (at most the backend's slots); up to
     ``max_queue`` more wait. Prompts are prefilled in chunks of at most ``prefill_chunk``
     tokens per step, beside the running sequences' decode tokens. A prompt sharing at least
-    ``min_prefix_reuse`` leading tokens with a cached sequence reuses that KV.
+    ``min_prefix_reuse`` leading tokens with a cached sequence reuses that KV; finished
+    sequences stay cached up to ``prefix_cache_tokens`` in all (default: a quarter of the
+    backend's KV capacity).
     """
 
     def __init__(
@@ -60,12 +62,18 @@ class LLMEngine:
         *,
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
         min_prefix_reuse: int = DEFAULT_MIN_PREFIX_REUSE,
+        prefix_cache_tokens: int | None = None,
     ) -> None:
         self.backend = backend
         self.max_seqs = min(max_seqs or backend.max_seqs, backend.max_seqs)
         self.max_queue = max(0, max_queue)
-        self._scheduler = Scheduler(backend, self.max_seqs, prefill_chunk, min_prefix_reuse)
-        self._lock = threading.Lock()
+        cache_tokens = (
+            backend.kv_capacity // 4 if prefix_cache_tokens is None else prefix_cache_tokens
+        )
+        self._scheduler = Scheduler(
+            backend, self.max_seqs, prefill_chunk, min_prefix_reuse, cache_tokens
+        )
+        self._lock = threading.RLock()
         self._in_flight = 0
         self._closed = False
         self._thread = threading.Thread(target=self._scheduler.run, name="llm-engine", daemon=True)
@@ -100,15 +108,19 @@ class LLMEngine:
         return min(room, params.max_tokens or room)
 
     def _reserve(self) -> None:
+        # RLock: a TokenStream dropped inside a garbage collection run triggered in here
+        # releases its count (`_release`) on this very thread.
         with self._lock:
-            if self._closed:
-                raise ModelNotReady("the LLM engine is stopped")
-            if self._in_flight >= self.max_seqs + self.max_queue:
-                raise TooManyRequests(
-                    f"{self._in_flight} requests are running or queued; try again shortly",
-                    retry_after=1.0,
-                )
-            self._in_flight += 1
+            closed, busy = self._closed, self._in_flight
+            admitted = not closed and busy < self.max_seqs + self.max_queue
+            if admitted:
+                self._in_flight += 1
+        if closed:
+            raise ModelNotReady("the LLM engine is stopped")
+        if not admitted:
+            raise TooManyRequests(
+                f"{busy} requests are running or queued; try again shortly", retry_after=1.0
+            )
 
     def _release(self) -> None:
         with self._lock:

@@ -61,10 +61,15 @@ class Scheduler:
     """Runs in its own thread (`run`); `submit`, `cancel` and `stop` are thread-safe."""
 
     def __init__(
-        self, backend: Backend, max_seqs: int, prefill_chunk: int, min_prefix_reuse: int
+        self,
+        backend: Backend,
+        max_seqs: int,
+        prefill_chunk: int,
+        min_prefix_reuse: int,
+        prefix_cache_tokens: int,
     ) -> None:
         self._backend = backend
-        self._slots = SlotTable(backend, max_seqs, min_prefix_reuse)
+        self._slots = SlotTable(backend, max_seqs, min_prefix_reuse, prefix_cache_tokens)
         self._prefill_chunk = max(1, min(prefill_chunk, backend.max_batch_tokens - max_seqs))
         self._pieces = backend.token_bytes
         self._eog = backend.eog_ids
@@ -103,16 +108,14 @@ class Scheduler:
             self._intake()
             if self._stopping:
                 break
-            if not self._active:
-                self._admit()
-            if not self._active:
-                self._wake.wait()
-                continue
             try:
-                self._step()
+                busy = self._step()
             except Exception as exc:  # keep serving the next requests
                 _log.exception("engine step failed")
                 self._fail_active(PredictFailed(f"generation failed: {exc}"))
+                busy = True
+            if not busy:
+                self._wake.wait()
         self._shutdown()
 
     def _intake(self) -> None:
@@ -130,15 +133,17 @@ class Scheduler:
             self._active.remove(seq)
             self._slots.release(seq)
 
-    def _step(self) -> None:
+    def _step(self) -> bool:
+        """One batch for every running sequence; False when there is nothing to run."""
         self._admit()
+        if not self._active:
+            return False
         plan = self._plan()
         logits = self._decode(plan)
-        if logits is None:
-            return
-        outbox = self._advance(plan, logits)
-        self._send(outbox)
-        self.counters.steps += 1
+        if logits is not None:
+            self._send(self._advance(plan, logits))
+            self.counters.steps += 1
+        return True
 
     def _admit(self) -> None:
         waiting = self._waiting

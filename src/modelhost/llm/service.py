@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from modelhost.errors import BadRequest, ModelhostError, NotFound
-from modelhost.llm.engine import LLMEngine
+from modelhost.llm.engine_base import GenerationEngine
 from modelhost.llm.protocols import openai, practicus
 from modelhost.llm.protocols.common import collect
 from modelhost.llm.protocols.openai import GenerationRequest, ResponseHeader
@@ -29,7 +29,7 @@ class MethodNotAllowed(BadRequest):
 
 
 class LLMService:
-    def __init__(self, engine: LLMEngine, model_name: str) -> None:
+    def __init__(self, engine: GenerationEngine, model_name: str) -> None:
         self.engine = engine
         self.model_name = model_name
         self._created = int(time.time())

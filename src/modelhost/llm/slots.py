@@ -48,10 +48,11 @@ class PrefixStats:
 
 
 class SlotTable:
-    def __init__(self, backend: Backend, n_slots: int, min_reuse: int) -> None:
+    def __init__(self, backend: Backend, n_slots: int, min_reuse: int, cache_budget: int) -> None:
         self._backend = backend
         self._slots = [Slot(i) for i in range(n_slots)]
         self._min_reuse = max(1, min_reuse)
+        self._cache_budget = max(0, cache_budget)
         self._clock = 0
         self.stats = PrefixStats()
         for slot in self._slots:  # the backend may hold KV of an earlier engine
@@ -80,12 +81,19 @@ class SlotTable:
         return True
 
     def release(self, seq: Sequence, keep_cache: bool = True) -> None:
-        """Free ``seq``'s slot; its KV stays as a cache unless ``keep_cache`` is False."""
+        """Free ``seq``'s slot; its KV stays as a cache unless ``keep_cache`` is False.
+
+        Idle caches are bounded by ``cache_budget`` tokens (oldest dropped first): besides
+        taking room, cached cells far up in the KV buffer make every step attend over a
+        longer (masked) window.
+        """
         slot = self._slots[seq.slot]
-        slot.owner = None
+        self._clock += 1
+        slot.owner, slot.last_used = None, self._clock
         slot.cached = seq.cached_tokens() if keep_cache else []
         if not keep_cache:
             self._backend.seq_remove(slot.index)
+        self.evict_idle(keep=self._cache_budget)
 
     def evict_idle(self, keep: int = 0) -> int:
         """Drop idle caches, oldest first, until at most ``keep`` cached tokens remain

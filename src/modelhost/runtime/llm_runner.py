@@ -3,10 +3,13 @@
     {"llm": {"model": "SmolLM2-135M-Instruct.Q4_1.gguf", "max_seqs": 32},
      "download_files_from": "cache/smollm2-135m-instruct/"}
 
-The model file is looked up in the version folder, then in the folder `download_files_from`
-filled. Every protocol of `modelhost.llm.service` is served under the model URL. When the
-folder also has a model.py, its `predict` answers the model URL itself and gets the engine as
-`model_meta.llm`; the OpenAI routes stay with the engine.
+``"backend"`` picks the engine: ``"llamacpp"`` (the default for a .gguf file),
+``"transformers"`` (the default for a Hugging Face model folder) or ``"vllm"`` (an HF folder,
+needs the vllm package and a CUDA GPU). The model file or folder is looked up in the version
+folder, then in the folder `download_files_from` filled. Every protocol of
+`modelhost.llm.service` is served under the model URL. When the folder also has a model.py,
+its `predict` answers the model URL itself and gets the engine as `model_meta.llm`; the
+OpenAI routes stay with the engine.
 """
 
 from __future__ import annotations
@@ -27,28 +30,81 @@ from modelhost.runtime.runner import Reply, Runner, StreamReply, WorkRequest
 def _model_path(meta: ModelMeta, name: str) -> Path:
     for folder in (Path(meta.model_dir), Path(meta.cache_dir)):
         candidate = folder / name
-        if candidate.is_file():
+        if candidate.is_file() or candidate.is_dir():
             return candidate
     raise InvalidModelFolder(
-        f"model.json names llm model {name!r} but no such file is in the model folder or in "
-        f"{meta.cache_dir}; upload it under the download_files_from prefix"
+        f"model.json names llm model {name!r} but no such file or folder is in the model "
+        f"folder or in {meta.cache_dir}; upload it under the download_files_from prefix"
     )
 
 
 ENGINE_OPTIONS = ("kv_capacity", "seq_ctx", "max_batch_tokens", "n_threads")
+BACKENDS = ("llamacpp", "transformers", "vllm")
+
+
+def backend_name(model_path: Path, options: dict[str, Any]) -> str:
+    """The engine for ``model_path``: ``options["backend"]``, else by file or folder."""
+    name = options.get("backend") or ("transformers" if model_path.is_dir() else "llamacpp")
+    if name not in BACKENDS:
+        raise InvalidModelFolder(
+            f'model.json: "llm.backend" must be one of {", ".join(BACKENDS)}, got {name!r}'
+        )
+    if (name == "llamacpp") == model_path.is_dir():
+        wants = "a .gguf file" if name == "llamacpp" else "a Hugging Face model folder"
+        raise InvalidModelFolder(f"backend {name!r} needs {wants}; {model_path.name!r} is not")
+    return name
 
 
 def build_service(model_path: Path, name: str, options: dict[str, Any]) -> Any:
-    """An `LLMService` over a llama.cpp engine for one GGUF file (blocking: loads weights)."""
-    from modelhost.llm.engine import LLMEngine
-    from modelhost.llm.llamacpp import LlamaCppBackend
+    """An `LLMService` over the engine `backend_name` picks (blocking: loads weights)."""
     from modelhost.llm.service import LLMService
 
-    max_seqs = int(options.get("max_seqs", 32))
-    extra = {key: int(options[key]) for key in ENGINE_OPTIONS if key in options}
-    backend = LlamaCppBackend(model_path, max_seqs=max_seqs, **extra)
-    engine = LLMEngine(backend, max_seqs, int(options.get("max_queue", 64)))
+    builders = {"llamacpp": _llamacpp, "transformers": _transformers, "vllm": _vllm}
+    engine = builders[backend_name(model_path, options)](model_path, options)
     return LLMService(engine, name)
+
+
+def _int_options(options: dict[str, Any], keys: tuple[str, ...]) -> dict[str, int]:
+    return {key: int(options[key]) for key in keys if options.get(key) is not None}
+
+
+def _llamacpp(model_path: Path, options: dict[str, Any]) -> Any:
+    from modelhost.llm.engine import LLMEngine
+    from modelhost.llm.llamacpp import LlamaCppBackend
+
+    max_seqs = int(options.get("max_seqs", 32))
+    extra = _int_options(options, ENGINE_OPTIONS)
+    backend = LlamaCppBackend(model_path, max_seqs=max_seqs, **extra)
+    return LLMEngine(backend, max_seqs, int(options.get("max_queue", 64)))
+
+
+def _transformers(model_path: Path, options: dict[str, Any]) -> Any:
+    from modelhost.llm.hf_engine import TransformersEngine
+
+    ints = _int_options(options, ("seq_ctx", "n_threads", "max_prefill_tokens"))
+    return TransformersEngine(
+        model_path,
+        int(options.get("max_seqs", 16)),
+        int(options.get("max_queue", 64)),
+        dtype=str(options.get("dtype", "auto")),
+        device=options.get("device"),
+        **ints,
+    )
+
+
+def _vllm(model_path: Path, options: dict[str, Any]) -> Any:
+    from modelhost.llm.vllm_engine import VLLMEngine, require_vllm
+
+    require_vllm()
+    memory = options.get("gpu_memory_utilization")
+    return VLLMEngine(
+        model_path,
+        int(options.get("max_seqs", 32)),
+        int(options.get("max_queue", 64)),
+        dtype=str(options.get("dtype", "auto")),
+        gpu_memory_utilization=None if memory is None else float(memory),
+        **_int_options(options, ("seq_ctx",)),
+    )
 
 
 class LLMRunner:
@@ -65,7 +121,9 @@ class LLMRunner:
     def _build(self) -> Any:
         cfg = self.config
         if not isinstance(cfg.get("model"), str):
-            raise InvalidModelFolder('model.json: "llm" needs "model": "<file.gguf>"')
+            raise InvalidModelFolder(
+                'model.json: "llm" needs "model": "<file.gguf or HF model folder>"'
+            )
         name = str(cfg.get("served_name") or self.meta.name)
         self.service = build_service(_model_path(self.meta, cfg["model"]), name, cfg)
         self.engine = self.service.engine

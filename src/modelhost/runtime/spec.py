@@ -40,4 +40,8 @@ class WorkerSpec:
 
     @property
     def download_to(self) -> str:
-        return str(self.model_json.get("download_files_to") or self.cache_dir)
+        """model.json's `download_files_to`; a relative one lives under the cache dir."""
+        target = self.model_json.get("download_files_to")
+        if not target:
+            return self.cache_dir
+        return str(Path(self.cache_dir) / str(target))  # an absolute target stays as it is

@@ -1,0 +1,128 @@
+"""Engine scheduling on a fake counting backend: positions, chunked prefill, prefix
+sharing, KV exhaustion, backend failures, EOS handling."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from fake_backend import FakeBackend
+from llm_helpers import run, text_of
+
+from modelhost.errors import PredictFailed
+from modelhost.llm.engine import LLMEngine
+
+pytestmark = pytest.mark.anyio
+
+
+def counting(start: int, n: int, vocab: int = 32) -> list[int]:
+    return [(start + i) % vocab for i in range(1, n + 1)]
+
+
+async def test_chunked_prefill_keeps_positions_and_streams_running_sequences() -> None:
+    backend = FakeBackend(max_seqs=4)
+    engine = LLMEngine(backend, prefill_chunk=8)
+    try:
+        short = [3, 4, 5]
+        long = [7] * 40 + [9]
+        first = await engine.generate(short, None)
+        assert (await first.__anext__()).token_id == 6
+        results = await asyncio.gather(
+            run(engine, long, temperature=0, max_tokens=5),
+            run(engine, [20, 21], temperature=0, max_tokens=5),
+        )
+        assert [e.token_id for e in results[0]] == counting(9, 5)
+        assert [e.token_id for e in results[1]] == counting(21, 5)
+        assert max(backend.batches) <= 8 + 4  # a prefill chunk plus decode tokens
+        await first.aclose()
+    finally:
+        engine.close()
+
+
+async def test_shared_prefix_is_copied_not_recomputed() -> None:
+    backend = FakeBackend(max_seqs=4)
+    engine = LLMEngine(backend, min_prefix_reuse=4)
+    try:
+        system = list(range(1, 21))
+        first = await engine.generate(system + [25], None)  # keeps running: a live source
+        await first.__anext__()
+        events = await run(engine, system + [26, 27], temperature=0, max_tokens=3)
+        assert [e.token_id for e in events] == counting(27, 3)
+        assert engine.stats.prefix_hits == 1 and engine.stats.prefix_tokens_reused == 20
+        assert backend.copies and backend.copies[-1][2] == 20
+        await first.aclose()
+    finally:
+        engine.close()
+
+
+async def test_same_prompt_again_reuses_all_but_the_last_token() -> None:
+    engine = LLMEngine(FakeBackend(max_seqs=2), min_prefix_reuse=4)
+    try:
+        prompt = list(range(1, 11))
+        a = await run(engine, prompt, temperature=0, max_tokens=4)
+        b = await run(engine, prompt, temperature=0, max_tokens=4)
+        assert [e.token_id for e in a] == [e.token_id for e in b] == counting(10, 4)
+        assert engine.stats.prefix_tokens_reused == len(prompt) - 1
+    finally:
+        engine.close()
+
+
+async def test_kv_exhaustion_ends_the_longest_sequence() -> None:
+    backend = FakeBackend(max_seqs=2, kv_capacity=60)
+    engine = LLMEngine(backend, prefix_cache_tokens=0)
+    try:
+        results = await asyncio.gather(
+            run(engine, [1] * 20, temperature=0, max_tokens=100, ignore_eos=True),
+            run(engine, [2] * 5, temperature=0, max_tokens=20, ignore_eos=True),
+        )
+        assert results[0][-1].finish_reason == "length" and len(results[0]) < 100
+        assert len(results[1]) == 20
+        assert engine.stats.preemptions == 1
+    finally:
+        engine.close()
+
+
+async def test_backend_failure_fails_running_requests_only() -> None:
+    backend = FakeBackend()
+    engine = LLMEngine(backend)
+    try:
+        backend.fail_next = True
+        with pytest.raises(PredictFailed):
+            await run(engine, [1, 2, 3], temperature=0, max_tokens=3)
+        assert len(await run(engine, [1, 2, 3], temperature=0, max_tokens=3)) == 3
+        assert engine.stats.in_flight == 0
+    finally:
+        engine.close()
+
+
+async def test_eos_stops_unless_ignored() -> None:
+    engine = LLMEngine(FakeBackend())
+    try:
+        events = await run(engine, [29], temperature=0, max_tokens=10)
+        assert [e.token_id for e in events] == [30, 31, 0]
+        assert events[-1].finish_reason == "stop" and text_of(events) == "ef"
+        ignored = await run(engine, [29], temperature=0, max_tokens=5, ignore_eos=True)
+        assert [e.token_id for e in ignored] == [30, 31, 0, 1, 2]
+        assert ignored[-1].finish_reason == "length"
+    finally:
+        engine.close()
+
+
+async def test_context_limit_caps_max_tokens() -> None:
+    engine = LLMEngine(FakeBackend(seq_ctx=16))
+    try:
+        events = await run(engine, [1] * 10, temperature=0, max_tokens=100, ignore_eos=True)
+        assert len(events) == 6 and events[-1].finish_reason == "length"
+    finally:
+        engine.close()
+
+
+async def test_closing_the_engine_fails_waiting_requests() -> None:
+    engine = LLMEngine(FakeBackend(max_seqs=1), max_queue=2)
+    running = await engine.generate([1], None)
+    waiting = await engine.generate([2], None)
+    await asyncio.to_thread(engine.close)
+    with pytest.raises(Exception, match="stopped"):
+        async for _ in waiting:
+            pass
+    await running.aclose()
