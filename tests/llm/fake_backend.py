@@ -7,6 +7,7 @@ sequence must be fed contiguous positions, and shared prefixes must really be co
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -29,6 +30,8 @@ class FakeBackend:
         self.copies: list[tuple[int, int, int]] = []
         self.fail_next = False
         self.batches: list[int] = []
+        self.step_delay = 0.0
+        """Seconds each decode takes, to keep sequences running while a test acts."""
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         return [1 + (ord(c) % (self.vocab_size - 1)) for c in text]
@@ -48,6 +51,8 @@ class FakeBackend:
         seq_ids: Sequence[int],
         outputs: Sequence[bool],
     ) -> Logits:
+        if self.step_delay:
+            time.sleep(self.step_delay)
         if self.fail_next:
             self.fail_next = False
             raise BackendError("simulated failure")

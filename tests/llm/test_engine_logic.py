@@ -11,6 +11,7 @@ from llm_helpers import run, text_of
 
 from modelhost.errors import PredictFailed
 from modelhost.llm.engine import LLMEngine
+from modelhost.llm.params import SamplingParams
 
 pytestmark = pytest.mark.anyio
 
@@ -25,7 +26,7 @@ async def test_chunked_prefill_keeps_positions_and_streams_running_sequences() -
     try:
         short = [3, 4, 5]
         long = [7] * 40 + [9]
-        first = await engine.generate(short, None)
+        first = await engine.generate(short, SamplingParams(temperature=0))
         assert (await first.__anext__()).token_id == 6
         results = await asyncio.gather(
             run(engine, long, temperature=0, max_tokens=5),
@@ -41,10 +42,12 @@ async def test_chunked_prefill_keeps_positions_and_streams_running_sequences() -
 
 async def test_shared_prefix_is_copied_not_recomputed() -> None:
     backend = FakeBackend(max_seqs=4)
+    backend.step_delay = 0.005
     engine = LLMEngine(backend, min_prefix_reuse=4)
     try:
         system = list(range(1, 21))
-        first = await engine.generate(system + [25], None)  # keeps running: a live source
+        live = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
+        first = await engine.generate(system + [25], live)  # keeps running: a live source
         await first.__anext__()
         events = await run(engine, system + [26, 27], temperature=0, max_tokens=3)
         assert [e.token_id for e in events] == counting(27, 3)
