@@ -8,7 +8,7 @@ from ray import serve
 from starlette.requests import Request
 
 
-@serve.deployment(num_replicas=1)
+@serve.deployment(num_replicas=1, max_ongoing_requests=64)
 class Echo:
     async def __call__(self, request: Request) -> dict:
         return await request.json()

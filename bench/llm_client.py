@@ -1,0 +1,250 @@
+"""The closed-loop LLM load generator of `bench.llm`: one httpx.AsyncClient, N clients.
+
+Each client sends its requests one after the other (a closed loop); the questions are taken
+in turn from one fixed list shared by all clients. Metrics are client-side, as vLLM's and
+SGLang's serving benchmarks define them:
+
+- TTFT: send -> first streamed chunk carrying output text;
+- ITL: the gaps between consecutive streamed content chunks (pooled over all requests);
+- TPOT: (E2E - TTFT) / (output tokens - 1), per request;
+- E2E: send -> end of the response.
+
+Output tokens come from the server's ``usage`` (``stream_options.include_usage``) when it
+sends one, else from the number of streamed content chunks (one per token for these
+servers); both are kept so the JSON shows whether they agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+import orjson
+
+Protocol = Literal["openai", "seed"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One running system's endpoint and how to talk to it."""
+
+    system: str
+    url: str
+    protocol: Protocol = "openai"
+    headers: dict[str, str] = field(default_factory=dict)
+    # Fields added to every OpenAI request body (e.g. a server's own name for ignore_eos).
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RequestResult:
+    ok: bool
+    start: float
+    end: float
+    ttft: float | None = None
+    itl: list[float] = field(default_factory=list)
+    chunks: int = 0
+    usage_tokens: int | None = None
+    fixed_tokens: int | None = None  # seed: no stream, no usage: counted as max_tokens
+    error: str | None = None
+
+    @property
+    def tokens(self) -> int:
+        if self.fixed_tokens is not None:
+            return self.fixed_tokens
+        return self.usage_tokens if self.usage_tokens is not None else self.chunks
+
+    @property
+    def e2e(self) -> float:
+        return self.end - self.start
+
+    @property
+    def tpot(self) -> float | None:
+        if self.ttft is None or self.tokens < 2 or self.fixed_tokens is not None:
+            return None
+        return (self.e2e - self.ttft) / (self.tokens - 1)
+
+
+@dataclass(frozen=True)
+class Workload:
+    prompts: Sequence[str]
+    max_tokens: int = 128
+
+    def openai_body(self, question: str, extra: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "messages": [{"role": "user", "content": question}],
+            "temperature": 0.0,
+            "max_tokens": self.max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "ignore_eos": True,
+            **extra,
+        }
+
+
+def new_client(max_concurrency: int) -> httpx.AsyncClient:
+    pool = max_concurrency + 4
+    return httpx.AsyncClient(
+        http1=True,
+        http2=False,
+        trust_env=False,
+        limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+        timeout=httpx.Timeout(900.0, connect=30.0),
+    )
+
+
+async def _openai_request(
+    client: httpx.AsyncClient, target: Target, body: dict[str, Any]
+) -> RequestResult:
+    res = RequestResult(ok=False, start=time.perf_counter(), end=0.0)
+    last: float | None = None
+    done = False
+    try:
+        async with client.stream("POST", target.url, json=body, headers=target.headers) as resp:
+            if resp.status_code != 200:
+                text = (await resp.aread()).decode(errors="replace")
+                res.error = f"HTTP {resp.status_code}: {text[:300]}"
+                return res
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    done = True
+                    break
+                chunk = orjson.loads(data)
+                if "error" in chunk:
+                    res.error = f"stream error: {str(chunk['error'])[:300]}"
+                    return res
+                usage = chunk.get("usage")
+                if isinstance(usage, dict) and "completion_tokens" in usage:
+                    res.usage_tokens = int(usage["completion_tokens"])
+                choices = chunk.get("choices") or []
+                if not choices or not (choices[0].get("delta") or {}).get("content"):
+                    continue
+                now = time.perf_counter()
+                if last is None:
+                    res.ttft = now - res.start
+                else:
+                    res.itl.append(now - last)
+                last = now
+                res.chunks += 1
+    except (httpx.HTTPError, ValueError) as exc:
+        res.error = _describe(exc)
+        return res
+    finally:
+        res.end = time.perf_counter()
+    # A stream that ends early but cleanly ([DONE]) is a completed, short answer: e.g.
+    # llama-cpp-python's server ends a running stream when a new request arrives.
+    res.ok = done
+    if not done:
+        res.error = "the stream ended without [DONE]"
+    return res
+
+
+async def _seed_request(
+    client: httpx.AsyncClient, target: Target, question: str, max_tokens: int
+) -> RequestResult:
+    res = RequestResult(ok=False, start=time.perf_counter(), end=0.0)
+    try:
+        resp = await client.post(target.url, json={"user_prompt": question}, headers=target.headers)
+        res.end = time.perf_counter()
+        if resp.status_code != 200 or "answer" not in resp.json():
+            res.error = f"HTTP {resp.status_code}: {resp.text[:300]}"
+            return res
+    except (httpx.HTTPError, ValueError) as exc:
+        res.end = time.perf_counter()
+        res.error = _describe(exc)
+        return res
+    res.ok = True
+    res.ttft = res.e2e  # no streaming: the first token arrives with the last
+    res.fixed_tokens = max_tokens
+    return res
+
+
+async def run_level(
+    client: httpx.AsyncClient,
+    target: Target,
+    workload: Workload,
+    concurrency: int,
+    requests_per_client: int,
+) -> tuple[list[RequestResult], float]:
+    """Run ``concurrency`` closed-loop clients; return every request's result and the wall time."""
+    turn = itertools.count()
+    results: list[RequestResult] = []
+
+    async def one_client() -> None:
+        for _ in range(requests_per_client):
+            question = workload.prompts[next(turn) % len(workload.prompts)]
+            if target.protocol == "seed":
+                results.append(await _seed_request(client, target, question, workload.max_tokens))
+            else:
+                body = workload.openai_body(question, target.extra_body)
+                results.append(await _openai_request(client, target, body))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(concurrency)))
+    return results, time.perf_counter() - started
+
+
+def _describe(exc: BaseException) -> str:
+    cause = exc.__cause__ or exc.__context__
+    text = f"{type(exc).__name__}: {exc}"
+    return text + (f" ({type(cause).__name__}: {cause})" if cause else "")
+
+
+def _pct(values: Sequence[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)) * 1000.0, 2) if len(values) else None
+
+
+def summarise(
+    system: str,
+    concurrency: int,
+    results: list[RequestResult],
+    wall_s: float,
+    max_tokens: int,
+) -> dict[str, Any]:
+    """One table row: throughput, p50/p99 latencies (ms), errors."""
+    ok = [r for r in results if r.ok]
+    tokens = sum(r.tokens for r in ok)
+    ttft = [r.ttft for r in ok if r.ttft is not None]
+    itl = [gap for r in ok for gap in r.itl]
+    tpot = [t for r in ok if (t := r.tpot) is not None]
+    e2e = [r.e2e for r in ok]
+    with_usage = [r for r in ok if r.usage_tokens is not None]
+    errors = [r.error for r in results if not r.ok and r.error]
+    return {
+        "system": system,
+        "concurrency": concurrency,
+        "requests": len(results),
+        "completed": len(ok),
+        "errors": len(results) - len(ok),
+        "error_samples": sorted(set(errors))[:3],
+        "short": sum(1 for r in ok if r.tokens < max_tokens),
+        "wall_s": round(wall_s, 3),
+        "output_tokens": tokens,
+        "out_tok_s": round(tokens / wall_s, 2) if wall_s else 0.0,
+        "req_s": round(len(ok) / wall_s, 3) if wall_s else 0.0,
+        "ttft_p50_ms": _pct(ttft, 50),
+        "ttft_p99_ms": _pct(ttft, 99),
+        "itl_p50_ms": _pct(itl, 50),
+        "itl_p99_ms": _pct(itl, 99),
+        "tpot_p50_ms": _pct(tpot, 50),
+        "tpot_p99_ms": _pct(tpot, 99),
+        "e2e_p50_ms": _pct(e2e, 50),
+        "e2e_p99_ms": _pct(e2e, 99),
+        "tokens_from": (
+            "max_tokens (no stream)"
+            if ok and ok[0].fixed_tokens is not None
+            else "usage"
+            if ok and len(with_usage) == len(ok)
+            else "stream chunks"
+        ),
+        "chunks_differ_from_usage": sum(1 for r in with_usage if r.chunks != r.usage_tokens),
+    }

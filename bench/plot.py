@@ -1,0 +1,80 @@
+"""Plots from benchmark JSON (matplotlib, Agg backend: no display needed).
+
+    python -m bench.plot [bench/results/llm.json] [bench/results/llm.png]
+
+`plot_llm`: output tokens/s and TTFT p50 against concurrency, one line per system.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _series(rows: list[dict[str, Any]], key: str) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for r in rows:
+        value = r.get(key)
+        if value is not None and r.get("completed", 1):
+            out[r["system"]].append((int(r["concurrency"]), float(value)))
+    return {system: sorted(points) for system, points in out.items()}
+
+
+def plot_llm(json_path: Path, png_path: Path) -> Path:
+    data = json.loads(json_path.read_text())
+    rows: list[dict[str, Any]] = data["results"]
+    labels: dict[str, str] = data.get("labels", {})
+    levels = sorted({int(r["concurrency"]) for r in rows})
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    colors = {system: f"C{i % 10}" for i, system in enumerate(systems)}  # same in both panels
+    fig, (tok_ax, ttft_ax) = plt.subplots(1, 2, figsize=(12, 4.8))
+    panels = (
+        (tok_ax, "out_tok_s", "output tokens/s", False),
+        (ttft_ax, "ttft_p50_ms", "TTFT p50 (ms, log)", True),
+    )
+    for ax, key, ylabel, log_y in panels:
+        for system, points in _series(rows, key).items():
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o", color=colors[system], label=labels.get(system, system))
+        ax.set_xscale("log", base=2)
+        if levels:
+            ax.set_xticks(levels, [str(x) for x in levels])
+        if log_y:
+            ax.set_yscale("log")
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+    tok_ax.set_title("throughput")
+    ttft_ax.set_title("time to first token")
+    tok_ax.legend(fontsize=8)
+    workload = data.get("workload", {})
+    fig.suptitle(
+        f"{workload.get('model', 'LLM')}, {workload.get('max_tokens', '?')} tokens/request, "
+        f"{data.get('cpu_count', '?')} CPUs, {data.get('time', '')}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=110)
+    plt.close(fig)
+    return png_path
+
+
+def main() -> None:
+    src = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS / "llm.json"
+    dst = Path(sys.argv[2]) if len(sys.argv) > 2 else src.with_suffix(".png")
+    print(f"wrote {plot_llm(src, dst)}")
+
+
+if __name__ == "__main__":
+    main()
