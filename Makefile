@@ -1,7 +1,7 @@
 # modelhost: two commands.
 #   make run   - set up a venv, prepare the demo LLM, serve it (http://127.0.0.1:8000)
 #   make test  - set up the venv and run lint, type check and the test suite
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
