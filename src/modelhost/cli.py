@@ -39,26 +39,13 @@ def serve(
     ] = None,
 ) -> None:
     """Run the gateway and the model workers (settings: MODELHOST_* variables)."""
-    import uvicorn
-
-    from modelhost.gateway.app import build_gateway
+    from modelhost.gateway.app import build_gateway, uvicorn_server
 
     settings = Settings.from_env(host=host, port=port, home=home)
     _logging(settings.log_level)
     gateway = build_gateway(settings)
     typer.echo(f"modelhost serving on {settings.public_url} (home: {settings.home})", err=True)
-    uvicorn.run(
-        gateway,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level=settings.log_level,
-        lifespan="on",
-        timeout_keep_alive=30,
-        backlog=4096,
-    )
+    uvicorn_server(gateway).run()
 
 
 @app.command()

@@ -63,24 +63,11 @@ def demo_folder(name: str) -> Path:
 
 
 async def _serve_and_deploy(settings: Settings) -> None:
-    import uvicorn
-
     from modelhost.client._packing import pack_model_dir
-    from modelhost.gateway.app import build_gateway
+    from modelhost.gateway.app import build_gateway, uvicorn_server
 
     gateway = build_gateway(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            gateway,
-            host=settings.host,
-            port=settings.port,
-            loop="uvloop",
-            http="httptools",
-            access_log=False,
-            log_level=settings.log_level,
-            lifespan="on",
-        )
-    )
+    server = uvicorn_server(gateway)
     serving = asyncio.get_running_loop().create_task(server.serve())
     while not server.started:
         if serving.done():

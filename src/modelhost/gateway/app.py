@@ -200,3 +200,23 @@ def build_gateway(settings: Settings) -> Gateway:
     )
     store = open_store(settings.store_url, settings.s3_endpoint_url)
     return Gateway(settings, registry, store, tokens)
+
+
+def uvicorn_server(gateway: Gateway) -> Any:
+    """The HTTP server for `gateway`: uvloop + httptools, no per-request access log."""
+    import uvicorn
+
+    settings = gateway.settings
+    config = uvicorn.Config(
+        gateway,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=settings.log_level,
+        lifespan="on",
+        timeout_keep_alive=30,
+        backlog=4096,
+    )
+    return uvicorn.Server(config)
