@@ -52,14 +52,24 @@ class Authenticator:
         self._task: asyncio.Task[None] | None = None
 
     async def authenticate(self, authorization: bytes | None) -> Principal:
+        """The caller; verifies (and caches) a token seen for the first time."""
+        principal = self.cached(authorization)
+        if principal is None:
+            assert authorization is not None  # `cached` raised otherwise
+            principal = self._checked(authorization, await self._verify(authorization))
+        return principal
+
+    def cached(self, authorization: bytes | None) -> Principal | None:
+        """The caller if this token was verified before (no await on the hot path), else None."""
         if not authorization:
             raise Unauthorized(
                 "no token: send 'Authorization: Bearer <session token>'; "
                 "get one with get_session_token(api_url)"
             )
         principal = self._cache.get(authorization)
-        if principal is None:
-            principal = await self._verify(authorization)
+        return None if principal is None else self._checked(authorization, principal)
+
+    def _checked(self, authorization: bytes, principal: Principal) -> Principal:
         if principal.expires < time.time():
             self._cache.pop(authorization, None)
             raise Unauthorized(

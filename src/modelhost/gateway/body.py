@@ -13,20 +13,26 @@ import zlib
 import lz4.frame
 
 from modelhost.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
-from modelhost.types import Receive
+from modelhost.types import Message, Receive
 
 ENCODINGS = ("gzip", "deflate", "zlib", "lz4")
 
 
-async def read_body(receive: Receive, limit: int, declared: int | None) -> bytes:
+def first_part(message: Message, limit: int, declared: int | None) -> bytes | None:
+    """The whole body when it came in one message (the common case), else None."""
     if declared is not None and declared > limit:
         raise _too_large(limit)
-    first = await receive()
-    body = first.get("body", b"")
-    if not first.get("more_body", False):
-        if len(body) > limit:
-            raise _too_large(limit)
-        return body
+    body: bytes = message.get("body", b"")
+    if message.get("more_body", False):
+        return None
+    if len(body) > limit:
+        raise _too_large(limit)
+    return body
+
+
+async def read_rest(receive: Receive, first: Message, limit: int) -> bytes:
+    """The body that did not fit in the first message."""
+    body: bytes = first.get("body", b"")
     parts = [body]
     size = len(body)
     while True:

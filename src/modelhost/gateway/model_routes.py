@@ -51,8 +51,9 @@ class ModelRoutes:
                 raise NotFound(_unknown_model_message(scope["path"]))
             entry = match.entry
             entry.requests += 1
-            principal = await self.gw.auth.authenticate(authorization)
-            self.gw.auth.authorize(principal, entry)
+            auth = self.gw.auth
+            principal = auth.cached(authorization) or await auth.authenticate(authorization)
+            auth.authorize(principal, entry)
             workers = _pick_version(match)
             if b"get_meta=true" in scope["query_string"]:
                 await self._send_meta(send, entry, workers, request_id)
@@ -60,7 +61,10 @@ class ModelRoutes:
             channel = workers.pick()
             if channel is None:
                 raise _not_ready(entry, workers)
-            body = await bodies.read_body(receive, self.limit, int(length) if length else None)
+            message = await receive()
+            body = bodies.first_part(message, self.limit, int(length) if length else None)
+            if body is None:
+                body = await bodies.read_rest(receive, message, self.limit)
             if encoding:
                 body = bodies.decode(body, encoding.decode("latin-1"), self.limit)
             fut = channel.request(
