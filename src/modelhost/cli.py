@@ -78,6 +78,11 @@ def deploy(
     """Upload a model folder as a new version and wait until it serves (or say why not)."""
     from modelhost.client import deploy as do_deploy
 
+    typer.echo(
+        f"deploying {model_dir} as {prefix}/{name}: uploading, then waiting until the new "
+        "version is ready (model loading can take a while) ...",
+        err=True,
+    )
     api_url, version_url, meta_url = do_deploy(deployment, prefix, name, model_dir, url)
     typer.echo(
         f"api_url:         {api_url}\napi_version_url: {version_url}\napi_meta_url:    {meta_url}"
