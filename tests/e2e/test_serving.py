@@ -388,3 +388,31 @@ def test_metrics_count_requests(server: Server, echo: tuple[str, str]) -> None:
     text = httpx.get(server.url + "/metrics").text
     assert 'modelhost_requests_total{model="echo",prefix="models/test"}' in text
     assert "modelhost_ready_replicas" in text
+
+
+def test_sdk_deploy_raises_when_the_new_version_fails(server: Server, folders: Path) -> None:
+    import os
+
+    from modelhost.client import deploy
+    from modelhost.errors import ModelNotReady
+
+    from .harness import ADMIN_EMAIL, ADMIN_PASSWORD
+
+    env = {
+        "MODELHOST_URL": server.url,
+        "MODELHOST_EMAIL": ADMIN_EMAIL,
+        "MODELHOST_PASSWORD": ADMIN_PASSWORD,
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        urls = deploy("test-depl", "models/test", "sdk", model_dir(folders, "ok", "echo.py"))
+        assert urls[0].endswith("/models/test/sdk/")
+        with pytest.raises(ModelNotReady, match="weights are missing"):
+            deploy("test-depl", "models/test", "sdk", model_dir(folders, "bad", "bad_init.py"))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -74,6 +74,14 @@ async def adeploy(
             content=body,
             headers={"content-type": "application/gzip"},
         )
+    if response.json().get("state") == "failed":
+        from modelhost.errors import ModelNotReady
+
+        data = response.json()
+        raise ModelNotReady(
+            f"{prefix}/{model_name} v{data.get('version')} was uploaded but failed to start: "
+            f"{data.get('reason')}; the previous version (if any) keeps serving"
+        )
     urls = (
         _console.json_field(response, "api_url"),
         _console.json_field(response, "api_version_url"),
