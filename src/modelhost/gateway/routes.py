@@ -57,6 +57,8 @@ class RouteTable:
         self._by_key: dict[str, ModelEntry] = {}
         self._by_id: dict[int, ModelEntry] = {}
         self._prefixes: set[str] = set()
+        # path -> Match: clients call the same few URLs over and over
+        self._memo: dict[str, Match | None] = {}
 
     def add(self, entry: ModelEntry) -> ModelEntry:
         key = f"{entry.prefix}/{entry.name}"
@@ -66,6 +68,7 @@ class RouteTable:
             return existing
         self._by_key[key] = entry
         self._by_id[entry.model_id] = entry
+        self._memo.clear()
         self._prefixes.add(entry.prefix)
         return entry
 
@@ -79,6 +82,18 @@ class RouteTable:
         return prefix in self._prefixes
 
     def resolve(self, path: str) -> Match | None:
+        try:
+            return self._memo[path]
+        except KeyError:
+            pass
+        match = self._resolve(path)
+        if match is not None:  # unknown paths are not remembered: anyone can send many
+            if len(self._memo) >= 10_000:
+                self._memo.clear()
+            self._memo[path] = match
+        return match
+
+    def _resolve(self, path: str) -> Match | None:
         segments = path.strip("/").split("/")
         by_key = self._by_key
         for i in range(1, len(segments)):

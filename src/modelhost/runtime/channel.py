@@ -12,8 +12,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from modelhost.errors import ModelhostError, WorkerUnavailable, from_wire
-from modelhost.runtime.protocol import FrameProtocol, Kind, encode
+from modelhost.runtime.protocol import FrameProtocol, Kind, encode, encode_raw
 
 
 @dataclass(slots=True)
@@ -66,6 +68,7 @@ class WorkerChannel:
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Reply | Stream]] = {}
         self._streams: dict[int, Stream] = {}
+        self._heads: dict[tuple[str, str, str, str], bytes] = {}  # request headers, encoded
         self.connected = False
 
     @property
@@ -103,8 +106,13 @@ class WorkerChannel:
         rid = next(self._ids)
         fut: asyncio.Future[Reply | Stream] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
-        header = {"m": method, "p": subpath, "q": query, "ct": content_type}
-        proto.send(encode(Kind.REQUEST, rid, header, body))
+        key = (method, subpath, query, content_type)
+        head = self._heads.get(key)
+        if head is None:
+            head = orjson.dumps({"m": method, "p": subpath, "q": query, "ct": content_type})
+            if len(self._heads) < 1024:
+                self._heads[key] = head
+        proto.send(encode_raw(Kind.REQUEST, rid, head, body))
         return fut
 
     def forget(self, fut: asyncio.Future[Reply | Stream]) -> None:

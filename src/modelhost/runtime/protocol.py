@@ -37,7 +37,11 @@ class Kind(IntEnum):
 
 
 def encode(kind: Kind, rid: int, header: Any = None, body: bytes = b"") -> bytes:
-    head = orjson.dumps(header) if header is not None else b""
+    return encode_raw(kind, rid, orjson.dumps(header) if header is not None else b"", body)
+
+
+def encode_raw(kind: Kind, rid: int, head: bytes, body: bytes = b"") -> bytes:
+    """A frame whose header is already JSON-encoded (the gateway reuses common ones)."""
     return _PREFIX.pack(PREFIX_SIZE - 4 + len(head) + len(body), kind, rid, len(head)) + head + body
 
 
