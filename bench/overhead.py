@@ -55,7 +55,7 @@ def _wait_http(
 
 @contextmanager
 def _process(
-    cmd: list[str], env: dict[str, str] | None = None
+    cmd: list[str], env: dict[str, str] | None = None, leftovers: str | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -68,6 +68,10 @@ def _process(
             proc.wait(20)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+        # LitServe's and Ray's servers leave processes outside the group: end them too, or
+        # they keep a core busy through the next measurements.
+        if leftovers:
+            subprocess.run(["pkill", "-9", "-f", leftovers], check=False)
 
 
 def bench_modelhost(duration: int, replicas: int) -> WrkResult:
@@ -142,7 +146,8 @@ def bench_starlette(duration: int) -> WrkResult:
 
 def bench_litserve(duration: int) -> WrkResult:
     port = _free_port()
-    with _process([sys.executable, str(HERE / "peers" / "litserve_echo.py"), str(port)]):
+    script = str(HERE / "peers" / "litserve_echo.py")
+    with _process([sys.executable, script, str(port)], leftovers=script):
         url = f"http://127.0.0.1:{port}/predict"
         _wait_http(url)
         run_wrk("litserve", url, duration_s=2)
@@ -151,11 +156,15 @@ def bench_litserve(duration: int) -> WrkResult:
 
 def bench_rayserve(duration: int) -> WrkResult:
     port = _free_port()
-    with _process([sys.executable, str(HERE / "peers" / "rayserve_echo.py"), str(port)]):
+    script = str(HERE / "peers" / "rayserve_echo.py")
+    with _process([sys.executable, script, str(port)], leftovers=script):
         url = f"http://127.0.0.1:{port}/echo"
         _wait_http(url, timeout=180, ok=lambda s: s == 200)
-        run_wrk("ray", url, duration_s=2)
-        return run_wrk("Ray Serve echo", url, duration_s=duration)
+        try:
+            run_wrk("ray", url, duration_s=2)
+            return run_wrk("Ray Serve echo", url, duration_s=duration)
+        finally:
+            subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
 
 
 SYSTEMS: dict[str, Callable[[int], WrkResult]] = {
