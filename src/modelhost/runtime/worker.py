@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from modelhost.errors import ModelhostError, ModelNotReady
-from modelhost.runtime.eager import start_eagerly
 from modelhost.runtime.protocol import FrameProtocol, Kind, encode
 from modelhost.runtime.runner import Reply, Runner, StreamReply, WorkRequest
 from modelhost.runtime.spec import WorkerSpec
@@ -112,10 +111,10 @@ class _Conn(FrameProtocol):
 
     def _on_frame(self, kind: Kind, rid: int, header: Any, body: bytes) -> None:
         if kind is Kind.REQUEST:
-            task = start_eagerly(self._serve(rid, header, body))
-            if task is not None:  # it has to wait: keep it cancellable
-                self.tasks[rid] = task
-                task.add_done_callback(lambda _t, rid=rid: self.tasks.pop(rid, None))  # type: ignore[misc]
+            # A real task per request: model code (httpx, anyio) expects to run inside one.
+            task = asyncio.get_running_loop().create_task(self._serve(rid, header, body))
+            self.tasks[rid] = task
+            task.add_done_callback(lambda _t, rid=rid: self.tasks.pop(rid, None))  # type: ignore[misc]
         elif kind is Kind.CANCEL:
             running = self.tasks.get(rid)
             if running is not None:
