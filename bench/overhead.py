@@ -74,6 +74,12 @@ def _process(
             subprocess.run(["pkill", "-9", "-f", leftovers], check=False)
 
 
+def _measure(system: str, url: str, duration: int, token: str | None = None) -> WrkResult:
+    """Two seconds of warm-up, then the measured run."""
+    run_wrk(system, url, token, duration_s=2)
+    return run_wrk(system, url, token, duration_s=duration)
+
+
 def bench_modelhost(duration: int, replicas: int) -> WrkResult:
     port = _free_port()
     with tempfile.TemporaryDirectory() as home:
@@ -116,8 +122,7 @@ def bench_modelhost(duration: int, replicas: int) -> WrkResult:
                 headers=admin,
             ).json()["token"]
             name = "modelhost" + (f" ({replicas} workers)" if replicas > 1 else "")
-            run_wrk(name, deployed["api_url"], token, duration_s=2)  # warm-up
-            return run_wrk(name, deployed["api_url"], token, duration_s=duration)
+            return _measure(name, deployed["api_url"], duration, token)
 
 
 def bench_starlette(duration: int) -> WrkResult:
@@ -140,8 +145,7 @@ def bench_starlette(duration: int) -> WrkResult:
     with _process(cmd):
         url = f"http://127.0.0.1:{port}/echo/"
         _wait_http(url)
-        run_wrk("starlette", url, duration_s=2)
-        return run_wrk("bare Starlette echo", url, duration_s=duration)
+        return _measure("bare Starlette echo", url, duration)
 
 
 def bench_litserve(duration: int) -> WrkResult:
@@ -150,8 +154,7 @@ def bench_litserve(duration: int) -> WrkResult:
     with _process([sys.executable, script, str(port)], leftovers=script):
         url = f"http://127.0.0.1:{port}/predict"
         _wait_http(url)
-        run_wrk("litserve", url, duration_s=2)
-        return run_wrk("LitServe echo", url, duration_s=duration)
+        return _measure("LitServe echo", url, duration)
 
 
 def bench_rayserve(duration: int) -> WrkResult:
@@ -161,8 +164,7 @@ def bench_rayserve(duration: int) -> WrkResult:
         url = f"http://127.0.0.1:{port}/echo"
         _wait_http(url, timeout=180, ok=lambda s: s == 200)
         try:
-            run_wrk("ray", url, duration_s=2)
-            return run_wrk("Ray Serve echo", url, duration_s=duration)
+            return _measure("Ray Serve echo", url, duration)
         finally:
             subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
 
