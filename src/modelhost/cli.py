@@ -184,7 +184,7 @@ def user_disable(user_id: int, url: Url = None) -> None:
 
 @app.command()
 def demo(
-    port: Annotated[int, typer.Option(help="Port for the demo server.")] = 8000,
+    port: Annotated[int | None, typer.Option(help="Port (MODELHOST_PORT, default 8000).")] = None,
     home: Annotated[
         Path | None, typer.Option(help="State folder (default ~/.modelhost-demo).")
     ] = None,

@@ -128,7 +128,7 @@ print(get(api_url, headers=headers, json={{"user_prompt": "Who is Einstein?"}}).
     )
 
 
-def run_demo(port: int = 8000, home: Path | None = None) -> None:
+def run_demo(port: int | None = None, home: Path | None = None) -> None:
     settings = Settings.from_env(port=port, home=home)
     import logging
 
