@@ -121,9 +121,13 @@ async def test_context_limit_caps_max_tokens() -> None:
 
 
 async def test_closing_the_engine_fails_waiting_requests() -> None:
-    engine = LLMEngine(FakeBackend(max_seqs=1), max_queue=2)
-    running = await engine.generate([1], None)
-    waiting = await engine.generate([2], None)
+    backend = FakeBackend(max_seqs=1)
+    backend.step_delay = 0.005  # the running request outlives the close below
+    engine = LLMEngine(backend, max_queue=2)
+    endless = SamplingParams(temperature=0, ignore_eos=True)
+    running = await engine.generate([1], endless)
+    await running.__anext__()
+    waiting = await engine.generate([2], endless)
     await asyncio.to_thread(engine.close)
     with pytest.raises(Exception, match="stopped"):
         async for _ in waiting:
