@@ -48,6 +48,10 @@ class Settings:
     log_level: str = "info"
     # Sample one access-log line per N requests on the hot path (0 = off, 1 = every request).
     access_log_sample: int = 0
+    # Reverse proxies whose X-Forwarded-For/-Proto are trusted (comma-separated IPs or "*").
+    forwarded_allow_ips: str = ""
+    # Idle HTTP keep-alive connections are closed after this many seconds.
+    keep_alive_s: int = 30
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

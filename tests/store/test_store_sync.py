@@ -119,9 +119,7 @@ def test_unreadable_manifest_means_refetch(store: ObjectStore, dest: Path) -> No
     assert set(manifest["files"]) == set(FILES)
 
 
-def test_stale_part_files_are_never_used_and_get_cleaned(
-    store: ObjectStore, dest: Path
-) -> None:
+def test_stale_part_files_are_never_used_and_get_cleaned(store: ObjectStore, dest: Path) -> None:
     _seed(store)
     dest.joinpath("tokenizer").mkdir(parents=True)
     planted = [
@@ -253,9 +251,7 @@ def test_progress_is_told_about_downloads_only(store: ObjectStore, dest: Path) -
     assert again.events == []
 
 
-def test_log_progress(
-    store: ObjectStore, dest: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_log_progress(store: ObjectStore, dest: Path, caplog: pytest.LogCaptureFixture) -> None:
     store.put_bytes("cache/l/big.bin", os.urandom(2 * 1024 * 1024))
     store.put_bytes("cache/l/small.txt", b"tiny")
     caplog.set_level(logging.INFO, logger="modelhost.store")

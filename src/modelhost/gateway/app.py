@@ -207,8 +207,11 @@ def build_gateway(settings: Settings) -> Gateway:
 
 
 def uvicorn_server(gateway: Gateway) -> Any:
-    """The HTTP server for `gateway`: uvloop + httptools, no per-request access log."""
+    """The HTTP server for `gateway`: uvloop + httptools (one send per response), no
+    per-request access log."""
     import uvicorn
+
+    from modelhost.gateway.http_protocol import HttpProtocol
 
     settings = gateway.settings
     config = uvicorn.Config(
@@ -216,11 +219,15 @@ def uvicorn_server(gateway: Gateway) -> Any:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=HttpProtocol,
+        ws="none",
+        # X-Forwarded-* are read only from the proxies named in MODELHOST_FORWARDED_ALLOW_IPS.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
         access_log=False,
         log_level=settings.log_level,
         lifespan="on",
-        timeout_keep_alive=30,
+        timeout_keep_alive=settings.keep_alive_s,
         backlog=4096,
         server_header=False,  # no banner; one header less to validate per response
     )

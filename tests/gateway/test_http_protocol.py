@@ -1,0 +1,188 @@
+"""The gateway's HTTP protocol (uvicorn's, cheaper per response) on a real port, spoken to
+over raw sockets so every byte on the wire is checked: joined writes, streamed chunks,
+pipelining, HEAD, header validation and the keep-alive timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import uvicorn
+
+from modelhost.gateway.http_protocol import HttpProtocol
+
+pytestmark = pytest.mark.anyio
+
+KEEP_ALIVE_S = 1
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class App:
+    """Answers by path: /json, /stream (waits for `release` between chunks), /bad-header,
+    /empty (204)."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        message = await receive()
+        path = scope["path"]
+        if path == "/stream":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"first", "more_body": True})
+            await self.release.wait()
+            await send({"type": "http.response.body", "body": b"second", "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        elif path == "/bad-header":
+            headers = [(b"x-evil", b"a\r\nset-cookie: injected")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": b"never"})
+        elif path == "/empty":
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+        else:
+            body = b'{"echo": "' + message["body"] + b'"}'
+            headers = [
+                (b"Content-Type", b"application/json"),
+                (b"x-prt-model-name", b"echo"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[int, App]]:
+    app = App()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        http=HttpProtocol,
+        ws="none",
+        lifespan="off",
+        log_level="critical",
+        timeout_keep_alive=KEEP_ALIVE_S,
+        date_header=False,
+        access_log=False,  # as the gateway runs it: the fast path serves the response head
+    )
+    srv = uvicorn.Server(config)
+    task = asyncio.create_task(srv.serve(sockets=[sock]))
+    while not srv.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield port, app
+    finally:
+        app.release.set()
+        srv.should_exit = True
+        await task
+
+
+def post(path: str, body: bytes) -> bytes:
+    return f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, dict[bytes, bytes], bytes]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    status, *lines = head[:-4].split(b"\r\n")
+    headers = dict(line.split(b": ", 1) for line in lines)
+    body = await reader.readexactly(int(headers.get(b"content-length", b"0")))
+    return status, headers, body
+
+
+async def test_json_answer_in_one_piece_and_keep_alive(server: tuple[int, App]) -> None:
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for n in range(3):  # the same connection answers request after request
+        writer.write(post("/json", f"r{n}".encode()))
+        status, headers, body = await read_response(reader)
+        assert status == b"HTTP/1.1 200 OK"
+        assert body == f'{{"echo": "r{n}"}}'.encode()
+        assert headers[b"content-type"] == b"application/json"  # names lower-cased
+        assert headers[b"x-prt-model-name"] == b"echo"
+        assert b"transfer-encoding" not in headers
+    writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(server: tuple[int, App]) -> None:
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(post("/json", b"a") + post("/json", b"b") + post("/json", b"c"))
+    bodies = [(await read_response(reader))[2] for _ in range(3)]
+    assert bodies == [b'{"echo": "a"}', b'{"echo": "b"}', b'{"echo": "c"}']
+    writer.close()
+
+
+async def test_streamed_chunks_leave_before_the_response_ends(server: tuple[int, App]) -> None:
+    port, app = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert b"transfer-encoding: chunked" in head
+    # The app is blocked on `release`: the first chunk must be on the wire already.
+    assert await asyncio.wait_for(reader.readuntil(b"first\r\n"), 5) == b"5\r\nfirst\r\n"
+    app.release.set()
+    rest = await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5)
+    assert rest == b"6\r\nsecond\r\n0\r\n\r\n"
+    writer.close()
+
+
+async def test_head_and_no_content_have_no_chunked_body(server: tuple[int, App]) -> None:
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /empty HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, headers, body = await read_response(reader)
+    assert status == b"HTTP/1.1 204 No Content" and b"transfer-encoding" not in headers
+    assert body == b""
+    writer.write(b"HEAD /json HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding" not in head
+    writer.write(post("/json", b"after-head"))  # no stray body bytes came after the head
+    assert (await read_response(reader))[2] == b'{"echo": "after-head"}'
+    writer.close()
+
+
+async def test_header_injection_is_refused_and_nothing_is_sent(server: tuple[int, App]) -> None:
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /bad-header HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), 5)  # the connection is closed
+    assert b"injected" not in data and b"never" not in data
+    writer.close()
+    # The server keeps serving other connections.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(post("/json", b"ok"))
+    assert (await read_response(reader))[2] == b'{"echo": "ok"}'
+    writer.close()
+
+
+async def test_idle_connection_closes_after_keep_alive_busy_one_stays(
+    server: tuple[int, App],
+) -> None:
+    port, _ = server
+    idle_reader, idle_writer = await asyncio.open_connection("127.0.0.1", port)
+    idle_writer.write(post("/json", b"once"))
+    await read_response(idle_reader)
+    busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", port)
+    # Requests every 0.4 s for 2.4 s: never idle for the 1 s timeout, so never closed.
+    for _ in range(6):
+        busy_writer.write(post("/json", b"busy"))
+        assert (await read_response(busy_reader))[2] == b'{"echo": "busy"}'
+        await asyncio.sleep(0.4)
+    assert await asyncio.wait_for(idle_reader.read(), 5) == b""  # closed by the server
+    busy_writer.write(post("/json", b"still"))
+    assert (await read_response(busy_reader))[2] == b'{"echo": "still"}'
+    for writer in (idle_writer, busy_writer):
+        with contextlib.suppress(Exception):
+            writer.close()
