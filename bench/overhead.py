@@ -166,7 +166,12 @@ def bench_rayserve(duration: int) -> WrkResult:
         try:
             return _measure("Ray Serve echo", url, duration)
         finally:
-            subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)
+            ray = Path(sys.executable).with_name("ray")  # the venv's, even if not on PATH
+            subprocess.run(
+                [str(ray) if ray.exists() else "ray", "stop", "--force"],
+                capture_output=True,
+                check=False,
+            )
 
 
 SYSTEMS: dict[str, Callable[[int], WrkResult]] = {
