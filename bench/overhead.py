@@ -1,11 +1,15 @@
 """Platform overhead: an echo model through modelhost's full path vs. bare and peer servers.
 
-    python -m bench.overhead [--duration 10] [--only modelhost,starlette,...]
+    python -m bench.overhead [--duration 10] [--rounds 3] [--only modelhost,starlette,...]
 
-Each system runs alone (the others stopped) on this machine, measured with
-`wrk -t1 -c64` posting a small JSON body. modelhost's path includes the session-token check,
-routing, x-prt-* headers, metrics counters, request id, body limit and the hop to the worker
-process. Prints a table with ratios and writes bench/results/overhead.json.
+Measured with `wrk -t1 -c64` posting a small JSON body. modelhost's path includes the
+session-token check, routing, x-prt-* headers, metrics counters, request id, body limit and
+the hop to the worker process. modelhost (1 and 2 workers) and the bare Starlette echo run
+side by side, idle while another is measured, in `--rounds` alternating rounds: this is a
+shared virtual machine whose speed drifts by tens of percent over minutes, and alternating
+makes a slow spell hit every system alike. Each reports its median round. LitServe and Ray
+Serve run alone afterwards (their idle processes are not idle). Prints a table with ratios
+and writes bench/results/overhead.json.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -74,13 +79,15 @@ def _process(
             subprocess.run(["pkill", "-9", "-f", leftovers], check=False)
 
 
-def _measure(system: str, url: str, duration: int, token: str | None = None) -> WrkResult:
-    """Two seconds of warm-up, then the measured run."""
-    run_wrk(system, url, token, duration_s=2)
-    return run_wrk(system, url, token, duration_s=duration)
+@dataclass
+class Target:
+    system: str
+    url: str
+    token: str | None = None
 
 
-def bench_modelhost(duration: int, replicas: int) -> WrkResult:
+@contextmanager
+def serve_modelhost(replicas: int) -> Iterator[Target]:
     port = _free_port()
     with tempfile.TemporaryDirectory() as home:
         env = {
@@ -122,10 +129,11 @@ def bench_modelhost(duration: int, replicas: int) -> WrkResult:
                 headers=admin,
             ).json()["token"]
             name = "modelhost" + (f" ({replicas} workers)" if replicas > 1 else "")
-            return _measure(name, deployed["api_url"], duration, token)
+            yield Target(name, deployed["api_url"], token)
 
 
-def bench_starlette(duration: int) -> WrkResult:
+@contextmanager
+def serve_starlette() -> Iterator[Target]:
     port = _free_port()
     cmd = [
         sys.executable,
@@ -145,26 +153,28 @@ def bench_starlette(duration: int) -> WrkResult:
     with _process(cmd):
         url = f"http://127.0.0.1:{port}/echo/"
         _wait_http(url)
-        return _measure("bare Starlette echo", url, duration)
+        yield Target("bare Starlette echo", url)
 
 
-def bench_litserve(duration: int) -> WrkResult:
+@contextmanager
+def serve_litserve() -> Iterator[Target]:
     port = _free_port()
     script = str(HERE / "peers" / "litserve_echo.py")
     with _process([sys.executable, script, str(port)], leftovers=script):
         url = f"http://127.0.0.1:{port}/predict"
         _wait_http(url)
-        return _measure("LitServe echo", url, duration)
+        yield Target("LitServe echo", url)
 
 
-def bench_rayserve(duration: int) -> WrkResult:
+@contextmanager
+def serve_rayserve() -> Iterator[Target]:
     port = _free_port()
     script = str(HERE / "peers" / "rayserve_echo.py")
     with _process([sys.executable, script, str(port)], leftovers=script):
         url = f"http://127.0.0.1:{port}/echo"
-        _wait_http(url, timeout=180, ok=lambda s: s == 200)
         try:
-            return _measure("Ray Serve echo", url, duration)
+            _wait_http(url, timeout=180, ok=lambda s: s == 200)
+            yield Target("Ray Serve echo", url)
         finally:
             ray = Path(sys.executable).with_name("ray")  # the venv's, even if not on PATH
             subprocess.run(
@@ -174,13 +184,42 @@ def bench_rayserve(duration: int) -> WrkResult:
             )
 
 
-SYSTEMS: dict[str, Callable[[int], WrkResult]] = {
-    "modelhost": lambda d: bench_modelhost(d, 1),
-    "modelhost2": lambda d: bench_modelhost(d, 2),
-    "starlette": bench_starlette,
-    "litserve": bench_litserve,
-    "rayserve": bench_rayserve,
+# Light servers run side by side and are measured in alternating rounds, so a slow spell of
+# this (shared, virtual) machine hits them alike; the heavy peers run alone, one at a time.
+INTERLEAVED: dict[str, Callable[[], AbstractContextManager[Target]]] = {
+    "modelhost": lambda: serve_modelhost(1),
+    "modelhost2": lambda: serve_modelhost(2),
+    "starlette": serve_starlette,
 }
+ALONE: dict[str, Callable[[], AbstractContextManager[Target]]] = {
+    "litserve": serve_litserve,
+    "rayserve": serve_rayserve,
+}
+SYSTEMS = [*INTERLEAVED, *ALONE]
+
+
+def measure_rounds(targets: list[Target], duration: int, rounds: int) -> list[WrkResult]:
+    """Warm each target up, then `rounds` measured runs each, in alternating order; a
+    system's result is its median round by requests/s (errors are summed over rounds)."""
+    for t in targets:
+        run_wrk(t.system, t.url, t.token, duration_s=2)
+    runs: dict[str, list[WrkResult]] = {t.system: [] for t in targets}
+    for n in range(rounds):
+        order = targets if n % 2 == 0 else targets[::-1]
+        for t in order:
+            runs[t.system].append(run_wrk(t.system, t.url, t.token, duration_s=duration))
+    results = []
+    for t in targets:
+        done = sorted(runs[t.system], key=lambda r: r.rps)
+        median = done[len(done) // 2]
+        results.append(
+            replace(
+                median,
+                errors=sum(r.errors for r in done),
+                rounds=[round(r.rps) for r in runs[t.system]],
+            )
+        )
+    return results
 
 
 def _importable(module: str) -> bool:
@@ -194,23 +233,44 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=int, default=10, help="seconds per measured run")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="alternating rounds for modelhost and Starlette"
+    )
     parser.add_argument("--only", default=",".join(SYSTEMS), help="comma-separated subset")
     args = parser.parse_args()
+    chosen = [k.strip() for k in args.only.split(",") if k.strip()]
+    unknown = [k for k in chosen if k not in SYSTEMS]
+    if unknown:
+        parser.error(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
     results: list[WrkResult] = []
-    for key in args.only.split(","):
-        needs = {"litserve": "litserve", "rayserve": "ray"}.get(key)
-        if needs and not _importable(needs):
+    with ExitStack() as stack:
+        targets = []
+        for key in (k for k in chosen if k in INTERLEAVED):
+            print(f"starting {key} ...", file=sys.stderr, flush=True)
+            targets.append(stack.enter_context(INTERLEAVED[key]()))
+        if targets:
+            print(
+                f"measuring {', '.join(t.system for t in targets)}: "
+                f"{args.rounds} alternating rounds of {args.duration} s ...",
+                file=sys.stderr,
+                flush=True,
+            )
+            results += measure_rounds(targets, args.duration, args.rounds)
+    for key in (k for k in chosen if k in ALONE):
+        needs = {"litserve": "litserve", "rayserve": "ray"}[key]
+        if not _importable(needs):
             print(
                 f"skipping {key}: `{needs}` is not installed (pip install -e '.[bench]')",
                 file=sys.stderr,
             )
             continue
-        print(f"measuring {key} ...", file=sys.stderr, flush=True)
-        results.append(SYSTEMS[key](args.duration))
-    _report(results)
+        print(f"measuring {key} alone ...", file=sys.stderr, flush=True)
+        with ALONE[key]() as target:
+            results += measure_rounds([target], args.duration, 1)
+    _report(results, args.rounds)
 
 
-def _report(results: list[WrkResult]) -> None:
+def _report(results: list[WrkResult], rounds: int) -> None:
     by = {r.system: r for r in results}
     base = by.get("modelhost")
     print("\n| system | requests/s | p50 ms | p99 ms | errors | modelhost ÷ system |")
@@ -233,12 +293,18 @@ def _report(results: list[WrkResult]) -> None:
             {
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 "cpu_count": os.cpu_count(),
+                "rounds": rounds,
+                "load": "wrk -t1 -c64, POST of a small JSON body, keep-alive",
                 "results": [r.as_dict() for r in results],
             },
             indent=1,
         )
     )
-    print(f"\nwrote {out}")
+    print(
+        f"\nmodelhost and Starlette: median of {rounds} alternating rounds "
+        f"(requests/s of each round in the JSON); LitServe and Ray Serve: one run each."
+    )
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 BODY = '{"x": 1, "text": "hello modelhost"}'
@@ -20,6 +20,7 @@ class WrkResult:
     p99_ms: float
     requests: int
     errors: int
+    rounds: list[int] = field(default_factory=list)  # requests/s of each measured round
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

