@@ -1,6 +1,6 @@
 """LLM serving: modelhost's full path vs. the raw engine and peer servers (closed loop).
 
-    python -m bench.llm [--systems modelhost,engine,llama-cpp-server,seed]
+    python -m bench.llm [--systems modelhost,engine,llama-cpp-server,litserve,seed]
                         [--levels 1,4,16,32] [--requests-per-client 4]
                         [--seed-levels 1,4] [--seed-requests-per-client 2]
 
@@ -18,6 +18,8 @@ alone (the others stopped), on this machine:
   (bench/engine_loop.py, run by bench/llm_engine.py) -- the ceiling; ``plain``
   (opt-in): that file's bare batched llama.cpp loop;
 - ``llama-cpp-server``: ``python -m llama_cpp.server`` on the same GGUF;
+- ``litserve``: LitServe's OpenAI spec over llama-cpp-python on the same GGUF
+  (bench/peers/litserve_llm.py): one worker, one stream at a time;
 - ``seed``: the seed tutorial's deployment as a plain FastAPI app (bench/peers/seed_host.py,
   transformers on the HF-format demo folder); no streaming, so TTFT = E2E and each answer
   counts as 128 tokens. It is slow: only ``--seed-levels`` with
@@ -47,6 +49,7 @@ from bench.llm_client import Workload, new_client, run_level, summarise
 from bench.llm_systems import (
     Running,
     SystemFailed,
+    start_litserve,
     start_llama_cpp_server,
     start_modelhost,
     start_seed,
@@ -55,7 +58,7 @@ from bench.llm_systems import (
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 MAX_TOKENS = 128
-DEFAULT_SYSTEMS = ("modelhost", "engine", "llama-cpp-server", "seed")
+DEFAULT_SYSTEMS = ("modelhost", "engine", "llama-cpp-server", "litserve", "seed")
 ALL_SYSTEMS = (*DEFAULT_SYSTEMS, "plain")
 LABELS = {
     "modelhost": "modelhost (token, gateway, worker, engine)",
@@ -63,6 +66,7 @@ LABELS = {
     "plain": "llama.cpp batched loop, no server",
     "llama-cpp-server": "llama-cpp-python server",
     "seed": "seed: FastAPI + transformers pipeline",
+    "litserve": "LitServe + llama-cpp-python (one stream at a time)",
 }
 
 
@@ -178,13 +182,16 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+RATIO_PEERS = ("engine", "llama-cpp-server", "litserve")
+
+
 def _ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     by = {(r["system"], r["concurrency"]): r for r in rows}
     out = []
     for level in sorted({c for s, c in by if s == "modelhost"}):
         mine = by[("modelhost", level)]["out_tok_s"]
         entry: dict[str, Any] = {"concurrency": level}
-        for peer in ("engine", "llama-cpp-server"):
+        for peer in RATIO_PEERS:
             other = by.get((peer, level))
             ratio = mine / other["out_tok_s"] if other and other["out_tok_s"] else None
             entry[f"modelhost_over_{peer.replace('-', '_')}"] = (
@@ -217,13 +224,12 @@ def report(
     print("\n" + "\n".join(_table(rows)))
     ratios = _ratios(rows)
     if ratios:
-        print(
-            "\n| concurrency | modelhost ÷ engine (tok/s) | modelhost ÷ llama-cpp-server (tok/s) |"
-        )
-        print("|---|---|---|")
+        heads = " | ".join(f"modelhost ÷ {p} (tok/s)" for p in RATIO_PEERS)
+        print(f"\n| concurrency | {heads} |")
+        print("|---|" + "---|" * len(RATIO_PEERS))
         for r in ratios:
-            a, b = r["modelhost_over_engine"], r["modelhost_over_llama_cpp_server"]
-            print(f"| {r['concurrency']} | {_f(a, 2)}x | {_f(b, 2)}x |".replace("—x", "—"))
+            cells = [_f(r[f"modelhost_over_{p.replace('-', '_')}"], 2) + "x" for p in RATIO_PEERS]
+            print(f"| {r['concurrency']} | " + " | ".join(cells).replace("—x", "—") + " |")
     for line in _memory_lines(memory):
         print(line)
     busy = meta.get("cpus_busy_before", {})
@@ -322,6 +328,7 @@ def main() -> None:
                 logs, MAX_TOKENS, args.llama_threads, not args.llama_no_interrupt
             ),
             "seed": lambda: start_seed(logs, MAX_TOKENS),
+            "litserve": lambda: start_litserve(logs),
         }
         for system in systems:
             if system == "plain" and "engine" in systems:

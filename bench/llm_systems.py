@@ -275,6 +275,30 @@ def start_llama_cpp_server(
         yield Running(target, lambda: peak_rss(proc.pid), log)
 
 
+# --- LitServe with the same engine -----------------------------------------------------------
+
+
+@contextmanager
+def start_litserve(workdir: Path) -> Iterator[Running]:
+    try:
+        import litserve  # noqa: F401
+    except ImportError:
+        raise SystemFailed("litserve is not installed: pip install -e '.[bench]'") from None
+    port = free_port()
+    script = str(ROOT / "bench" / "peers" / "litserve_llm.py")
+    cmd = [sys.executable, script, str(demo_gguf()), str(port)]
+    log = workdir / "litserve.log"
+    try:
+        with _process(cmd, log) as proc:
+            base = f"http://127.0.0.1:{port}"
+            _wait_ready(base + "/health", proc, log, timeout=180)
+            target = Target("litserve", base + "/v1/chat/completions")
+            yield Running(target, lambda: peak_rss(proc.pid), log)
+    finally:
+        # LitServe's inference workers outlive the process group: end them too.
+        subprocess.run(["pkill", "-9", "-f", script], check=False)
+
+
 # --- the seed's basic deployment as a plain FastAPI app --------------------------------------
 
 
