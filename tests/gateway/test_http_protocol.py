@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import uvicorn
 
-from modelhost.gateway.http_protocol import HttpProtocol
+from modelhost.gateway.http_protocol import MAX_HELD, CoalescingTransport, HttpProtocol
 
 pytestmark = pytest.mark.anyio
 
@@ -42,6 +42,12 @@ class App:
             await send({"type": "http.response.body", "body": b"first", "more_body": True})
             await self.release.wait()
             await send({"type": "http.response.body", "body": b"second", "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        elif path == "/big":  # 4 MiB in 1 KiB pieces, sent without yielding in between
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            for n in range(4096):
+                piece = (b"%04d" % (n % 10000)) * 256
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
         elif path == "/bad-header":
             headers = [(b"x-evil", b"a\r\nset-cookie: injected")]
@@ -138,6 +144,27 @@ async def test_streamed_chunks_leave_before_the_response_ends(server: tuple[int,
     writer.close()
 
 
+async def test_large_streamed_body_arrives_whole_through_a_slow_reader(
+    server: tuple[int, App],
+) -> None:
+    port, _ = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
+    writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    await asyncio.sleep(0.5)  # the server meets a full socket buffer: flow control pauses it
+    pieces = []
+    while True:
+        size = int(await asyncio.wait_for(reader.readuntil(b"\r\n"), 10), 16)
+        data = await reader.readexactly(size + 2)
+        if size == 0:
+            break
+        pieces.append(data[:-2])
+    body = b"".join(pieces)
+    assert len(body) == 4096 * 1024
+    assert body == b"".join((b"%04d" % n) * 256 for n in range(4096))
+    writer.close()
+
+
 async def test_head_and_no_content_have_no_chunked_body(server: tuple[int, App]) -> None:
     port, _ = server
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -186,3 +213,22 @@ async def test_idle_connection_closes_after_keep_alive_busy_one_stays(
     for writer in (idle_writer, busy_writer):
         with contextlib.suppress(Exception):
             writer.close()
+
+
+async def test_held_bytes_are_bounded_so_flow_control_sees_large_responses() -> None:
+    loop = asyncio.get_running_loop()
+    left, right = socket.socketpair()
+    transport, _ = await loop.create_connection(asyncio.Protocol, sock=left)
+    written: list[int] = []
+    real_write = transport.write
+    transport.write = lambda data: (written.append(len(data)), real_write(data))[1]  # type: ignore[method-assign]
+    wrapped = CoalescingTransport(transport, loop)  # type: ignore[arg-type]
+    for _ in range(200):  # 200 KiB within one loop iteration
+        wrapped.write(b"x" * 1024)
+    # Passed on in MAX_HELD pieces as produced, not held until the iteration ends.
+    assert written == [MAX_HELD] * (200 * 1024 // MAX_HELD)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert sum(written) == 200 * 1024  # the rest at the end of the iteration
+    wrapped.close()
+    right.close()

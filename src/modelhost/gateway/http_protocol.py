@@ -5,8 +5,9 @@ time in three places this module changes, keeping uvicorn's behaviour:
 
 - Two `send` system calls per response (status line + headers, then body): the transport
   is wrapped so that writes are joined and sent once, when the response completes or, for
-  streamed bodies, at the end of the current event-loop iteration. Bytes go out in the
-  order written; closing flushes, aborting drops what is pending.
+  streamed bodies, at the end of the current event-loop iteration (or as soon as 64 KiB
+  are held, so flow control still sees a large body). Bytes go out in the order written;
+  closing flushes, aborting drops what is pending.
 - Two regular-expression searches per response header (a model response carries ten):
   both patterns are character classes, so searching the joined names and the joined
   values once each finds exactly what the per-header searches find.
@@ -27,23 +28,31 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+# Held bytes are passed on at once beyond this, so the real transport's flow control (which
+# pauses `send` when its buffer is full) sees a large response as it is produced.
+MAX_HELD = 64 * 1024
+
 
 class CoalescingTransport:
     """The `asyncio.Transport` subset uvicorn uses, with writes joined per loop turn."""
 
-    __slots__ = ("_loop", "_pending", "_scheduled", "_transport")
+    __slots__ = ("_held", "_loop", "_pending", "_scheduled", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] = []
+        self._held = 0
         self._scheduled = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
         self._pending.append(bytes(data))
-        if not self._scheduled:
+        self._held += len(data)
+        if self._held >= MAX_HELD:
+            self.flush()
+        elif not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self.flush)
 
@@ -57,6 +66,7 @@ class CoalescingTransport:
         if not pending:
             return
         self._pending = []
+        self._held = 0
         self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
     def close(self) -> None:
@@ -65,6 +75,7 @@ class CoalescingTransport:
 
     def abort(self) -> None:
         self._pending.clear()
+        self._held = 0
         self._transport.abort()
 
     def is_closing(self) -> bool:
