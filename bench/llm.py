@@ -21,8 +21,8 @@ alone (the others stopped), on this machine:
 - ``litserve``: LitServe's OpenAI spec over llama-cpp-python on the same GGUF
   (bench/peers/litserve_llm.py): one worker, one stream at a time;
 - ``seed``: the seed tutorial's deployment as a plain FastAPI app (bench/peers/seed_host.py,
-  transformers on the HF-format demo folder); no streaming, so TTFT = E2E and each answer
-  counts as 128 tokens. It is slow: only ``--seed-levels`` with
+  transformers on the HF-format demo folder); no streaming, so TTFT = E2E; its answer's
+  generated text is counted with the model's tokenizer (at most 128). It is slow: only ``--seed-levels`` with
   ``--seed-requests-per-client``.
 
 Prints one markdown table, the per-level ratios and the peak RSS of modelhost's gateway and

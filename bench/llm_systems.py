@@ -316,5 +316,13 @@ def start_seed(workdir: Path, max_new_tokens: int) -> Iterator[Running]:
     with _process(cmd, log, env) as proc:
         base = f"http://127.0.0.1:{port}"
         _wait_ready(base + "/openapi.json", proc, log, timeout=300)
-        target = Target("seed", base + "/", protocol="seed")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(hf_dir)
+        target = Target(
+            "seed",
+            base + "/",
+            protocol="seed",
+            count_tokens=lambda text: len(tokenizer(text, add_special_tokens=False).input_ids),
+        )
         yield Running(target, lambda: peak_rss(proc.pid), log)
