@@ -22,8 +22,8 @@ alone (the others stopped), on this machine:
   (bench/peers/litserve_llm.py): one worker, one stream at a time;
 - ``seed``: the seed tutorial's deployment as a plain FastAPI app (bench/peers/seed_host.py,
   transformers on the HF-format demo folder); no streaming, so TTFT = E2E; its answer's
-  generated text is counted with the model's tokenizer (at most 128). It is slow: only ``--seed-levels`` with
-  ``--seed-requests-per-client``.
+  generated text is counted with the model's tokenizer (at most 128). It is slow: only
+  ``--seed-levels`` with ``--seed-requests-per-client``.
 
 Prints one markdown table, the per-level ratios and the peak RSS of modelhost's gateway and
 worker processes; writes bench/results/llm.json and (bench/plot.py) bench/results/llm.png.
