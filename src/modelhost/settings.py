@@ -45,6 +45,9 @@ class Settings:
     worker_start_timeout_s: float = 600.0
     predict_timeout_s: float = 600.0
     default_replicas: int = 1
+    # Versions of one model kept loaded: when a new version is ready, older ones beyond the
+    # newest N stop their workers (their URLs then answer 404 naming this). 0 = keep all.
+    keep_versions: int = 2
     log_level: str = "info"
     # Sample one access-log line per N requests on the hot path (0 = off, 1 = every request).
     access_log_sample: int = 0

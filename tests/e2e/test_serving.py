@@ -416,3 +416,48 @@ def test_sdk_deploy_raises_when_the_new_version_fails(server: Server, folders: P
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _running_versions(name: str) -> set[int]:
+    """Versions of model `name` with a live worker process (read from /proc)."""
+    import json
+
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"modelhost.runtime.worker" not in args:
+            continue
+        try:
+            spec = json.loads(Path(args[-2].decode() or args[-1].decode()).read_text())
+        except (OSError, ValueError):
+            continue
+        if spec["name"] == name:
+            found.add(int(spec["version"]))
+    return found
+
+
+def test_old_versions_are_unloaded_beyond_keep_versions(server: Server, folders: Path) -> None:
+    deployed = [
+        server.deploy(model_dir(folders, f"k{n}", "echo.py"), "models/test", "keep")
+        for n in range(3)
+    ]
+    assert [d["state"] for d in deployed] == ["ready"] * 3
+    token = server.session_token(deployed[0]["api_url"])
+    deadline = time.time() + 20
+    while _running_versions("keep") != {2, 3} and time.time() < deadline:
+        time.sleep(0.2)
+    assert _running_versions("keep") == {2, 3}  # MODELHOST_KEEP_VERSIONS defaults to 2
+    r = httpx.post(deployed[0]["api_version_url"], json={"x": 1}, headers=_auth(token))
+    assert r.status_code == 404
+    assert "unloaded" in r.json()["error"]["message"]
+    assert "MODELHOST_KEEP_VERSIONS" in r.json()["error"]["message"]
+    meta = httpx.get(deployed[0]["api_version_url"] + "?get_meta=true", headers=_auth(token))
+    assert meta.json()["state"] == "stopped"
+    for kept in deployed[1:]:
+        r = httpx.post(kept["api_version_url"], json={"x": 1}, headers=_auth(token))
+        assert r.status_code == 200 and r.json() == {"x": 1}
+    r = httpx.post(deployed[0]["api_url"], json={"x": 2}, headers=_auth(token))
+    assert r.status_code == 200 and r.headers["x-prt-model-version"] == "3"

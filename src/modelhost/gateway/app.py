@@ -49,6 +49,7 @@ class Gateway:
         self._models = ModelRoutes(self)
         self._metrics = metrics_registry(self.routes)
         self._boot_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._shutting_down = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -144,6 +145,33 @@ class Gateway:
             return
         loop = asyncio.get_running_loop()
         loop.run_in_executor(None, self.registry.set_version_state, info.version_id, state, error)
+        if state == "ready" and entry is not None:
+            self._retire_older(entry, info.version)
+
+    def _retire_older(self, entry: ModelEntry, newest: int) -> None:
+        """Stop the workers of versions older than the newest `keep_versions` loaded ones."""
+        keep = self.settings.keep_versions
+        if keep <= 0:
+            return
+        older = [
+            workers
+            for number, workers in sorted(entry.versions.items(), reverse=True)
+            if number < newest and workers.state in ("ready", "loading")
+        ]
+        for workers in older[keep - 1 :]:
+            log.info(
+                "%s/%s v%d: unloading, v%d is ready and MODELHOST_KEEP_VERSIONS=%d",
+                entry.prefix,
+                entry.name,
+                workers.info.version,
+                newest,
+                keep,
+            )
+            task = asyncio.get_running_loop().create_task(
+                self.supervisor.stop_version(workers.info.version_id)
+            )
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def model_meta(self, entry: ModelEntry, workers: VersionWorkers) -> dict[str, Any]:
         info = workers.info

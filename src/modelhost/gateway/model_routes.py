@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from modelhost.errors import ModelhostError, ModelNotReady, NotFound, WorkerUnavailable
+from modelhost.errors import ModelhostError, ModelNotReady, NotFound
 from modelhost.gateway import body as bodies
 from modelhost.gateway.http_errors import error_body, error_headers, status_of
 from modelhost.gateway.routes import Match, ModelEntry
@@ -157,7 +157,10 @@ def _not_ready(entry: ModelEntry, workers: VersionWorkers) -> ModelhostError:
     if workers.state == "failed":
         return ModelNotReady(f"{where} failed to start: {workers.reason}")
     if workers.state == "stopped":
-        return WorkerUnavailable(f"{where} is stopped")
+        return NotFound(
+            f"{where} was unloaded: only the newest versions of a model stay loaded "
+            "(MODELHOST_KEEP_VERSIONS); use the versionless URL, or deploy this version again"
+        )
     return ModelNotReady(f"{where} is loading" + (f" ({workers.reason})" if workers.reason else ""))
 
 
