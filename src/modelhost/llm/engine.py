@@ -18,8 +18,8 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from functools import partial
 
-from modelhost.errors import BadRequest, ModelNotReady, TooManyRequests
 from modelhost.llm.backend import Backend
+from modelhost.llm.engine_base import Admission, max_new_tokens
 from modelhost.llm.params import SamplingParams
 from modelhost.llm.scheduler import Scheduler
 from modelhost.llm.sequence import Sequence
@@ -73,9 +73,7 @@ class LLMEngine:
         self._scheduler = Scheduler(
             backend, self.max_seqs, prefill_chunk, min_prefix_reuse, cache_tokens
         )
-        self._lock = threading.RLock()
-        self._in_flight = 0
-        self._closed = False
+        self._admission = Admission(self.max_seqs + self.max_queue)
         self._thread = threading.Thread(target=self._scheduler.run, name="llm-engine", daemon=True)
         self._thread.start()
 
@@ -85,46 +83,15 @@ class LLMEngine:
         """Queue one request; iterate the returned stream for its tokens."""
         params = params or SamplingParams()
         prompt = list(prompt_tokens)
-        max_new = self._max_new_tokens(prompt, params)
-        self._reserve()
+        max_new = max_new_tokens(prompt, params, self.backend.seq_ctx)
+        self._admission.reserve()
         channel = Channel(asyncio.get_running_loop())
         seq = Sequence(prompt, params, channel, max_new)
         stream = TokenStream(
-            channel, on_cancel=partial(self._scheduler.cancel, seq), on_done=self._release
+            channel, on_cancel=partial(self._scheduler.cancel, seq), on_done=self._admission.release
         )
         self._scheduler.submit(seq)
         return stream
-
-    def _max_new_tokens(self, prompt: list[int], params: SamplingParams) -> int:
-        if not prompt:
-            raise BadRequest("prompt: is empty", param="prompt")
-        room = self.backend.seq_ctx - len(prompt)
-        if room < 1:
-            raise BadRequest(
-                f"prompt: {len(prompt)} tokens, this model accepts at most "
-                f"{self.backend.seq_ctx - 1}",
-                param="messages",
-            )
-        return min(room, params.max_tokens or room)
-
-    def _reserve(self) -> None:
-        # RLock: a TokenStream dropped inside a garbage collection run triggered in here
-        # releases its count (`_release`) on this very thread.
-        with self._lock:
-            closed, busy = self._closed, self._in_flight
-            admitted = not closed and busy < self.max_seqs + self.max_queue
-            if admitted:
-                self._in_flight += 1
-        if closed:
-            raise ModelNotReady("the LLM engine is stopped")
-        if not admitted:
-            raise TooManyRequests(
-                f"{busy} requests are running or queued; try again shortly", retry_after=1.0
-            )
-
-    def _release(self) -> None:
-        with self._lock:
-            self._in_flight -= 1
 
     @property
     def stats(self) -> EngineStats:
@@ -133,7 +100,7 @@ class LLMEngine:
         return EngineStats(
             running=running,
             waiting=waiting,
-            in_flight=self._in_flight,
+            in_flight=self._admission.in_flight,
             steps=counters.steps,
             generated_tokens=counters.generated_tokens,
             prefill_tokens=counters.prefill_tokens,
@@ -144,7 +111,6 @@ class LLMEngine:
 
     def close(self) -> None:
         """Stop the decode thread; pending requests fail with `ModelNotReady`."""
-        with self._lock:
-            self._closed = True
+        self._admission.close()
         self._scheduler.stop()
         self._thread.join()

@@ -52,7 +52,9 @@ class Admission:
 
     def __init__(self, limit: int) -> None:
         self.limit = max(1, limit)
-        self._lock = threading.Lock()
+        # Reentrant: a TokenStream dropped by a garbage collection that `reserve` triggers
+        # runs `release` on this very thread, inside the lock.
+        self._lock = threading.RLock()
         self._in_flight = 0
         self._closed = False
 

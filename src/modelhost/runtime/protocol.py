@@ -110,12 +110,13 @@ class FrameProtocol(asyncio.Protocol):
         """Write the batch now; frames queued later in this iteration start a new one
         (the flush already scheduled sends it)."""
         out, self._out = self._out, []
-        transport = self.transport
-        if out and transport is not None and not transport.is_closing():
-            transport.write(b"".join(out))
+        self._write(out)
 
     def _flush(self) -> None:
         out, self._out = self._out, None
+        self._write(out)
+
+    def _write(self, out: list[bytes] | None) -> None:
         transport = self.transport
         if out and transport is not None and not transport.is_closing():
             transport.write(out[0] if len(out) == 1 else b"".join(out))
