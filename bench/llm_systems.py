@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,9 +23,9 @@ from typing import Any
 import httpx
 
 from bench.llm_client import Target
+from bench.procs import ROOT, server_process
 from modelhost.client._packing import pack_model_dir
 
-ROOT = Path(__file__).resolve().parent.parent
 DEMO_KEY = "cache/smollm2-135m-instruct/"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MAX_SEQS = 32
@@ -63,25 +62,6 @@ def _log_tail(log: Path, n: int = 2000) -> str:
         return log.read_text(errors="replace")[-n:]
     except OSError:
         return ""
-
-
-@contextmanager
-def _process(
-    cmd: list[str], log: Path, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        yield proc
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 def _wait_ready(
@@ -232,7 +212,7 @@ def start_modelhost(workdir: Path) -> Iterator[Running]:
         }
         log = workdir / "modelhost.log"
         cmd = [sys.executable, "-m", "modelhost.cli", "serve"]
-        with _process(cmd, log, env) as proc:
+        with server_process(cmd, log=log, env=env) as proc:
             url = f"http://127.0.0.1:{port}"
             _wait_ready(url + "/healthz", proc, log, timeout=120)
             api_url, token = _deploy_llm(url, home, env, log)
@@ -265,7 +245,7 @@ def start_llama_cpp_server(
     if not interrupt:  # by default a new request ends the running stream
         cmd += ["--interrupt_requests", "false"]
     log = workdir / "llama-cpp-server.log"
-    with _process(cmd, log) as proc:
+    with server_process(cmd, log=log) as proc:
         base = f"http://127.0.0.1:{port}"
         _wait_ready(base + "/v1/models", proc, log, timeout=120)
         # It has no ignore_eos: min_tokens masks EOS until max_tokens. Its default
@@ -288,15 +268,11 @@ def start_litserve(workdir: Path) -> Iterator[Running]:
     script = str(ROOT / "bench" / "peers" / "litserve_llm.py")
     cmd = [sys.executable, script, str(demo_gguf()), str(port)]
     log = workdir / "litserve.log"
-    try:
-        with _process(cmd, log) as proc:
-            base = f"http://127.0.0.1:{port}"
-            _wait_ready(base + "/health", proc, log, timeout=180)
-            target = Target("litserve", base + "/v1/chat/completions")
-            yield Running(target, lambda: peak_rss(proc.pid), log)
-    finally:
-        # LitServe's inference workers outlive the process group: end them too.
-        subprocess.run(["pkill", "-9", "-f", script], check=False)
+    with server_process(cmd, log=log, leftovers=script) as proc:
+        base = f"http://127.0.0.1:{port}"
+        _wait_ready(base + "/health", proc, log, timeout=180)
+        target = Target("litserve", base + "/v1/chat/completions")
+        yield Running(target, lambda: peak_rss(proc.pid), log)
 
 
 # --- the seed's basic deployment as a plain FastAPI app --------------------------------------
@@ -313,7 +289,7 @@ def start_seed(workdir: Path, max_new_tokens: int) -> Iterator[Running]:
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
     cmd += ["--log-level", "warning"]
     log = workdir / "seed.log"
-    with _process(cmd, log, env) as proc:
+    with server_process(cmd, log=log, env=env) as proc:
         base = f"http://127.0.0.1:{port}"
         _wait_ready(base + "/openapi.json", proc, log, timeout=300)
         from transformers import AutoTokenizer

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.procs import server_process
 from bench.wrk import WrkResult, run_wrk
 
 HERE = Path(__file__).parent
@@ -58,27 +58,6 @@ def _wait_http(
     raise RuntimeError(f"{url} did not come up")
 
 
-@contextmanager
-def _process(
-    cmd: list[str], env: dict[str, str] | None = None, leftovers: str | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        yield proc
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        # LitServe's and Ray's servers leave processes outside the group: end them too, or
-        # they keep a core busy through the next measurements.
-        if leftovers:
-            subprocess.run(["pkill", "-9", "-f", leftovers], check=False)
-
-
 @dataclass
 class Target:
     system: str
@@ -97,7 +76,7 @@ def serve_modelhost(replicas: int) -> Iterator[Target]:
             "MODELHOST_ADMIN_PASSWORD": "bench-password",
             "MODELHOST_LOG_LEVEL": "warning",
         }
-        with _process([sys.executable, "-m", "modelhost.cli", "serve"], env):
+        with server_process([sys.executable, "-m", "modelhost.cli", "serve"], env=env):
             url = f"http://127.0.0.1:{port}"
             _wait_http(url + "/healthz", ok=lambda s: s == 405 or s == 200)
             access = httpx.post(
@@ -150,7 +129,7 @@ def serve_starlette() -> Iterator[Target]:
         "--log-level",
         "warning",
     ]
-    with _process(cmd):
+    with server_process(cmd):
         url = f"http://127.0.0.1:{port}/echo/"
         _wait_http(url)
         yield Target("bare Starlette echo", url)
@@ -160,7 +139,7 @@ def serve_starlette() -> Iterator[Target]:
 def serve_litserve() -> Iterator[Target]:
     port = _free_port()
     script = str(HERE / "peers" / "litserve_echo.py")
-    with _process([sys.executable, script, str(port)], leftovers=script):
+    with server_process([sys.executable, script, str(port)], leftovers=script):
         url = f"http://127.0.0.1:{port}/predict"
         _wait_http(url)
         yield Target("LitServe echo", url)
@@ -170,7 +149,7 @@ def serve_litserve() -> Iterator[Target]:
 def serve_rayserve() -> Iterator[Target]:
     port = _free_port()
     script = str(HERE / "peers" / "rayserve_echo.py")
-    with _process([sys.executable, script, str(port)], leftovers=script):
+    with server_process([sys.executable, script, str(port)], leftovers=script):
         url = f"http://127.0.0.1:{port}/echo"
         try:
             _wait_http(url, timeout=180, ok=lambda s: s == 200)

@@ -9,11 +9,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 ADMIN_EMAIL = "admin@modelhost.local"
 ADMIN_PASSWORD = "e2e-admin-password"
@@ -84,6 +87,15 @@ class Server:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    @contextmanager
+    def sdk_credentials(self) -> Iterator[None]:
+        """The SDK's `MODELHOST_*` credentials for this server, inside the block only."""
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MODELHOST_URL", self.url)
+            patch.setenv("MODELHOST_EMAIL", ADMIN_EMAIL)
+            patch.setenv("MODELHOST_PASSWORD", ADMIN_PASSWORD)
+            yield
 
     # --- console helpers -------------------------------------------------------------
 

@@ -6,7 +6,6 @@ shares one server and one deployed model.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
@@ -21,7 +20,7 @@ import requests
 
 from modelhost.demo import DEMO_KEY, demo_folder
 
-from .harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, free_port
+from .harness import Server, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -48,14 +47,7 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory, demo_assets) -> Iterato
 
 @pytest.fixture(scope="module")
 def api_url(llm_server: Server) -> Iterator[str]:
-    env = {
-        "MODELHOST_URL": llm_server.url,
-        "MODELHOST_EMAIL": ADMIN_EMAIL,
-        "MODELHOST_PASSWORD": ADMIN_PASSWORD,
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with llm_server.sdk_credentials():
         import practicuscore as prt
 
         api_url, version_url, meta_url = prt.models.deploy(
@@ -67,12 +59,6 @@ def api_url(llm_server: Server) -> Iterator[str]:
         assert api_url == f"{llm_server.url}/llm-models/llama-1b-basic-test/"
         assert version_url == api_url + "v1/" and meta_url == api_url + "?get_meta=true"
         yield api_url
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_seed_notebook_flow(api_url: str) -> None:

@@ -391,31 +391,14 @@ def test_metrics_count_requests(server: Server, echo: tuple[str, str]) -> None:
 
 
 def test_sdk_deploy_raises_when_the_new_version_fails(server: Server, folders: Path) -> None:
-    import os
-
     from modelhost.client import deploy
     from modelhost.errors import ModelNotReady
 
-    from .harness import ADMIN_EMAIL, ADMIN_PASSWORD
-
-    env = {
-        "MODELHOST_URL": server.url,
-        "MODELHOST_EMAIL": ADMIN_EMAIL,
-        "MODELHOST_PASSWORD": ADMIN_PASSWORD,
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with server.sdk_credentials():
         urls = deploy("test-depl", "models/test", "sdk", model_dir(folders, "ok", "echo.py"))
         assert urls[0].endswith("/models/test/sdk/")
         with pytest.raises(ModelNotReady, match="weights are missing"):
             deploy("test-depl", "models/test", "sdk", model_dir(folders, "bad", "bad_init.py"))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _running_versions(name: str) -> set[int]:
@@ -425,13 +408,13 @@ def _running_versions(name: str) -> set[int]:
     found = set()
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            args = cmdline.read_bytes().split(b"\0")
+            args = cmdline.read_bytes().rstrip(b"\0").split(b"\0")
         except OSError:
             continue
         if b"modelhost.runtime.worker" not in args:
             continue
         try:
-            spec = json.loads(Path(args[-2].decode() or args[-1].decode()).read_text())
+            spec = json.loads(Path(args[-1].decode()).read_text())
         except (OSError, ValueError):
             continue
         if spec["name"] == name:
