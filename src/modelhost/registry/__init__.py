@@ -6,12 +6,16 @@ domain errors of `modelhost.errors`. ``schema.py`` and ``migrations/`` are inter
 
 from modelhost.registry.repo import Registry
 from modelhost.registry.rows import (
+    AccessSnapshot,
     AccessTokenRow,
     ActiveVersionRow,
     AuditEventRow,
     DeploymentRow,
+    GrantRow,
+    GroupRow,
     ModelRow,
     PrefixRow,
+    RefreshTokenRow,
     RevocationSnapshot,
     UserRow,
     VersionRow,
@@ -19,12 +23,16 @@ from modelhost.registry.rows import (
 )
 
 __all__ = [
+    "AccessSnapshot",
     "AccessTokenRow",
     "ActiveVersionRow",
     "AuditEventRow",
     "DeploymentRow",
+    "GrantRow",
+    "GroupRow",
     "ModelRow",
     "PrefixRow",
+    "RefreshTokenRow",
     "Registry",
     "RevocationSnapshot",
     "UserRow",

@@ -10,6 +10,7 @@ On PostgreSQL the same code relies on row locks and unique constraints instead.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,12 +28,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost.errors import BadRequest, Conflict, NotFound
 from modelhost.registry.rows import (
+    AccessSnapshot,
     AccessTokenRow,
     ActiveVersionRow,
     AuditEventRow,
     DeploymentRow,
+    GrantRow,
+    GroupRow,
     ModelRow,
     PrefixRow,
+    RefreshTokenRow,
     RevocationSnapshot,
     UserRow,
     VersionRow,
@@ -42,8 +47,12 @@ from modelhost.registry.schema import (
     AccessToken,
     AuditEvent,
     Deployment,
+    Grant,
+    Group,
+    GroupMember,
     Model,
     Prefix,
+    RefreshToken,
     RevokedJti,
     User,
     Version,
@@ -120,10 +129,20 @@ def make_engine(database_url: str) -> Engine:
     database = url.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        _private_file(Path(database).expanduser())
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
+
+
+def _private_file(path: Path) -> None:
+    """The SQLite file (password hashes, token hashes) is created 0600, and an existing one
+    made so; SQLite gives its -wal/-shm/-journal files the database file's mode."""
+    os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
+    for name in (path, *(Path(f"{path}{x}") for x in ("-wal", "-shm", "-journal"))):
+        if name.exists():
+            os.chmod(name, 0o600)
 
 
 def alembic_config(connection: Connection) -> Config:
@@ -205,6 +224,10 @@ class Registry:
     def count_users(self) -> int:
         with self._read.begin() as session:
             return session.scalar(select(func.count()).select_from(User)) or 0
+
+    def list_users(self) -> list[UserRow]:
+        with self._read.begin() as session:
+            return [u.to_row() for u in session.scalars(select(User).order_by(User.id))]
 
     def set_user_active(self, user_id: int, active: bool) -> UserRow:
         with self._write.begin() as session:
@@ -518,13 +541,161 @@ class Registry:
         with self._read.begin() as session:
             jtis = session.scalars(select(RevokedJti.jti).where(RevokedJti.expires_at > now))
             users = session.scalars(select(User.id).where(User.is_active.is_(False)))
-            hashes = session.scalars(
-                select(AccessToken.token_hash).where(AccessToken.revoked.is_(True))
-            )
+            dead = session.execute(
+                select(AccessToken.id, AccessToken.token_hash).where(
+                    AccessToken.revoked.is_(True)
+                    | (AccessToken.expires_at.is_not(None) & (AccessToken.expires_at <= now))
+                )
+            ).all()
             return RevocationSnapshot(
                 revoked_jtis=frozenset(jtis),
                 inactive_user_ids=frozenset(users),
-                revoked_token_hashes=frozenset(hashes),
+                revoked_token_hashes=frozenset(row.token_hash for row in dead),
+                revoked_token_ids=frozenset(row.id for row in dead),
+            )
+
+    def list_access_tokens(self) -> list[AccessTokenRow]:
+        with self._read.begin() as session:
+            query = select(AccessToken).order_by(AccessToken.id)
+            return [t.to_row() for t in session.scalars(query)]
+
+    # -- refresh-token families --------------------------------------------------------
+
+    def add_refresh_token(self, jti: str, family: str, user_id: int, expires_at: datetime) -> None:
+        with self._writing("refresh token id already exists") as session:
+            session.add(
+                RefreshToken(
+                    jti=jti,
+                    family=family,
+                    user_id=user_id,
+                    expires_at=_as_utc(expires_at),
+                    used=False,
+                    revoked=False,
+                )
+            )
+
+    def use_refresh_token(self, jti: str) -> RefreshTokenRow | None:
+        """Retire ``jti`` and return it as it was before; a second use revokes its family.
+
+        None when the token is unknown. The caller refuses the token when the returned row
+        was already used or revoked (the family is revoked here in that case).
+        """
+        with self._write.begin() as session:
+            token = session.get(RefreshToken, jti, with_for_update=True)
+            if token is None:
+                return None
+            before = token.to_row()
+            if token.used or token.revoked:
+                _revoke_family(session, token.family)
+            else:
+                token.used = True
+            return before
+
+    def revoke_refresh_family(self, jti: str) -> RefreshTokenRow | None:
+        """Logout: revoke the family of ``jti``; None when the token is unknown."""
+        with self._write.begin() as session:
+            token = session.get(RefreshToken, jti)
+            if token is None:
+                return None
+            _revoke_family(session, token.family)
+            return token.to_row()
+
+    # -- groups and grants -------------------------------------------------------------
+
+    def create_group(self, name: str) -> GroupRow:
+        with self._writing(f"group {name!r} already exists") as session:
+            group = Group(name=name)
+            session.add(group)
+            session.flush()
+            return group.to_row()
+
+    def get_group(self, name: str) -> GroupRow | None:
+        with self._read.begin() as session:
+            group = session.scalar(select(Group).where(Group.name == name))
+            return None if group is None else group.to_row(_member_emails(session, group.id))
+
+    def list_groups(self) -> list[GroupRow]:
+        with self._read.begin() as session:
+            groups = session.scalars(select(Group).order_by(Group.name)).all()
+            return [g.to_row(_member_emails(session, g.id)) for g in groups]
+
+    def add_group_member(self, group_id: int, user_id: int) -> None:
+        with self._write.begin() as session:
+            if session.get(Group, group_id) is None:
+                raise NotFound(f"group id {group_id} does not exist")
+            if session.get(User, user_id) is None:
+                raise NotFound(f"user id {user_id} does not exist")
+            if session.get(GroupMember, (group_id, user_id)) is None:
+                session.add(GroupMember(group_id=group_id, user_id=user_id))
+
+    def remove_group_member(self, group_id: int, user_id: int) -> None:
+        with self._write.begin() as session:
+            member = session.get(GroupMember, (group_id, user_id))
+            if member is None:
+                raise NotFound(f"user id {user_id} is not in group id {group_id}")
+            session.delete(member)
+
+    def create_grant(
+        self,
+        permission: str,
+        *,
+        group_id: int | None = None,
+        user_id: int | None = None,
+        prefix_id: int | None = None,
+        model_id: int | None = None,
+    ) -> GrantRow:
+        if permission not in ("use", "deploy"):
+            raise BadRequest(f"permission must be 'use' or 'deploy', got {permission!r}")
+        if (group_id is None) == (user_id is None):
+            raise BadRequest("a grant names exactly one of a group or a user")
+        if (prefix_id is None) == (model_id is None):
+            raise BadRequest("a grant names exactly one of a prefix or a model")
+        with self._write.begin() as session:
+            for kind, key, value in (
+                (Group, "group", group_id),
+                (User, "user", user_id),
+                (Prefix, "prefix", prefix_id),
+                (Model, "model", model_id),
+            ):
+                if value is not None and session.get(kind, value) is None:
+                    raise NotFound(f"{key} id {value} does not exist")
+            grant = Grant(
+                permission=permission,
+                group_id=group_id,
+                user_id=user_id,
+                prefix_id=prefix_id,
+                model_id=model_id,
+            )
+            session.add(grant)
+            session.flush()
+            session.refresh(grant, ["group", "user", "prefix"])
+            return grant.to_row()
+
+    def list_grants(self) -> list[GrantRow]:
+        with self._read.begin() as session:
+            return [g.to_row() for g in session.scalars(select(Grant).order_by(Grant.id))]
+
+    def delete_grant(self, grant_id: int) -> None:
+        with self._write.begin() as session:
+            grant = session.get(Grant, grant_id)
+            if grant is None:
+                raise NotFound(f"grant id {grant_id} does not exist")
+            session.delete(grant)
+
+    def access_snapshot(self) -> AccessSnapshot:
+        """Admins, memberships and grants: small tables, read whole on every poll."""
+        with self._read.begin() as session:
+            admins = session.scalars(
+                select(User.id).where(User.is_admin.is_(True), User.is_active.is_(True))
+            )
+            groups_of: dict[int, set[int]] = {}
+            for member in session.scalars(select(GroupMember)):
+                groups_of.setdefault(member.user_id, set()).add(member.group_id)
+            grants = tuple(g.to_row() for g in session.scalars(select(Grant)))
+            return AccessSnapshot(
+                admin_ids=frozenset(admins),
+                groups_of={user: frozenset(ids) for user, ids in groups_of.items()},
+                grants=grants,
             )
 
     # -- audit -------------------------------------------------------------------------
@@ -541,6 +712,21 @@ class Registry:
         with self._read.begin() as session:
             query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
             return [e.to_row() for e in session.scalars(query)]
+
+
+def _revoke_family(session: Session, family: str) -> None:
+    for token in session.scalars(select(RefreshToken).where(RefreshToken.family == family)):
+        token.revoked = True
+
+
+def _member_emails(session: Session, group_id: int) -> tuple[str, ...]:
+    query = (
+        select(User.email)
+        .join(GroupMember, GroupMember.user_id == User.id)
+        .where(GroupMember.group_id == group_id)
+        .order_by(User.email)
+    )
+    return tuple(session.scalars(query))
 
 
 def _check_replicas(n: int) -> None:

@@ -115,6 +115,58 @@ class RevocationSnapshot:
     revoked_jtis: frozenset[str]
     inactive_user_ids: frozenset[int]
     revoked_token_hashes: frozenset[str]
+    # Ids of revoked or expired long-lived access tokens: session tokens minted with one die too.
+    revoked_token_ids: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRow:
+    id: int
+    name: str
+    members: tuple[str, ...]  # emails
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRow:
+    id: int
+    group_id: int | None
+    group_name: str | None
+    user_id: int | None
+    user_email: str | None
+    prefix_key: str | None
+    model_id: int | None
+    permission: str  # "use" | "deploy"
+    created_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "group": self.group_name,
+            "user": self.user_email,
+            "prefix": self.prefix_key,
+            "model_id": self.model_id,
+            "permission": self.permission,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AccessSnapshot:
+    """Who may reach what: read with the revocations, so grant changes apply within one poll."""
+
+    admin_ids: frozenset[int]
+    groups_of: dict[int, frozenset[int]]  # user id -> group ids
+    grants: tuple[GrantRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshTokenRow:
+    jti: str
+    family: str
+    user_id: int
+    expires_at: datetime
+    used: bool
+    revoked: bool
 
 
 @dataclass(frozen=True, slots=True)

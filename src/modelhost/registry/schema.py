@@ -31,8 +31,11 @@ from modelhost.registry.rows import (
     AccessTokenRow,
     AuditEventRow,
     DeploymentRow,
+    GrantRow,
+    GroupRow,
     ModelRow,
     PrefixRow,
+    RefreshTokenRow,
     UserRow,
     VersionRow,
 )
@@ -249,4 +252,87 @@ class AuditEvent(Base):
     def to_row(self) -> AuditEventRow:
         return AuditEventRow(
             id=self.id, ts=self.ts, actor=self.actor, action=self.action, detail=dict(self.detail)
+        )
+
+
+class Group(Base):
+    """A named set of users; grants given to a group apply to each member."""
+
+    __tablename__ = "groups"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def to_row(self, members: tuple[str, ...] = ()) -> GroupRow:
+        return GroupRow(id=self.id, name=self.name, members=members, created_at=self.created_at)
+
+
+class GroupMember(Base):
+    __tablename__ = "group_members"
+
+    group_id: Mapped[int] = mapped_column(
+        ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class Grant(Base):
+    """`use` or `deploy` on a prefix (and every prefix below it) or on one model.
+
+    Exactly one of group/user and exactly one of prefix/model is set (checked in `Registry`).
+    """
+
+    __tablename__ = "grants"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_id: Mapped[int | None] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    prefix_id: Mapped[int | None] = mapped_column(ForeignKey("prefixes.id", ondelete="CASCADE"))
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    permission: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    group: Mapped[Group | None] = relationship(lazy="joined")
+    user: Mapped[User | None] = relationship(lazy="joined")
+    prefix: Mapped[Prefix | None] = relationship(lazy="joined")
+
+    def to_row(self) -> GrantRow:
+        return GrantRow(
+            id=self.id,
+            group_id=self.group_id,
+            group_name=self.group.name if self.group is not None else None,
+            user_id=self.user_id,
+            user_email=self.user.email if self.user is not None else None,
+            prefix_key=self.prefix.key if self.prefix is not None else None,
+            model_id=self.model_id,
+            permission=self.permission,
+            created_at=self.created_at,
+        )
+
+
+class RefreshToken(Base):
+    """One issued refresh token. Each use retires it and issues the next one of its family;
+    presenting a retired one again means it was stolen, and the whole family is revoked."""
+
+    __tablename__ = "refresh_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    family: Mapped[str] = mapped_column(String(64), index=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used: Mapped[bool] = mapped_column(Boolean, default=False)
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def to_row(self) -> RefreshTokenRow:
+        return RefreshTokenRow(
+            jti=self.jti,
+            family=self.family,
+            user_id=self.user_id,
+            expires_at=self.expires_at,
+            used=self.used,
+            revoked=self.revoked,
         )
