@@ -13,13 +13,29 @@ time in three places this module changes, keeping uvicorn's behaviour:
   values once each finds exactly what the per-header searches find.
 - A keep-alive timer cancelled and re-created for every request: one timer per idle
   period checks when the connection was last active instead.
+
+It also bounds what a slow or abusive client can hold (settings in `configured`):
+
+- Request line + headers over `max_header_bytes` are answered 431 and the connection is
+  closed; bytes are counted as they arrive while a head is being read, and the parser is
+  never fed past the cap, so nothing buffers more than it.
+- A head not complete `header_timeout_s` after its first byte (or, on a new connection,
+  after the connection opened) is answered 408 and closed; a new connection that sent
+  nothing is closed silently. The same single timer per connection checks this: it never
+  sleeps longer than the header timeout, and a head in progress costs one clock read.
+- Beyond `max_connections` open connections a new one is answered 503 and closed; the
+  open ones keep working. (uvicorn's `limit_concurrency` counts the connection itself and
+  running requests, so at the limit every connection's requests would get 503.)
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import json
+import math
+from typing import Any, cast
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import (
     HEADER_RE,
     HEADER_VALUE_RE,
@@ -31,6 +47,27 @@ from uvicorn.protocols.http.httptools_impl import (
 # Held bytes are passed on at once beyond this, so the real transport's flow control (which
 # pauses `send` when its buffer is full) sees a large response as it is produced.
 MAX_HELD = 64 * 1024
+# The connection timer's shortest sleep.
+MIN_CHECK_S = 0.1
+
+
+def error_response(
+    status: int, kind: str, message: str, default_headers: list[tuple[bytes, bytes]]
+) -> bytes:
+    """A complete `connection: close` response with the gateway's JSON error body."""
+    body = json.dumps({"error": {"type": kind, "message": message}}).encode()
+    content = [STATUS_LINE[status]]
+    for name, value in default_headers:
+        content.extend((name, b": ", value, b"\r\n"))
+    content.extend(
+        (
+            b"content-type: application/json\r\ncontent-length: ",
+            str(len(body)).encode(),
+            b"\r\nconnection: close\r\n\r\n",
+            body,
+        )
+    )
+    return b"".join(content)
 
 
 class CoalescingTransport:
@@ -139,21 +176,125 @@ class Cycle(RequestResponseCycle):
 
 class HttpProtocol(HttpToolsProtocol):
     """HttpToolsProtocol writing through a `CoalescingTransport`, answering with `Cycle`,
-    with a lazy keep-alive timer (same timeout, same close)."""
+    with a lazy keep-alive timer (same timeout, same close) that also enforces the header
+    deadline, a header size cap and a connection limit."""
+
+    # Limits (the defaults of the settings); `configured` makes a subclass with others.
+    max_header_bytes: int = 64 * 1024
+    header_timeout_s: float = 10.0
+    max_connections: int = 0  # 0 = unlimited
 
     _idle_since: float | None = None  # None while a request is being read or answered
+    # Bytes of the request head being read; None from the end of a head to the end of its
+    # message (its body is the parser's and the body limit's business).
+    _head_bytes: int | None = 0
+    # When the head being read started (its first byte; on a new connection, the
+    # connection's opening); None when no head is being read.
+    _head_since: float | None = None
+
+    @classmethod
+    def configured(
+        cls, *, max_header_bytes: int, header_timeout_s: float, max_connections: int
+    ) -> type[HttpProtocol]:
+        """This protocol with the given limits (header_timeout_s <= 0: no header deadline)."""
+        limits = {
+            "max_header_bytes": max_header_bytes,
+            "header_timeout_s": header_timeout_s if header_timeout_s > 0 else math.inf,
+            "max_connections": max(0, max_connections),
+        }
+        return cast("type[HttpProtocol]", type(cls.__name__, (cls,), limits))
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         wrapped = CoalescingTransport(transport, asyncio.get_running_loop())
+        limit = self.max_connections
+        refuse = limit > 0 and len(self.connections) >= limit
         super().connection_made(wrapped)  # type: ignore[arg-type]
+        if refuse:
+            self.connections.discard(self)  # never counted: the open ones keep their places
+            self.logger.warning(
+                "Refused a connection: %d are open (MODELHOST_MAX_CONNECTIONS).", limit
+            )
+            self._refuse(
+                503,
+                "too_many_connections",
+                f"the server already has {limit} open connections; retry later, or raise "
+                "MODELHOST_MAX_CONNECTIONS",
+            )
+            return
+        self._head_since = self.loop.time()
+        self.timeout_keep_alive_task = self.loop.call_later(self._check_every(), self._check_idle)
+
+    def data_received(self, data: bytes) -> None:
+        head = self._head_bytes
+        if head is not None:  # a head is awaited or being read: count it
+            if self._head_since is None:
+                self._head_since = self.loop.time()
+            head += len(data)
+            if head > self.max_header_bytes:
+                self._head_over_cap(data, head - len(data))
+                return
+            self._head_bytes = head
+        # uvicorn's data_received, inlined (one call less per request on the hot path).
+        self._idle_since = None  # busy: what `_unset_keepalive_if_required` does
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+
+    def _head_over_cap(self, data: bytes, before: int) -> None:
+        # The head may still end within the cap (a body or the next request follows it in
+        # this chunk): feed up to the cap, and the rest only if the head did end there.
+        cap = self.max_header_bytes
+        room = max(0, cap - before)
+        self._head_bytes = cap
+        HttpToolsProtocol.data_received(self, data[:room])
+        if self.transport.is_closing():
+            return
+        if self._head_bytes != cap:  # the head ended
+            self.data_received(data[room:])
+            return
+        self.logger.warning("Request head over %d bytes (MODELHOST_MAX_HEADER_BYTES).", cap)
+        self._refuse(
+            431,
+            "header_too_large",
+            f"the request line and headers exceed {cap} bytes; send smaller headers, or "
+            "raise MODELHOST_MAX_HEADER_BYTES",
+        )
+
+    def _refuse(self, status: int, kind: str, message: str) -> None:
+        """Answer `status` with a JSON error and close (only close while a response to an
+        earlier request is still being sent: its bytes must not be interleaved)."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete:
+            default_headers = self.server_state.default_headers
+            self.transport.write(error_response(status, kind, message, default_headers))
+        self.transport.close()
 
     def on_headers_complete(self) -> None:
+        self._head_bytes = None
+        self._head_since = None
         super().on_headers_complete()
         # uvicorn names its cycle class inside this method; the subclass only replaces
         # `send`, adds no state, and the request's task has not run a step yet.
         cycle = self.cycle
         if type(cycle) is RequestResponseCycle:
             cycle.__class__ = Cycle
+
+    def on_message_complete(self) -> None:
+        self._head_bytes = 0  # what comes next is the next request's head
+        # uvicorn's on_message_complete, inlined (no extra call per request).
+        cycle = self.cycle
+        if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
+            return
+        cycle.more_body = False
+        cycle.message_event.set()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.timeout_keep_alive_task is not None:
@@ -182,18 +323,48 @@ class HttpProtocol(HttpToolsProtocol):
         self._idle_since = self.loop.time()
         if self.timeout_keep_alive_task is None:
             self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self._check_idle
+                self._check_every(), self._check_idle
             )
 
+    def _check_every(self) -> float:
+        # The timer never sleeps longer than this, so a head that starts at any moment is
+        # seen before its deadline (and then checked exactly at it). The floor keeps a zero
+        # keep-alive from turning the timer into a busy loop.
+        return max(MIN_CHECK_S, min(float(self.timeout_keep_alive), self.header_timeout_s))
+
     def _check_idle(self) -> None:
+        """The connection's one timer: header deadline, then keep-alive idle timeout."""
         self.timeout_keep_alive_task = None
         if self.transport.is_closing():
             return
-        if self._idle_since is None:  # busy now; the response completing marks idle again
-            delay = float(self.timeout_keep_alive)
+        every = self._check_every()
+        if self._head_since is not None:  # a head is awaited (new connection) or being read
+            delay = self._head_since + self.header_timeout_s - self.loop.time()
+            cycle = self.cycle
+            if delay <= 0 and (cycle is None or cycle.response_complete):
+                self._head_timeout()
+                return
+        elif self._idle_since is None:  # busy now; the response completing marks idle again
+            delay = every
         else:
             delay = self._idle_since + self.timeout_keep_alive - self.loop.time()
             if delay <= 0:
                 self.timeout_keep_alive_handler()
                 return
-        self.timeout_keep_alive_task = self.loop.call_later(delay, self._check_idle)
+        self.timeout_keep_alive_task = self.loop.call_later(
+            min(max(delay, 0.0) or every, every), self._check_idle
+        )
+
+    def _head_timeout(self) -> None:
+        if not self._head_bytes:  # a new connection that never sent a byte: just close
+            self.transport.close()
+            return
+        self.logger.debug(
+            "Request head not complete in %g s; answering 408.", self.header_timeout_s
+        )
+        self._refuse(
+            408,
+            "header_timeout",
+            f"the request line and headers did not arrive within {self.header_timeout_s:g} s; "
+            "send them at once, or raise MODELHOST_HEADER_TIMEOUT_S",
+        )
