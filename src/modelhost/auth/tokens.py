@@ -4,7 +4,12 @@ Why it looks like this:
 - The algorithm is pinned to HS256 at verification time and the header is checked before
   decoding, so ``alg: none`` and algorithm-confusion tokens are refused with a clear reason.
 - Every token carries a ``kid`` header; `TokenService` signs with the current key and still
-  accepts `previous_keys`, so the secret can be rotated without logging everybody out.
+  accepts `previous_keys`, so the secret can be rotated without logging everybody out. The
+  server builds it from the keyring file (`modelhost.auth.keyring`, ``modelhost admin
+  rotate-keys``); when a token names a key id it does not know, or when it issues a token,
+  it checks (at most every `RELOAD_INTERVAL_S`, one ``stat``) whether the file changed and
+  reloads it, so a rotation reaches a running server without a restart. Keys retired by a
+  rotation are refused once their deadline has passed.
 - ``typ`` separates console access, refresh and model-session tokens: a token minted for one
   purpose is never accepted for another.
 - Failures raise `modelhost.errors.Unauthorized` with a message that says what is wrong and
@@ -14,19 +19,24 @@ Why it looks like this:
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import jwt
 
+from modelhost.auth.keyring import Keyring, parse_previous_keys, read_keyring
 from modelhost.errors import Unauthorized
 
 if TYPE_CHECKING:
     from modelhost.settings import Settings
+
+log = logging.getLogger("modelhost.auth")
 
 TokenType = Literal["access", "refresh", "model"]
 
@@ -34,6 +44,8 @@ ALGORITHM = "HS256"
 OPAQUE_PREFIX = "mh_"
 # HMAC-SHA256 keys shorter than the hash output weaken the signature (RFC 7518 §3.2).
 MIN_SECRET_BYTES = 32
+# A changed key file is noticed within this many seconds (checked on issue and on unknown kid).
+RELOAD_INTERVAL_S = 2.0
 
 _REQUIRED = ["sub", "typ", "exp", "iat", "jti"]
 _MODEL_CLAIMS = ("mid", "pfx", "mdl")
@@ -58,6 +70,19 @@ class Claims:
     pfx: str | None = None
     mdl: str | None = None
     iat: float = 0.0
+    # Model sessions: what they were minted with, so revoking that revokes them too.
+    atk: int | None = None  # id of the long-lived access token
+    pjt: str | None = None  # jti of the console access token
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """The signing state, swapped as one object when the key file is reloaded."""
+
+    kid: str
+    secret: str
+    accepted: Mapping[str, str]
+    retired: Mapping[str, float]
 
 
 class TokenService:
@@ -72,30 +97,115 @@ class TokenService:
         kid: str = "k1",
         *,
         previous_keys: Mapping[str, str] | None = None,
+        retired: Mapping[str, float] | None = None,
+        key_file: Path | None = None,
+        reload_interval_s: float = RELOAD_INTERVAL_S,
     ) -> None:
-        for key_id, key in {**(previous_keys or {}), kid: secret}.items():
-            if len(key.encode()) < MIN_SECRET_BYTES:
-                raise ValueError(
-                    f"JWT secret for kid {key_id!r} is shorter than {MIN_SECRET_BYTES} bytes; "
-                    "unset MODELHOST_JWT_SECRET to get a generated one, or use "
-                    "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
-                )
-        self._secret = secret
-        self._kid = kid
-        self._keys: dict[str, str] = {**(previous_keys or {}), kid: secret}
+        """`retired`: kid -> epoch after which tokens with that kid are refused.
+
+        `key_file`: the keyring file these keys came from; it is reloaded when it changes,
+        and `previous_keys` are added to what it holds.
+        """
+        self._previous = dict(previous_keys or {})
+        self._keys = _checked_keys(kid, {**self._previous, kid: secret}, retired or {})
+        self._key_file = key_file
+        self._reload_interval_s = reload_interval_s
+        self._checked_at = time.monotonic()
+        self._stamp = _file_stamp(key_file) if key_file is not None else None
         self.access_ttl_s = access_ttl_s
         self.refresh_ttl_s = refresh_ttl_s
         self.session_ttl_s = session_ttl_s
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenService:
-        """The service the server uses: key from `Settings.load_jwt_secret`, TTLs from env."""
-        return cls(
-            settings.load_jwt_secret(),
+        """The service the server uses: keys from `Settings.load_jwt_keyring`, TTLs from env.
+
+        With ``MODELHOST_JWT_SECRET`` set the key comes from the environment and no file is
+        watched; otherwise the keyring file is, so ``modelhost admin rotate-keys`` reaches
+        the running server.
+        """
+        key_file = None if settings.jwt_secret else settings.jwt_key_path
+        stamp = _file_stamp(key_file) if key_file is not None else None
+        ring = settings.load_jwt_keyring()
+        service = cls.from_keyring(
+            ring,
             access_ttl_s=settings.access_token_ttl_s,
             refresh_ttl_s=settings.refresh_token_ttl_s,
             session_ttl_s=settings.session_token_ttl_s,
+            previous_keys=parse_previous_keys(settings.jwt_previous_keys),
+            key_file=key_file,
         )
+        if stamp is not None:  # read before loading: a rotation in between is not missed
+            service._stamp = stamp
+        return service
+
+    @classmethod
+    def from_keyring(
+        cls,
+        ring: Keyring,
+        access_ttl_s: float = 3600,
+        refresh_ttl_s: float = 7 * 24 * 3600,
+        session_ttl_s: float = 4 * 3600,
+        *,
+        previous_keys: Mapping[str, str] | None = None,
+        key_file: Path | None = None,
+    ) -> TokenService:
+        """A service signing with the keyring's current key and accepting the others.
+
+        `previous_keys` (``MODELHOST_JWT_PREVIOUS_KEYS``) are accepted too, also after the
+        keyring file is reloaded.
+        """
+        extra = dict(previous_keys or {})
+        full = ring.with_previous(extra)
+        service = cls(
+            full.secret,
+            access_ttl_s,
+            refresh_ttl_s,
+            session_ttl_s,
+            kid=full.current,
+            previous_keys={k: v for k, v in full.keys.items() if k != full.current},
+            retired=full.retired,
+            key_file=key_file,
+        )
+        service._previous = extra  # what a reload adds to the file's keys
+        return service
+
+    @property
+    def current_kid(self) -> str:
+        """The key id new tokens carry."""
+        return self._keys.kid
+
+    def reload_if_changed(self, force: bool = False) -> bool:
+        """Reload the key file if it changed; checked at most every `reload_interval_s`.
+
+        Returns whether new keys are in use. A key file that cannot be read or is invalid is
+        logged and the keys in use are kept.
+        """
+        path = self._key_file
+        if path is None:
+            return False
+        now = time.monotonic()
+        if not force and now - self._checked_at < self._reload_interval_s:
+            return False
+        self._checked_at = now
+        stamp = _file_stamp(path)
+        if stamp is None or stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            ring = read_keyring(path)
+            if ring is None:
+                return False
+            ring = ring.with_previous(self._previous)
+            keys = _checked_keys(ring.current, ring.keys, ring.retired)
+        except (OSError, ValueError) as exc:
+            log.error("kept the signing keys in use: cannot reload %s: %s", path, exc)
+            return False
+        if keys == self._keys:
+            return False
+        self._keys = keys
+        log.info("reloaded signing keys from %s; new tokens use key id %s", path, keys.kid)
+        return True
 
     def issue_access(self, user_id: int) -> str:
         """A short-lived console token (bearer for the console API)."""
@@ -112,15 +222,28 @@ class TokenService:
         prefix: str,
         model_name: str,
         ttl_s: float | None = None,
+        *,
+        parent_token_id: int | None = None,
+        parent_jti: str | None = None,
     ) -> str:
-        """A session token scoped to one model, presented on prediction requests."""
+        """A session token scoped to one model, presented on prediction requests.
+
+        ``parent_token_id`` / ``parent_jti`` name what it was minted with (a long-lived access
+        token or a console access token): revoking the parent revokes the session.
+        """
         ttl = self.session_ttl_s if ttl_s is None else ttl_s
-        extra = {"mid": model_id, "pfx": prefix, "mdl": model_name}
+        extra: dict[str, Any] = {"mid": model_id, "pfx": prefix, "mdl": model_name}
+        if parent_token_id is not None:
+            extra["atk"] = parent_token_id
+        if parent_jti is not None:
+            extra["pjt"] = parent_jti
         return self._issue(user_id, "model", ttl, extra)
 
     def _issue(self, user_id: int, typ: TokenType, ttl_s: float, extra: dict[str, Any]) -> str:
         if ttl_s <= 0:
             raise ValueError(f"token lifetime must be positive, got {ttl_s}")
+        self.reload_if_changed()
+        keys = self._keys
         now = int(time.time())
         payload = {
             "sub": str(user_id),
@@ -130,7 +253,7 @@ class TokenService:
             "jti": uuid.uuid4().hex,
             **extra,
         }
-        return jwt.encode(payload, self._secret, algorithm=ALGORITHM, headers={"kid": self._kid})
+        return jwt.encode(payload, keys.secret, algorithm=ALGORITHM, headers={"kid": keys.kid})
 
     def verify(self, token: str, expected: str) -> Claims:
         """Check signature, expiry and purpose; raise `Unauthorized` saying what to do."""
@@ -157,13 +280,44 @@ class TokenService:
             raise Unauthorized(
                 f"{label} token uses algorithm {shown!r}; only {ALGORITHM} is accepted; {remedy}"
             )
-        key = self._keys.get(str(header.get("kid")))
+        kid = str(header.get("kid"))
+        key = self._keys.accepted.get(kid)
+        if key is None and self.reload_if_changed():
+            key = self._keys.accepted.get(kid)
         if key is None:
             raise Unauthorized(
                 f"{label} token was signed with an unknown key id (the server key may have "
                 f"been rotated); {remedy}"
             )
+        deadline = self._keys.retired.get(kid)
+        if deadline is not None and deadline <= time.time():
+            raise Unauthorized(
+                f"{label} token was signed with a key that was rotated out and is no longer "
+                f"accepted; {remedy}"
+            )
         return key
+
+
+def _checked_keys(kid: str, keys: Mapping[str, str], retired: Mapping[str, float]) -> _Keys:
+    for key_id, key in keys.items():
+        if len(key.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"JWT secret for kid {key_id!r} is shorter than {MIN_SECRET_BYTES} bytes; "
+                "unset MODELHOST_JWT_SECRET to get a generated one, or use "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(48))'`"
+            )
+    if kid in retired:
+        raise ValueError(f"the current key id {kid!r} is marked retired")
+    return _Keys(kid, keys[kid], dict(keys), dict(retired))
+
+
+def _file_stamp(path: Path) -> tuple[int, int, int] | None:
+    """What changes when the key file is replaced: inode, size, modification time."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _decode(token: str, key: str, label: str, remedy: str) -> dict[str, Any]:
@@ -200,6 +354,8 @@ def _to_claims(payload: dict[str, Any], label: str, remedy: str) -> Claims:
             pfx=None if model["pfx"] is None else str(model["pfx"]),
             mdl=None if model["mdl"] is None else str(model["mdl"]),
             iat=float(payload["iat"]),
+            atk=None if payload.get("atk") is None else int(payload["atk"]),
+            pjt=None if payload.get("pjt") is None else str(payload["pjt"]),
         )
     except (TypeError, ValueError):
         raise Unauthorized(f"{label} token has malformed claims; {remedy}") from None
