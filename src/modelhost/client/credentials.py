@@ -10,12 +10,18 @@ The file is a JSON list with one entry per server URL, so one user can work with
 servers; the entry saved last is the default when no URL is known. It holds secrets, so it
 is only ever created with mode 0600, and a file found with looser permissions is fixed and
 reported rather than silently used.
+
+``modelhost login`` saves ``{url, email, refresh_token}``, never the password. Refresh
+tokens rotate on use (the old one is dead once used), so the SDK writes the new one back
+with `replace_refresh_token` every time it refreshes. Entries with a password, written by
+older versions, are still read.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import stat
 import warnings
 from collections.abc import Mapping
@@ -31,16 +37,19 @@ FILE_NAME = "credentials.json"
 
 @dataclass(frozen=True)
 class Credentials:
-    """A server base URL plus either an access token or an email and password."""
+    """A server base URL plus an access token, a refresh token, or an email and password."""
 
     url: str
     email: str | None = None
     password: str | None = field(default=None, repr=False)
     access_token: str | None = field(default=None, repr=False)
+    refresh_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.access_token and not (self.email and self.password):
-            raise ValueError("credentials need an access_token, or an email and a password")
+        if not (self.access_token or self.refresh_token or (self.email and self.password)):
+            raise ValueError(
+                "credentials need an access_token, a refresh_token, or an email and a password"
+            )
 
 
 def server_url(url: str) -> str:
@@ -78,9 +87,57 @@ def save_credentials(creds: Credentials, environ: Mapping[str, str] | None = Non
     path = credentials_path(environ)
     entry = {k: v for k, v in asdict(creds).items() if v is not None}
     entries = [e for e in _read_entries(path) if e.get("url") != creds.url] + [entry]
+    _write_entries(path, entries)
+    return path
+
+
+def saved_refresh_token(url: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The refresh token saved for the server `url` now (another process may have rotated
+    it since this one read the file)."""
+    for entry in _read_entries(credentials_path(environ)):
+        if entry.get("url") == url and entry.get("refresh_token"):
+            return str(entry["refresh_token"])
+    return None
+
+
+def replace_refresh_token(
+    url: str, old: str, new: str, environ: Mapping[str, str] | None = None
+) -> bool:
+    """Swap the rotated refresh token in place (the entry keeps its position, so the default
+    server stays the same); False if the entry no longer holds `old` (logged in again)."""
+    path = credentials_path(environ)
+    entries = _read_entries(path)
+    for entry in entries:
+        if entry.get("url") == url and entry.get("refresh_token") == old:
+            entry["refresh_token"] = new
+            _write_entries(path, entries)
+            return True
+    return False
+
+
+def remove_credentials(
+    url: str | None, environ: Mapping[str, str] | None = None
+) -> Credentials | None:
+    """Remove the saved entry for the server of `url` (default: the default entry) and
+    return it; None if there was none."""
+    path = credentials_path(environ)
+    entries = _read_entries(path)
+    target = server_url(url) if url else (entries[-1]["url"] if entries else None)
+    removed = [e for e in entries if e.get("url") == target]
+    if not removed:
+        return None
+    _write_entries(path, [e for e in entries if e.get("url") != target])
+    entry = removed[-1]
+    try:
+        return _entry_to_credentials(entry)
+    except Unauthorized:  # an incomplete entry: removed all the same
+        return None
+
+
+def _write_entries(path: Path, entries: list[dict[str, Any]]) -> None:
+    """Write the whole file atomically: a 0600 temporary file, then ``os.replace``."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)  # a leftover of a killed run may have other permissions
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "w") as fh:
@@ -88,7 +145,6 @@ def save_credentials(creds: Credentials, environ: Mapping[str, str] | None = Non
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
 
 
 def _from_environ(url: str | None, env: Mapping[str, str]) -> Credentials | None:
@@ -139,6 +195,7 @@ def _entry_to_credentials(entry: dict[str, Any]) -> Credentials:
             email=entry.get("email"),
             password=entry.get("password"),
             access_token=entry.get("access_token"),
+            refresh_token=entry.get("refresh_token"),
         )
     except ValueError:
         raise Unauthorized(

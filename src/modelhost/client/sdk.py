@@ -16,12 +16,7 @@ from modelhost.auth.tokens import unverified_expiry
 from modelhost.client import _console
 from modelhost.client._packing import pack_model_dir
 from modelhost.client._sync import run_sync
-from modelhost.client.credentials import (
-    Credentials,
-    load_credentials,
-    save_credentials,
-    server_url,
-)
+from modelhost.client.credentials import load_credentials
 
 # A session token with more than this left is reused: a request started with it will not
 # expire midway, and callers polling get_session_token(url, token=token) make no HTTP call.
@@ -29,12 +24,8 @@ SESSION_REUSE_MARGIN_S = 300.0
 
 
 async def alogin(url: str, email: str, password: str) -> None:
-    """Check the credentials against the server, then save them for later calls."""
-    base = server_url(url)
-    async with _console.http_client() as client:
-        access = await _console.password_login(client, base, email, password)
-    _console.token_cache.put((base, email), access)
-    save_credentials(Credentials(base, email=email, password=password))
+    """Log in, then save a refresh token (never the password) for later calls."""
+    await _console.login_and_save(url, email, password)
 
 
 async def aget_session_token(api_url: str, token: str | None = None) -> str:
@@ -91,7 +82,7 @@ async def adeploy(
 
 
 def login(url: str, email: str, password: str) -> None:
-    """Check the credentials against the server at `url`, then save them (mode 0600)."""
+    """Log in to the server at `url` and save a refresh token for it (mode 0600)."""
     run_sync(alogin(url, email, password))
 
 
