@@ -1,11 +1,13 @@
-"""The `modelhost` command line: serve, deploy, login, token, files, admin, demo."""
+"""The `modelhost` command line: serve, deploy, login, logout, token, files, admin, demo."""
 
 from __future__ import annotations
 
 import json
 import logging
+import time
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -20,7 +22,9 @@ files_app = typer.Typer(
     help="Object-store files (model weights, tokenizers).", no_args_is_help=True
 )
 admin_app = typer.Typer(
-    help="Administration: prefixes, deployments, access tokens.", no_args_is_help=True
+    help="Administration: prefixes, deployments, access tokens, users, groups, grants, "
+    "audit log (over HTTP with your login), and signing-key rotation (local, on the server).",
+    no_args_is_help=True,
 )
 app.add_typer(files_app, name="files")
 app.add_typer(admin_app, name="admin")
@@ -54,11 +58,34 @@ def login(
     email: Annotated[str, typer.Option(prompt=True)],
     password: Annotated[str, typer.Option(prompt=True, hide_input=True)],
 ) -> None:
-    """Check credentials and save them (mode 0600) for the SDK and the CLI."""
-    from modelhost.client import login as do_login
+    """Log in and save a refresh token (mode 0600, never the password) for the SDK and CLI.
 
-    do_login(url, email, password)
-    typer.echo(f"logged in to {url}")
+    The refresh token is replaced by a new one each time it is used; `modelhost logout`
+    revokes it.
+    """
+    from modelhost.client import _console
+    from modelhost.client._sync import run_sync
+
+    path = run_sync(_console.login_and_save(url, email, password))
+    typer.echo(f"logged in to {url} as {email}; saved a refresh token (not the password) to {path}")
+
+
+@app.command()
+def logout(
+    url: Annotated[
+        str | None, typer.Argument(help="Server URL (default: the last one logged in to).")
+    ] = None,
+) -> None:
+    """Revoke the saved login on the server and remove it from the credentials file."""
+    from modelhost.client import _console
+    from modelhost.client._sync import run_sync
+
+    server, revoked = run_sync(_console.logout_and_forget(url))
+    if server is None:
+        typer.echo("no saved login to remove", err=True)
+        raise typer.Exit(1)
+    note = "revoked on the server" if revoked else "the server did not confirm the revocation"
+    typer.echo(f"logged out of {server}: saved login removed, {note}")
 
 
 @app.command()
@@ -118,9 +145,18 @@ def files_upload(
 def _admin_call(
     method: str, path: str, url: str | None, body: dict[str, object] | None = None
 ) -> None:
+    typer.echo(json.dumps(_admin_json(method, path, url, body), indent=1))
+
+
+def _admin_json(
+    method: str, path: str, url: str | None, body: dict[str, object] | None = None
+) -> Any:
     from modelhost.client.admin import admin_request
 
-    typer.echo(json.dumps(admin_request(method, path, url, body), indent=1))
+    return admin_request(method, path, url, body)
+
+
+MH = "/console/api/modelhost"
 
 
 @admin_app.command("prefix-create")
@@ -180,6 +216,182 @@ def user_create(
 def user_disable(user_id: int, url: Url = None) -> None:
     """Disable a user; their tokens stop working within MODELHOST_REVOCATION_POLL_S seconds."""
     _admin_call("POST", f"/console/api/modelhost/users/{user_id}/disable/", url, {})
+
+
+@admin_app.command("user-list")
+def user_list(url: Url = None) -> None:
+    """List users: id, email, is_admin, is_active."""
+    _admin_call("GET", f"{MH}/users/", url)
+
+
+@admin_app.command("group-create")
+def group_create(
+    name: Annotated[str, typer.Argument(help="Group name, e.g. data-science.")],
+    url: Url = None,
+) -> None:
+    """Create a group of users; grants given to the group apply to all its members."""
+    _admin_call("POST", f"{MH}/groups/", url, {"name": name})
+
+
+@admin_app.command("group-list")
+def group_list(url: Url = None) -> None:
+    """List groups with their members' emails."""
+    _admin_call("GET", f"{MH}/groups/", url)
+
+
+@admin_app.command("group-add")
+def group_add(
+    name: Annotated[str, typer.Argument(help="Group name.")],
+    email: Annotated[str, typer.Argument(help="Email of an existing user.")],
+    url: Url = None,
+) -> None:
+    """Add a user to a group."""
+    group_id = _group_id(name, url)
+    _admin_call("POST", f"{MH}/groups/{group_id}/members/", url, {"email": email})
+
+
+@admin_app.command("group-remove")
+def group_remove(
+    name: Annotated[str, typer.Argument(help="Group name.")],
+    email: Annotated[str, typer.Argument(help="Email of a member.")],
+    url: Url = None,
+) -> None:
+    """Remove a user from a group (their grants through it stop applying)."""
+    group_id = _group_id(name, url)
+    users = _admin_json("GET", f"{MH}/users/", url)
+    user_ids = [u["id"] for u in users if str(u.get("email", "")).lower() == email.lower()]
+    if not user_ids:
+        _fail(f"no user {email!r}; `modelhost admin user-list` shows who exists")
+    _admin_call("DELETE", f"{MH}/groups/{group_id}/members/{user_ids[0]}/", url)
+
+
+class Permission(StrEnum):
+    use = "use"
+    deploy = "deploy"
+
+
+@admin_app.command("grant-create")
+def grant_create(
+    permission: Annotated[
+        Permission,
+        typer.Option(
+            help="use: get session tokens for and call the models; deploy: also deploy "
+            "new versions."
+        ),
+    ],
+    group: Annotated[str | None, typer.Option(help="Grant to this group (by name).")] = None,
+    user: Annotated[str | None, typer.Option(help="Grant to this user (by email).")] = None,
+    prefix: Annotated[
+        str | None, typer.Option(help="On every model under this prefix, e.g. llm-models.")
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="On one model, by URL, e.g. http://host/llm-models/my-model/."),
+    ] = None,
+    url: Url = None,
+) -> None:
+    """Give a group or a user a permission on a prefix or a model.
+
+    Example: modelhost admin grant-create --group data-science --prefix llm-models
+    --permission use
+    """
+    if (group is None) == (user is None):
+        _fail("give exactly one of --group NAME or --user EMAIL")
+    if (prefix is None) == (model is None):
+        _fail("give exactly one of --prefix KEY or --model URL")
+    body: dict[str, object] = {"permission": permission.value}
+    body.update({"group": group} if group is not None else {"user": user})
+    body.update({"prefix": prefix} if prefix is not None else {"model_url": model})
+    _admin_call("POST", f"{MH}/grants/", url, body)
+
+
+@admin_app.command("grant-list")
+def grant_list(url: Url = None) -> None:
+    """List grants (who may use or deploy what)."""
+    _admin_call("GET", f"{MH}/grants/", url)
+
+
+@admin_app.command("grant-revoke")
+def grant_revoke(
+    grant_id: Annotated[int, typer.Argument(help="Grant id (see grant-list).")],
+    url: Url = None,
+) -> None:
+    """Revoke a grant."""
+    _admin_call("DELETE", f"{MH}/grants/{grant_id}/", url)
+
+
+@admin_app.command("audit")
+def audit(
+    limit: Annotated[int, typer.Option(min=1, help="How many entries, newest first.")] = 50,
+    url: Url = None,
+) -> None:
+    """Show the audit log: logins, grants, deploys, token and user changes."""
+    _admin_call("GET", f"{MH}/audit/?limit={limit}", url)
+
+
+@admin_app.command("rotate-keys")
+def rotate_keys(
+    home: Annotated[
+        Path | None,
+        typer.Option(help="The server's state folder (MODELHOST_HOME, default ~/.modelhost)."),
+    ] = None,
+    drop_old: Annotated[
+        bool,
+        typer.Option(
+            "--drop-old",
+            help="Stop accepting every old key at once (for a leaked key): everybody has to "
+            "log in again and session tokens must be fetched anew.",
+        ),
+    ] = False,
+) -> None:
+    """Make a new token-signing key (run on the server host; works on the key file).
+
+    Old keys stay accepted for the longest token lifetime (MODELHOST_REFRESH_TOKEN_TTL_S).
+
+    Keys past that deadline are removed. A running server picks up the new key in seconds.
+    """
+    from modelhost.auth.keyring import rotate
+
+    settings = Settings.from_env(home=home)
+    if settings.jwt_secret:
+        _fail(
+            "MODELHOST_JWT_SECRET is set, so the server does not use the key file. To rotate: "
+            "set MODELHOST_JWT_PREVIOUS_KEYS=<old kid>:<old secret> (the old kid is "
+            "MODELHOST_JWT_KID, default 'env'), a new MODELHOST_JWT_KID and a new "
+            "MODELHOST_JWT_SECRET, and restart the server"
+        )
+    grace = max(
+        settings.refresh_token_ttl_s, settings.access_token_ttl_s, settings.session_token_ttl_s
+    )
+    done = rotate(settings.jwt_key_path, 0 if drop_old else grace, drop_old=drop_old)
+    typer.echo(f"new signing key id: {done.new_kid} (in {settings.jwt_key_path}, mode 0600)")
+    for kid, deadline in sorted(done.ring.retired.items(), key=lambda item: item[1]):
+        until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(deadline))
+        typer.echo(f"still accepted until {until}: key id {kid}")
+    if done.pruned:
+        typer.echo(f"removed expired key id(s): {', '.join(done.pruned)}")
+    typer.echo(
+        "Next: a running server switches to the new key within a few seconds (it reloads the "
+        "key file when it changes); restarting it works too. "
+        + (
+            "Tokens signed with the removed keys are refused from now on."
+            if drop_old
+            else "Nobody is logged out. If a key may have leaked, run this again with --drop-old."
+        )
+    )
+
+
+def _group_id(name: str, url: str | None) -> int:
+    groups = _admin_json("GET", f"{MH}/groups/", url)
+    for group in groups:
+        if group.get("name") == name:
+            return int(group["id"])
+    _fail(f"no group named {name!r}; `modelhost admin group-list` shows them")
+
+
+def _fail(message: str) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
 
 
 @app.command()

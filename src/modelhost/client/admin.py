@@ -18,6 +18,8 @@ async def aadmin_request(
         response = await _console.authorized_request(
             client, creds, method, path, json=payload if body is not None else None
         )
+    if not response.content:  # e.g. 204 No Content after a DELETE
+        return {"status": response.status_code}
     return response.json()
 
 
