@@ -297,3 +297,18 @@ def test_rotate_keys_command_with_environment_secret(
     assert result.exit_code == 2
     assert "MODELHOST_JWT_PREVIOUS_KEYS" in result.output
     assert not (tmp_path / "jwt.key").exists()
+
+
+def test_dropped_key_is_refused_without_a_new_issue(tmp_path: Path) -> None:
+    """A token with an old kid makes the verifier check the file (a leaked key)."""
+    settings = _settings(tmp_path)
+    server = _server(settings)
+    old_token = server.issue_access(1)
+    rotate(settings.jwt_key_path, DAY)
+    server.issue_access(1)  # reloads: the old key is retired, not dropped
+    assert server.verify(old_token, "access").sub == 1
+    generation = server.generation
+    rotate(settings.jwt_key_path, 0, drop_old=True)
+    with pytest.raises(Unauthorized, match="unknown key id"):
+        server.verify(old_token, "access")
+    assert server.generation == generation + 1

@@ -6,10 +6,10 @@ Why it looks like this:
 - Every token carries a ``kid`` header; `TokenService` signs with the current key and still
   accepts `previous_keys`, so the secret can be rotated without logging everybody out. The
   server builds it from the keyring file (`modelhost.auth.keyring`, ``modelhost admin
-  rotate-keys``); when a token names a key id it does not know, or when it issues a token,
-  it checks (at most every `RELOAD_INTERVAL_S`, one ``stat``) whether the file changed and
-  reloads it, so a rotation reaches a running server without a restart. Keys retired by a
-  rotation are refused once their deadline has passed.
+  rotate-keys``); when a token names a key id other than the current one, or when it
+  issues a token, it checks (at most every `RELOAD_INTERVAL_S`, one ``stat``) whether the
+  file changed and reloads it, so a rotation reaches a running server without a restart.
+  Keys retired by a rotation are refused once their deadline has passed.
 - ``typ`` separates console access, refresh and model-session tokens: a token minted for one
   purpose is never accepted for another.
 - Failures raise `modelhost.errors.Unauthorized` with a message that says what is wrong and
@@ -112,6 +112,9 @@ class TokenService:
         self._reload_interval_s = reload_interval_s
         self._checked_at = time.monotonic()
         self._stamp = _file_stamp(key_file) if key_file is not None else None
+        # Bumped on every reload: caches of verified tokens can compare it and start over
+        # (a `rotate-keys --drop-old` must also end tokens already verified).
+        self.generation = 0
         self.access_ttl_s = access_ttl_s
         self.refresh_ttl_s = refresh_ttl_s
         self.session_ttl_s = session_ttl_s
@@ -204,6 +207,7 @@ class TokenService:
         if keys == self._keys:
             return False
         self._keys = keys
+        self.generation += 1
         log.info("reloaded signing keys from %s; new tokens use key id %s", path, keys.kid)
         return True
 
@@ -281,9 +285,9 @@ class TokenService:
                 f"{label} token uses algorithm {shown!r}; only {ALGORITHM} is accepted; {remedy}"
             )
         kid = str(header.get("kid"))
+        if kid != self._keys.kid:  # an old or unknown key: has the key file changed?
+            self.reload_if_changed()
         key = self._keys.accepted.get(kid)
-        if key is None and self.reload_if_changed():
-            key = self._keys.accepted.get(kid)
         if key is None:
             raise Unauthorized(
                 f"{label} token was signed with an unknown key id (the server key may have "
