@@ -66,7 +66,9 @@ class Target:
 
 
 @contextmanager
-def serve_modelhost(replicas: int) -> Iterator[Target]:
+def serve_modelhost(
+    replicas: int, extra_env: dict[str, str] | None = None
+) -> Iterator[Target]:
     port = _free_port()
     with tempfile.TemporaryDirectory() as home:
         env = {
@@ -75,6 +77,7 @@ def serve_modelhost(replicas: int) -> Iterator[Target]:
             "MODELHOST_PORT": str(port),
             "MODELHOST_ADMIN_PASSWORD": "bench-password",
             "MODELHOST_LOG_LEVEL": "warning",
+            **(extra_env or {}),
         }
         with server_process([sys.executable, "-m", "modelhost.cli", "serve"], env=env):
             url = f"http://127.0.0.1:{port}"

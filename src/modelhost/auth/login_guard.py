@@ -1,7 +1,7 @@
 """Password checks that never hold the event loop, and throttling of failed logins.
 
 - argon2 verification takes tens of milliseconds of CPU; it runs in a worker thread (argon2
-  releases the GIL), at most `concurrency` at a time, with a bounded queue: a login storm
+  releases the GIL), on at most half the cores at a time, with a bounded queue: a login storm
   waits or gets 429, model requests keep flowing.
 - An unknown email is checked against a dummy hash, so it costs the same as a known one and
   answer times do not tell which accounts exist.
@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -93,8 +94,10 @@ class LoginThrottle:
 class PasswordChecker:
     """argon2 verification off the event loop, bounded, with equal cost for unknown users."""
 
-    def __init__(self, concurrency: int = 2, max_waiting: int = 64) -> None:
-        self._slots = asyncio.Semaphore(concurrency)
+    def __init__(self, concurrency: int | None = None, max_waiting: int = 64) -> None:
+        # Half the cores at most: the other half keeps serving models during a login storm.
+        slots = concurrency or max(1, min(4, (os.cpu_count() or 2) // 2))
+        self._slots = asyncio.Semaphore(slots)
         self._max_waiting = max_waiting
         self._waiting = 0
         self._dummy: str | None = None

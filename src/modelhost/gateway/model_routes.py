@@ -12,13 +12,22 @@ import contextlib
 import itertools
 import logging
 import os
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from modelhost.errors import ModelhostError, ModelNotReady, NotFound
+from modelhost.errors import (
+    MethodNotAllowed,
+    ModelhostError,
+    ModelNotReady,
+    NotFound,
+    UnsupportedMediaType,
+)
 from modelhost.gateway import body as bodies
 from modelhost.gateway.http_errors import error_body, error_headers, status_of
+from modelhost.gateway.metrics import LatencyRecorder
+from modelhost.gateway.request_checks import ALLOW, MODEL_METHODS, is_media_type, wants_meta
 from modelhost.gateway.routes import Match, ModelEntry
 from modelhost.runtime.channel import Head, Stream
 from modelhost.runtime.supervisor import VersionWorkers
@@ -38,25 +47,45 @@ class ModelRoutes:
         self._ids = itertools.count(1)
         self._boot = os.urandom(4).hex()
         self._prt_headers: dict[int, Headers] = {}
+        self.latency = LatencyRecorder()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = perf_counter()
+        latency = self.latency
+        latency.in_flight += 1
         n = next(self._ids)
         authorization, content_type, length, encoding, request_id = _read_headers(scope)
         if request_id is None:
             request_id = f"{self._boot}-{n:x}".encode()
         entry: ModelEntry | None = None
+        workers: VersionWorkers | None = None
+        status = 500  # unless an answer goes out: an unexpected exception, a cancellation
         try:
+            # Who first: an anonymous or bad token learns nothing about which models exist.
+            auth = self.gw.auth
+            principal = auth.cached(authorization) or await auth.authenticate(authorization)
             match = self.gw.routes.resolve(scope["path"])
             if match is None:
                 raise NotFound(_unknown_model_message(scope["path"]))
             entry = match.entry
             entry.requests += 1
-            auth = self.gw.auth
-            principal = auth.cached(authorization) or await auth.authenticate(authorization)
-            auth.authorize(principal, entry)
+            auth.authorize(principal, entry.prefix, entry.name, entry.model_id)
+            # After authentication and authorization: they answer alike for every method.
+            if scope["method"] not in MODEL_METHODS:
+                raise MethodNotAllowed(
+                    f"{scope['method']} is not allowed on a model URL; use {ALLOW}", ALLOW
+                )
+            if content_type and not is_media_type(content_type):
+                raise UnsupportedMediaType(
+                    "the Content-Type header "
+                    f"{content_type[:100].decode('latin-1')!r} is not a media type "
+                    "(type/subtype[; name=value]...)"
+                )
             workers = _pick_version(match)
-            if b"get_meta=true" in scope["query_string"]:
+            query = scope["query_string"]
+            if query and wants_meta(query):
                 await self._send_meta(send, entry, workers, request_id)
+                status = 200
                 return
             channel = workers.pick()
             if channel is None:
@@ -77,13 +106,19 @@ class ModelRoutes:
             reply = await fut
             headers = self._headers(entry, workers) + [(b"x-request-id", request_id)]
             if isinstance(reply, Stream):
+                status = reply.head.status
                 await _send_stream(reply, headers, receive, send)
             else:
+                status = reply[0].status
                 await _send_reply(reply[0], reply[1], headers, encoding, send)
         except ModelhostError as exc:
             if entry is not None:
                 entry.errors += 1
+            status = status_of(exc)
             await _send_error(send, exc, request_id)
+        finally:
+            latency.in_flight -= 1
+            latency.observe(entry, workers, status, perf_counter() - started)
         if self.sample and n % self.sample == 0:
             access_log.info("%s %s %s", scope["method"], scope["path"], request_id.decode())
 
