@@ -8,6 +8,7 @@
     ├── Unauthorized          no or bad credentials (401)
     ├── Forbidden             valid credentials, wrong scope (403)
     ├── NotFound              unknown prefix, model, version, file (404)
+    ├── MethodNotAllowed      a method the URL does not take; `allow` lists those it does (405)
     ├── Conflict              already exists (409)
     ├── PayloadTooLarge       body over the limit, or a decompression bomb (413)
     ├── UnsupportedMediaType  content-type or content-encoding we cannot read (415)
@@ -59,6 +60,14 @@ class NotFound(ModelhostError):
     code = "not_found"
 
 
+class MethodNotAllowed(ModelhostError):
+    code = "method_not_allowed"
+
+    def __init__(self, message: str, allow: str = "GET, POST", **extra: object) -> None:
+        super().__init__(message, **extra)
+        self.allow = allow
+
+
 class Conflict(ModelhostError):
     code = "conflict"
 
@@ -101,6 +110,7 @@ _BY_CODE: dict[str, type[ModelhostError]] = {
         Unauthorized,
         Forbidden,
         NotFound,
+        MethodNotAllowed,
         Conflict,
         PayloadTooLarge,
         UnsupportedMediaType,

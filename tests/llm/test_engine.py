@@ -79,7 +79,11 @@ async def test_cancelling_frees_the_slot_at_once(backend: Any) -> None:
         await first_event(second)
         third = await engine.generate(chat_tokens(backend, "Who is Einstein?"), params)
         waiting = asyncio.ensure_future(first_event(third))
-        await asyncio.sleep(0.3)
+        # The scheduler counts a request as waiting once its loop has taken it in: poll for
+        # that (a loaded machine takes longer) instead of sleeping a fixed time.
+        deadline = time.monotonic() + 30
+        while engine.stats.waiting != 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
         assert not waiting.done()  # both slots are busy
         assert engine.stats.running == 2 and engine.stats.waiting == 1
         steps_before = engine.stats.steps

@@ -11,6 +11,7 @@ _STATUS: list[tuple[type[e.ModelhostError], int]] = [
     (e.Unauthorized, 401),
     (e.Forbidden, 403),
     (e.NotFound, 404),
+    (e.MethodNotAllowed, 405),
     (e.Conflict, 409),
     (e.PayloadTooLarge, 413),
     (e.UnsupportedMediaType, 415),
@@ -32,10 +33,19 @@ def error_body(error: e.ModelhostError) -> bytes:
     return orjson.dumps({"error": {"type": error.code, "message": error.message}})
 
 
+# Seconds a client should wait before retrying a 503: a version loading or restarting, or a
+# worker that went away (the supervisor starts another), is usually back within about this.
+RETRY_AFTER_503_S = 1
+
+
 def error_headers(error: e.ModelhostError) -> list[tuple[bytes, bytes]]:
     headers = [(b"content-type", b"application/json")]
     if isinstance(error, e.TooManyRequests):
         headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
+    elif isinstance(error, (e.ModelNotReady, e.WorkerUnavailable)):
+        headers.append((b"retry-after", str(RETRY_AFTER_503_S).encode()))
+    elif isinstance(error, e.MethodNotAllowed):
+        headers.append((b"allow", error.allow.encode("latin-1")))
     if isinstance(error, e.Unauthorized):
         headers.append((b"www-authenticate", b'Bearer realm="modelhost"'))
     return headers

@@ -1,20 +1,130 @@
 """/metrics in Prometheus' format, rendered by prometheus-client at scrape time.
 
-The hot path only increments plain integers on each route entry; this collector turns them
-into counter families when Prometheus asks, so counting costs no lock and no label lookup.
+The hot path only increments plain integers on each route entry, and files each request's
+duration into a preallocated bucket list (`LatencyRecorder.observe`: one dict lookup, one
+bisect, two additions); the collectors turn them into counter, gauge and histogram families
+when Prometheus asks, so observing costs no lock and no label lookup. (prometheus-client's
+own `Histogram.labels(...).observe` takes a lock and builds the label key per call: several
+times the cost, on every request.)
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from modelhost.gateway.routes import RouteTable
+    from modelhost.gateway.routes import ModelEntry, RouteTable
+    from modelhost.runtime.supervisor import VersionWorkers
+
+# Upper bounds (seconds) of the request-duration buckets: from a sub-millisecond echo to a
+# long LLM stream. `+Inf` is implied.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+)
+_LE = [repr(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+
+
+class _Series:
+    """One histogram series: a count per bucket (the last is +Inf, not cumulative) and
+    the sum of the observed seconds."""
+
+    __slots__ = ("counts", "labels", "total")
+
+    def __init__(self, labels: list[str]) -> None:
+        self.labels = labels
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
+
+
+class LatencyRecorder:
+    """Request durations by prefix, model, version and status class (`2xx`, `4xx`, `5xx`).
+
+    Label values come from the route table, never from the request, so the number of series
+    is bounded by models x loaded versions x status classes; requests that match no model
+    (or fail before one is known) share the series with empty prefix and model.
+    """
+
+    def __init__(self) -> None:
+        self._series: dict[tuple[int, int, int], _Series] = {}
+        self.in_flight = 0  # model-route requests being handled by this gateway
+
+    def observe(
+        self,
+        entry: ModelEntry | None,
+        workers: VersionWorkers | None,
+        status: int,
+        seconds: float,
+    ) -> None:
+        version = workers.info.version if workers is not None else 0
+        key = (entry.model_id if entry is not None else 0, version, status // 100)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series(
+                [
+                    entry.prefix if entry is not None else "",
+                    entry.name if entry is not None else "",
+                    str(version) if version else "",
+                    f"{status // 100}xx",
+                ]
+            )
+        series.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        series.total += seconds
+
+    def series(self) -> list[_Series]:
+        return list(self._series.values())
+
+
+class LatencyCollector(Collector):
+    def __init__(self, recorder: LatencyRecorder) -> None:
+        self.recorder = recorder
+
+    def collect(self) -> Iterator[Metric]:
+        histogram = HistogramMetricFamily(
+            "modelhost_request_duration_seconds",
+            "Model requests by prefix, model, version and status class: seconds from the "
+            "request's arrival to the end of its response (the last chunk for streams).",
+            labels=["prefix", "model", "version", "status"],
+        )
+        for series in self.recorder.series():
+            cumulative = 0
+            buckets = []
+            for le, count in zip(_LE, series.counts, strict=True):
+                cumulative += count
+                buckets.append((le, float(cumulative)))
+            histogram.add_metric(series.labels, buckets, series.total)
+        in_flight = GaugeMetricFamily(
+            "modelhost_http_requests_in_flight",
+            "Model-route HTTP requests being handled by the gateway (reading the body, at a "
+            "worker, or streaming the answer).",
+            value=self.recorder.in_flight,
+        )
+        yield from (histogram, in_flight)
 
 
 class RouteCollector(Collector):
@@ -50,9 +160,13 @@ class RouteCollector(Collector):
         yield from (requests, errors, ready, inflight)
 
 
-def metrics_registry(routes: RouteTable) -> CollectorRegistry:
+def metrics_registry(
+    routes: RouteTable, latency: LatencyRecorder | None = None
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RouteCollector(routes))
+    if latency is not None:
+        registry.register(LatencyCollector(latency))
     return registry
 
 
