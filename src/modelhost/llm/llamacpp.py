@@ -88,9 +88,7 @@ class LlamaCppBackend:
         path = Path(model_path)
         if not path.is_file():
             raise FileNotFoundError(f"model file not found: {path}")
-        self._model: Any = lc.llama_model_load_from_file(
-            str(path).encode(), lc.llama_model_default_params()
-        )
+        self._model: Any = lc.llama_model_load_from_file(str(path).encode(), _model_params())
         if not self._model:
             raise BackendError(f"llama.cpp could not load {path}")
         self._ctx: Any = None
@@ -235,3 +233,22 @@ class LlamaCppBackend:
         if self._model:
             lc.llama_model_free(self._model)
             self._model = None
+
+
+def _model_params() -> Any:
+    params = lc.llama_model_default_params()
+    # ggml's AMX kernels (picked for repacked weights on CPUs with AMX tiles) crashed with
+    # SIGSEGV in ggml_backend_amx_mul_mat on the first batch of more than a few tokens on
+    # this project's machines (Sapphire Rapids, 2026-12-01); without the extra buffer types
+    # the same model decodes through the ordinary AVX-512 kernels.
+    if _cpu_has_amx():
+        params.use_extra_bufts = False
+    return params
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            return any(line.startswith("flags") and " amx_tile" in line for line in fh)
+    except OSError:
+        return False
