@@ -176,6 +176,11 @@ def test_model_scoped_token_never_acts_as_admin(lab: Lab) -> None:
     )
     assert r.status_code == 403
     assert httpx.get(lab.url + "/metrics", headers=h).status_code == 403
+    # nor revoke its creator's sessions
+    admin_session = lab.session(lab.server.admin_token(), lab.team_a).json()["token"]
+    revoke = lab.url + API + "/session-tokens/revoke/"
+    assert httpx.post(revoke, json={"token": admin_session}, headers=h).status_code == 403
+    assert httpx.post(revoke, json={"token": own.json()["token"]}, headers=h).status_code == 200
 
 
 def test_prefix_scoped_token_stays_inside_its_prefix(lab: Lab) -> None:

@@ -71,6 +71,7 @@ def console_app(parts: ConsoleParts) -> Starlette:
     mh = f"{API}/modelhost"
     routes = [
         Route("/healthz", status.health, methods=["GET"]),
+        Route("/readyz", status.ready, methods=["GET"]),
         Route("/metrics", status.metrics, methods=["GET"]),
         Route(f"{API}/auth/", auth.login, methods=["POST"]),
         Route(f"{API}/auth/refresh/", auth.refresh, methods=["POST"]),
@@ -124,10 +125,53 @@ class StatusHandlers:
     async def health(self, request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    async def ready(self, request: Request) -> Response:
+        """200 only when every version that is not stopped is ready, else 503. A failed
+        version older than a ready one of the same model does not count: a fixed redeploy
+        supersedes it (it serves nothing, and it never becomes ready by itself). Anyone gets
+        the verdict and the count of versions not ready; the per-model detail names every
+        prefix and model, so only the metrics token or an admin gets it."""
+        models: dict[str, dict[str, object]] = {}
+        not_ready = 0
+        for entry in self.routes.entries():
+            states = {n: w.state for n, w in sorted(entry.versions.items())}
+            live = {n: s for n, s in states.items() if s != "stopped"}
+            newest_ready = max((n for n, s in live.items() if s == "ready"), default=0)
+            not_ready += sum(
+                1
+                for n, s in live.items()
+                if s != "ready" and not (s == "failed" and n < newest_ready)
+            )
+            serving = entry.serving
+            models[f"{entry.prefix}/{entry.name}"] = {
+                "version": serving.info.version if serving is not None else None,
+                "state": serving.state if serving is not None else None,
+                "versions": {f"v{n}": s for n, s in live.items()},
+            }
+        body: dict[str, object] = {"ready": not_ready == 0, "not_ready": not_ready}
+        if request.headers.get("authorization") and await self._privileged(request):
+            body["models"] = models
+        return JSONResponse(body, status_code=200 if not_ready == 0 else 503)
+
     async def metrics(self, request: Request) -> Response:
         """Metrics name every prefix and model: only the metrics token or an admin reads them."""
-        presented = request.headers.get("authorization", "")
-        expected = f"Bearer {self.metrics_token}"
-        if not (self.metrics_token and hmac.compare_digest(presented.encode(), expected.encode())):
+        if not self._metrics_token(request):
             await self.admin.admin(request)
         return Response(self.metrics_text(), media_type="text/plain; version=0.0.4")
+
+    def _metrics_token(self, request: Request) -> bool:
+        presented = request.headers.get("authorization", "")
+        expected = f"Bearer {self.metrics_token}"
+        return bool(self.metrics_token) and hmac.compare_digest(
+            presented.encode(), expected.encode()
+        )
+
+    async def _privileged(self, request: Request) -> bool:
+        """The metrics token or an admin's console token (a wrong one is just not privileged)."""
+        if self._metrics_token(request):
+            return True
+        try:
+            await self.admin.admin(request)
+        except ModelhostError:
+            return False
+        return True

@@ -237,7 +237,11 @@ class AdminHandlers:
         who = await principal(request, self.auth)
         data = await self._body(request)
         claims = self.tokens.verify(field(data, "token"), "model")
-        if claims.sub != who.user_id and not self.auth.is_admin(who):
+        if who.kind == "scoped":  # an access token revokes only the sessions it minted
+            allowed = claims.atk is not None and claims.atk == who.token_id
+        else:
+            allowed = claims.sub == who.user_id or self.auth.is_admin(who)
+        if not allowed:
             raise Forbidden("only the token's owner or an admin can revoke it")
         expires = datetime.fromtimestamp(claims.exp, UTC)
         await asyncio.to_thread(self.registry.revoke_jti, claims.jti, expires)

@@ -71,16 +71,10 @@ class ModelRoutes:
             entry.requests += 1
             auth.authorize(principal, entry.prefix, entry.name, entry.model_id)
             # After authentication and authorization: they answer alike for every method.
-            if scope["method"] not in MODEL_METHODS:
-                raise MethodNotAllowed(
-                    f"{scope['method']} is not allowed on a model URL; use {ALLOW}", ALLOW
-                )
-            if content_type and not is_media_type(content_type):
-                raise UnsupportedMediaType(
-                    "the Content-Type header "
-                    f"{content_type[:100].decode('latin-1')!r} is not a media type "
-                    "(type/subtype[; name=value]...)"
-                )
+            if scope["method"] not in MODEL_METHODS or (
+                content_type and not is_media_type(content_type)
+            ):
+                raise _refused(scope["method"], content_type)
             workers = _pick_version(match)
             query = scope["query_string"]
             if query and wants_meta(query):
@@ -169,6 +163,15 @@ def _read_headers(
         elif key == b"x-request-id":
             request_id = value[:128]
     return authorization, content_type, length, encoding, request_id
+
+
+def _refused(method: str, content_type: bytes | None) -> ModelhostError:
+    if method not in MODEL_METHODS:
+        return MethodNotAllowed(f"{method} is not allowed on a model URL; use {ALLOW}", ALLOW)
+    shown = (content_type or b"")[:100].decode("latin-1")
+    return UnsupportedMediaType(
+        f"the Content-Type header {shown!r} is not a media type (type/subtype[; name=value]...)"
+    )
 
 
 def _pick_version(match: Match) -> VersionWorkers:
