@@ -23,15 +23,18 @@ import orjson
 
 from modelhost.errors import BadRequest, InvalidModelFolder
 from modelhost.runtime.codec import decode_payload
+from modelhost.runtime.loader import check_llm_model, resolve_inside
 from modelhost.runtime.meta import ModelMeta
 from modelhost.runtime.runner import Reply, Runner, StreamReply, WorkRequest
 
 
 def _model_path(meta: ModelMeta, name: str) -> Path:
+    """`name` in the model folder or the cache dir; never a path that leaves them."""
+    check_llm_model(name)
     for folder in (Path(meta.model_dir), Path(meta.cache_dir)):
         candidate = folder / name
         if candidate.is_file() or candidate.is_dir():
-            return candidate
+            return resolve_inside(folder, name, "llm.model")
     raise InvalidModelFolder(
         f"model.json names llm model {name!r} but no such file or folder is in the model "
         f"folder or in {meta.cache_dir}; upload it under the download_files_from prefix"

@@ -13,6 +13,7 @@ import ast
 import importlib.util
 import inspect
 import json
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -52,7 +53,107 @@ def read_model_json(folder: Path) -> dict[str, Any]:
         raise InvalidModelFolder(
             'model.json must hold a JSON object, e.g. {"download_files_from": "cache/x/"}'
         )
+    check_model_json(data)
     return data
+
+
+# --- model.json path rules ------------------------------------------------------------
+# Checked at deploy (a violation is a 400) and again in the worker before it touches the
+# filesystem (a violation fails the version), so a registry row written before these rules,
+# or by hand, cannot reach outside either.
+
+PLATFORM_KEY_SEGMENT = "_modelhost"  # the store's own keys: model folders, manifests
+_DRIVE = re.compile(r"[A-Za-z]:")
+_DOWNLOAD_TO_FIX = (
+    'must be a folder relative to the cache dir, e.g. "my-model/" '
+    "(absolute paths, '~' and '..' are refused); or leave it out to use the cache dir itself"
+)
+_LLM_MODEL_FIX = (
+    "must name a file or folder relative to the model folder or the cache dir, "
+    'e.g. "model.gguf" '
+    "(absolute paths, '~' and '..' are refused)"
+)
+
+
+def check_model_json(data: dict[str, Any]) -> None:
+    """The path rules of model.json; InvalidModelFolder names the field and the fix."""
+    source = data.get("download_files_from")
+    if source is not None and source != "":
+        check_download_from(source)
+    target = data.get("download_files_to")
+    if target is not None and target != "":
+        check_download_to(target)
+    llm = data.get("llm")
+    if isinstance(llm, dict) and "model" in llm:
+        check_llm_model(llm["model"])
+
+
+def check_download_from(value: object) -> str:
+    """`download_files_from`: a key prefix outside the platform's own `_modelhost/` keys."""
+    if not isinstance(value, str):
+        raise InvalidModelFolder(
+            "model.json: download_files_from must be a key prefix string like 'cache/my-model/'"
+        )
+    shown = _shown(value)
+    if "\x00" in value or "\\" in value:
+        raise InvalidModelFolder(
+            f"model.json: download_files_from {shown} has a NUL or backslash; "
+            "use a key prefix like 'cache/my-model/'"
+        )
+    segments = [s for s in value.split("/") if s]
+    if any(s in (".", "..") for s in segments):
+        raise InvalidModelFolder(
+            f"model.json: download_files_from {shown} has a '.' or '..' segment; "
+            "name the key prefix directly, like 'cache/my-model/'"
+        )
+    if segments and segments[0].lower() == PLATFORM_KEY_SEGMENT:
+        raise InvalidModelFolder(
+            f"model.json: download_files_from {shown} names the platform's own keys "
+            f"under '{PLATFORM_KEY_SEGMENT}/'; upload the files with `modelhost files upload "
+            "LOCAL_DIR cache/my-model/` and set download_files_from to 'cache/my-model/'"
+        )
+    return value
+
+
+def check_download_to(value: object) -> str:
+    """`download_files_to`: a relative folder without '..' (it lands under the cache dir)."""
+    if not isinstance(value, str):
+        raise InvalidModelFolder(f"model.json: download_files_to {_DOWNLOAD_TO_FIX}")
+    _check_relative(value, "download_files_to", _DOWNLOAD_TO_FIX)
+    return value
+
+
+def check_llm_model(value: object) -> str:
+    """`llm.model`: a file or folder name relative to the model folder or the cache dir."""
+    if not isinstance(value, str) or not value:
+        raise InvalidModelFolder(f"model.json: llm.model {_LLM_MODEL_FIX}")
+    _check_relative(value, "llm.model", _LLM_MODEL_FIX)
+    return value
+
+
+def resolve_inside(base: Path, relative: str, field: str) -> Path:
+    """`base / relative` if it resolves (symlinks followed) inside `base`, else the error."""
+    candidate = base / relative
+    if not candidate.resolve().is_relative_to(base.resolve()):
+        fix = _LLM_MODEL_FIX if field == "llm.model" else _DOWNLOAD_TO_FIX
+        raise InvalidModelFolder(
+            f"model.json: {field} {_shown(relative)} resolves outside {base}; it {fix}"
+        )
+    return candidate
+
+
+def _check_relative(value: str, field: str, fix: str) -> None:
+    shown = _shown(value)
+    if "\x00" in value or "\\" in value:
+        raise InvalidModelFolder(f"model.json: {field} {shown} has a NUL or backslash; it {fix}")
+    if value.startswith(("/", "~")) or _DRIVE.match(value) or Path(value).is_absolute():
+        raise InvalidModelFolder(f"model.json: {field} {shown} is absolute; it {fix}")
+    if ".." in value.split("/"):
+        raise InvalidModelFolder(f"model.json: {field} {shown} has a '..' segment; it {fix}")
+
+
+def _shown(value: str) -> str:
+    return repr(value if len(value) <= 200 else value[:200] + "...")
 
 
 def check_folder(folder: Path) -> FolderCheck:

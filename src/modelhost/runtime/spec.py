@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modelhost.runtime.loader import check_download_from, check_download_to, resolve_inside
+
 
 @dataclass(frozen=True)
 class WorkerSpec:
@@ -35,13 +37,19 @@ class WorkerSpec:
 
     @property
     def download_from(self) -> str | None:
+        """model.json's `download_files_from`; never one of the platform's `_modelhost/` keys
+        (InvalidModelFolder, checked again here in case the registry row predates the rule)."""
         value = self.model_json.get("download_files_from")
-        return str(value) if value else None
+        if value is None or value == "":
+            return None
+        return check_download_from(value)
 
     @property
     def download_to(self) -> str:
-        """model.json's `download_files_to`; a relative one lives under the cache dir."""
+        """model.json's `download_files_to`: a folder under the cache dir, or InvalidModelFolder
+        (absolute, '..', or resolving outside it) before anything is written there."""
         target = self.model_json.get("download_files_to")
-        if not target:
+        if target is None or target == "":
             return self.cache_dir
-        return str(Path(self.cache_dir) / str(target))  # an absolute target stays as it is
+        relative = check_download_to(target)
+        return str(resolve_inside(Path(self.cache_dir), relative, "download_files_to"))
