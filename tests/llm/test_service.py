@@ -123,7 +123,12 @@ async def test_models(service: LLMService) -> None:
         ("POST", "v1/chat/completions", None, 400, None),
         ("POST", "v1/completions", {"prompt": ""}, 400, "prompt"),
         ("GET", "v1/chat/completions", None, 405, None),
+        ("GET", "chat/completions", None, 405, None),
         ("POST", "v1/embeddings", {}, 404, None),
+        ("POST", "chat/completions", {**CHAT, "logit_bias": {"1": 5}}, 400, "logit_bias"),
+        ("POST", "v1/completions", {"prompt": "a", "echo": True}, 400, "echo"),
+        ("POST", "completions", {"prompt": "a", "best_of": 2}, 400, "best_of"),
+        ("POST", "v1/completions", {"prompt": "a", "suffix": "z"}, 400, "suffix"),
     ],
 )
 async def test_openai_errors(
@@ -134,6 +139,43 @@ async def test_openai_errors(
     error = result.body["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["param"] == param and error["message"]
+
+
+async def test_openai_routes_answer_under_the_model_url_and_under_v1(
+    service: LLMService,
+) -> None:
+    for prefix in ("", "v1/", "/v1/"):
+        chat = as_json(await service.handle("POST", f"{prefix}chat/completions", CHAT))
+        assert chat.status == 200 and "Paris" in chat.body["choices"][0]["message"]["content"]
+        body = {"prompt": "The capital of France is", "max_tokens": 3, "temperature": 0}
+        done = as_json(await service.handle("POST", f"{prefix}completions", body))
+        assert done.status == 200 and done.body["object"] == "text_completion"
+        models = as_json(await service.handle("GET", f"{prefix}models", None))
+        assert models.body["data"][0]["id"] == MODEL
+
+
+async def test_405_names_the_allowed_method(service: LLMService) -> None:
+    result = as_json(await service.handle("GET", "chat/completions", None))
+    assert result.status == 405 and result.headers["allow"] == "POST"
+
+
+async def test_practicuscore_chat_request_dump_is_accepted(service: LLMService) -> None:
+    """``ChatCompletionRequest(...).model_dump_json()`` sends null for every unset option."""
+    from practicuscore.gen_ai import ChatCompletionRequest, ChatMessage
+
+    request = ChatCompletionRequest(
+        messages=[ChatMessage(role="user", content="What is the capital of France?")],
+        max_tokens=12,
+    )
+    body = json.loads(request.model_dump_json())
+    assert body["temperature"] is None
+    for path in ("chat/completions", "v1/chat/completions"):
+        result = as_json(await service.handle("POST", path, body))
+        assert result.status == 200, result.body
+        assert result.body["usage"]["completion_tokens"] <= 12
+    root = as_json(await service.handle("POST", "", body))  # the Practicus protocol
+    assert root.status == 200, root.body
+    assert PrtLangResponse.model_validate(root.body).output_tokens <= 12
 
 
 async def test_queue_full_is_a_429_with_retry_after(backend: Any) -> None:

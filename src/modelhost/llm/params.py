@@ -1,7 +1,17 @@
 """Per-request sampling parameters, validated once when a request arrives.
 
 Every check raises `modelhost.errors.BadRequest` naming the offending field (``param``), so
-the OpenAI protocol can report it as ``{"error": {"param": ...}}``.
+the OpenAI protocol can report it as ``{"error": {"param": ...}}``. ``null`` (``None``) for any
+field means its default.
+
+Beside OpenAI's sampling fields (``temperature``, ``top_p``, ``max_tokens``, ``seed``,
+``stop``, ``presence_penalty``, ``frequency_penalty``) the engine supports these vendor
+extensions (vLLM / llama.cpp names), accepted by every LLM protocol:
+
+- ``top_k`` (int, 0 or -1 = off): sample among the k most likely tokens only;
+- ``min_p`` (0..1, 0 = off): drop tokens less likely than ``min_p`` times the top token;
+- ``repetition_penalty`` (0.01..100, 1 = off): CTRL's multiplicative penalty;
+- ``ignore_eos`` (bool): keep generating past end-of-sequence up to ``max_tokens``.
 """
 
 from __future__ import annotations
@@ -13,6 +23,7 @@ from typing import Any
 
 from modelhost.errors import BadRequest
 
+VENDOR_EXTENSIONS = ("top_k", "min_p", "repetition_penalty", "ignore_eos")
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
 

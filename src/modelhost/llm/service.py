@@ -1,7 +1,8 @@
 """`LLMService`: the LLM protocols of one model, in front of its engine.
 
 ``handle(method, subpath, body)`` answers the model root (Practicus) and the OpenAI
-endpoints below it. Errors come back as results (status + error body) rather than
+endpoints below it (``chat/completions``, ``completions``, ``models``, each also under
+``v1/``). Errors come back as results (status + error body) rather than
 exceptions: OpenAI's error object under ``v1/``, ``{"error": {"type", "message"}}`` at
 the root, the same shape the rest of modelhost uses.
 """
@@ -12,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from modelhost.errors import BadRequest, ModelhostError, NotFound
+from modelhost.errors import MethodNotAllowed, ModelhostError, NotFound
 from modelhost.llm.engine_base import GenerationEngine
 from modelhost.llm.protocols import openai, practicus
 from modelhost.llm.protocols.common import collect
@@ -24,20 +25,19 @@ from modelhost.llm.stream import TokenStream
 Handler = Callable[[Any], Awaitable[LLMResult]]
 
 
-class MethodNotAllowed(BadRequest):
-    code = "method_not_allowed"
-
-
 class LLMService:
     def __init__(self, engine: GenerationEngine, model_name: str) -> None:
         self.engine = engine
         self.model_name = model_name
         self._created = int(time.time())
-        self._routes: dict[str, tuple[str, Handler]] = {
-            "v1/chat/completions": ("POST", self._chat),
-            "v1/completions": ("POST", self._completions),
-            "v1/models": ("GET", self._models),
+        openai_routes: dict[str, tuple[str, Handler]] = {
+            "chat/completions": ("POST", self._chat),
+            "completions": ("POST", self._completions),
+            "models": ("GET", self._models),
         }
+        # Both under v1/ and directly under the model URL: OpenAI(base_url=api_url), as
+        # Practicus documents it, posts to api_url + "chat/completions".
+        self._routes = {**openai_routes, **{f"v1/{k}": v for k, v in openai_routes.items()}}
 
     async def handle(self, method: str, subpath: str, body: dict[str, Any] | None) -> LLMResult:
         path = subpath.strip("/")
@@ -48,7 +48,7 @@ class LLMService:
             return _openai_error(NotFound(f"no such endpoint: {path}"))
         expected, handler = route
         if method.upper() != expected:
-            return _openai_error(MethodNotAllowed(f"{path} accepts {expected} only"), 405)
+            return _openai_error(MethodNotAllowed(f"{path} accepts {expected} only", expected))
         return await self._guard(handler, body, openai_errors=True)
 
     async def _guard(self, handler: Handler, body: Any, *, openai_errors: bool) -> LLMResult:
@@ -110,10 +110,8 @@ class LLMService:
         return backend.tokenize(backend.render_chat(messages))
 
 
-def _openai_error(exc: ModelhostError, status: int | None = None) -> JSONResult:
-    return JSONResult(
-        status or openai.error_status(exc), openai.error_object(exc), openai.error_headers(exc)
-    )
+def _openai_error(exc: ModelhostError) -> JSONResult:
+    return JSONResult(openai.error_status(exc), openai.error_object(exc), openai.error_headers(exc))
 
 
 def _plain_error(exc: ModelhostError) -> JSONResult:

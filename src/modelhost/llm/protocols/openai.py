@@ -1,8 +1,23 @@
 """OpenAI-compatible shapes: request parsing, response and chunk bodies, SSE, errors.
 
-Covers ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models``. Beside OpenAI's
-sampling fields, the vLLM / llama.cpp extensions ``top_k``, ``min_p``,
-``repetition_penalty`` and ``ignore_eos`` are accepted.
+Covers ``chat/completions``, ``completions`` and ``models`` (under the model URL and under
+``v1/``). Request fields, as OpenAI's API treats them:
+
+- ``null`` means the field's default, for every optional field;
+- used: ``messages`` / ``prompt``, ``temperature``, ``top_p``, ``max_tokens``,
+  ``max_completion_tokens``, ``stop``, ``seed``, ``presence_penalty``,
+  ``frequency_penalty``, ``stream``, ``stream_options.include_usage``, ``n`` (1 only);
+- vendor extensions (vLLM / llama.cpp names, see `modelhost.llm.params`): ``top_k``,
+  ``min_p``, ``repetition_penalty``, ``ignore_eos``;
+- accepted and ignored because they cannot change the answer: ``model`` (one model per URL),
+  ``user``, ``metadata``, ``store``, ``service_tier``, ``safety_identifier``,
+  ``prompt_cache_key``, ``parallel_tool_calls``;
+- accepted only at the value that turns them off (`OFF_VALUES`): ``logprobs``,
+  ``top_logprobs``, ``logit_bias``, ``tools``, ``tool_choice``, ``functions``,
+  ``function_call``, ``response_format``, ``modalities`` and, on ``completions``,
+  ``best_of``, ``echo``, ``suffix``;
+- anything else (``audio``, ``prediction``, ``reasoning_effort``, an unknown name, ...) is
+  refused with 400 naming the field, never dropped silently.
 """
 
 from __future__ import annotations
@@ -16,7 +31,9 @@ from typing import Any
 import orjson
 
 from modelhost import errors
-from modelhost.llm.params import SamplingParams
+from modelhost.gateway.http_errors import error_headers as http_error_headers
+from modelhost.gateway.http_errors import status_of
+from modelhost.llm.params import VENDOR_EXTENSIONS, SamplingParams
 from modelhost.llm.protocols.common import Completion, message_text, require_body
 
 SSE_DONE = b"data: [DONE]\n\n"
@@ -37,8 +54,79 @@ class GenerationRequest:
 # --- requests ---------------------------------------------------------------------------
 
 
+SAMPLING_FIELDS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "max_completion_tokens",
+        "stop",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "stream",
+        "stream_options",
+        "n",
+        *VENDOR_EXTENSIONS,
+    }
+)
+IGNORED_FIELDS = frozenset(
+    {
+        "model",
+        "user",
+        "metadata",
+        "store",
+        "service_tier",
+        "safety_identifier",
+        "prompt_cache_key",
+        "parallel_tool_calls",
+    }
+)
+OFF_VALUES: dict[str, tuple[object, ...]] = {
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "logit_bias": ({},),
+    "tools": ([],),
+    "tool_choice": ("none",),
+    "functions": ([],),
+    "function_call": ("none",),
+    "response_format": ({"type": "text"},),
+    "modalities": (["text"],),
+}
+COMPLETIONS_OFF_VALUES: dict[str, tuple[object, ...]] = {
+    "logprobs": (),  # null only: 0 still asks for the sampled token's logprob
+    "logit_bias": ({},),
+    "best_of": (1,),
+    "echo": (False,),
+    "suffix": ("",),
+}
+CHAT_FIELDS = frozenset({"messages"}) | SAMPLING_FIELDS | IGNORED_FIELDS
+COMPLETIONS_FIELDS = frozenset({"prompt"}) | SAMPLING_FIELDS | IGNORED_FIELDS
+
+
+def check_fields(
+    data: Mapping[str, Any], known: frozenset[str], off_values: Mapping[str, tuple[object, ...]]
+) -> None:
+    """Refuse, naming it, any field this server would otherwise ignore while it matters."""
+    for name, value in data.items():
+        if value is None or name in known:
+            continue
+        if name in off_values:
+            if any(value == off and type(value) is type(off) for off in off_values[name]):
+                continue
+            raise errors.BadRequest(
+                f"{name}: not supported by this server (send null or leave it out)", param=name
+            )
+        raise errors.BadRequest(
+            f"{name}: unknown or unsupported field; this server takes the OpenAI sampling "
+            f"fields and the extensions {', '.join(VENDOR_EXTENSIONS)}",
+            param=name,
+        )
+
+
 def parse_chat(body: object) -> GenerationRequest:
     data = require_body(body)
+    check_fields(data, CHAT_FIELDS, OFF_VALUES)
     return GenerationRequest(
         prompt="",
         messages=_messages(data.get("messages")),
@@ -50,6 +138,7 @@ def parse_chat(body: object) -> GenerationRequest:
 
 def parse_completion(body: object) -> GenerationRequest:
     data = require_body(body)
+    check_fields(data, COMPLETIONS_FIELDS, COMPLETIONS_OFF_VALUES)
     return GenerationRequest(
         prompt=_prompt(data.get("prompt")),
         params=sampling(data, default_max_tokens=DEFAULT_COMPLETIONS_MAX_TOKENS),
@@ -59,11 +148,13 @@ def parse_completion(body: object) -> GenerationRequest:
 
 
 def sampling(data: Mapping[str, Any], default_max_tokens: int | None) -> SamplingParams:
-    if data.get("n", 1) != 1:
+    if data.get("n") not in (None, 1) or isinstance(data.get("n"), bool):
         raise errors.BadRequest("n: only n=1 is supported", param="n")
     max_tokens = data.get("max_completion_tokens")
     if max_tokens is None:
-        max_tokens = data.get("max_tokens", default_max_tokens)
+        max_tokens = data.get("max_tokens")
+    if max_tokens is None:
+        max_tokens = default_max_tokens
     return SamplingParams.from_mapping({**data, "max_tokens": max_tokens})
 
 
@@ -208,25 +299,29 @@ def sse(payload: Mapping[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
-_ERROR_KINDS: list[tuple[type[errors.ModelhostError], int, str]] = [
-    (errors.BadRequest, 400, "invalid_request_error"),
-    (errors.Unauthorized, 401, "authentication_error"),
-    (errors.Forbidden, 403, "permission_error"),
-    (errors.NotFound, 404, "not_found_error"),
-    (errors.PayloadTooLarge, 413, "invalid_request_error"),
-    (errors.TooManyRequests, 429, "rate_limit_error"),
-    (errors.ModelNotReady, 503, "service_unavailable"),
-    (errors.WorkerUnavailable, 503, "service_unavailable"),
+# OpenAI's error ``type`` for each domain error; the HTTP status comes from the one table in
+# `modelhost.gateway.http_errors`.
+_ERROR_TYPES: list[tuple[type[errors.ModelhostError], str]] = [
+    (errors.BadRequest, "invalid_request_error"),
+    (errors.Unauthorized, "authentication_error"),
+    (errors.Forbidden, "permission_error"),
+    (errors.NotFound, "not_found_error"),
+    (errors.MethodNotAllowed, "invalid_request_error"),
+    (errors.PayloadTooLarge, "invalid_request_error"),
+    (errors.UnsupportedMediaType, "invalid_request_error"),
+    (errors.TooManyRequests, "rate_limit_error"),
+    (errors.ModelNotReady, "service_unavailable"),
+    (errors.WorkerUnavailable, "service_unavailable"),
 ]
 
 
 def error_status(exc: errors.ModelhostError) -> int:
-    return next((status for cls, status, _ in _ERROR_KINDS if isinstance(exc, cls)), 500)
+    return status_of(exc)
 
 
 def error_object(exc: errors.ModelhostError) -> dict[str, Any]:
     """``{"error": {"message", "type", "param", "code"}}`` as OpenAI sends it."""
-    kind = next((k for cls, _, k in _ERROR_KINDS if isinstance(exc, cls)), "server_error")
+    kind = next((k for cls, k in _ERROR_TYPES if isinstance(exc, cls)), "server_error")
     param = exc.extra.get("param")
     return {
         "error": {
@@ -239,6 +334,9 @@ def error_object(exc: errors.ModelhostError) -> dict[str, Any]:
 
 
 def error_headers(exc: errors.ModelhostError) -> dict[str, str]:
-    if isinstance(exc, errors.TooManyRequests):
-        return {"retry-after": str(max(1, round(exc.retry_after)))}
-    return {}
+    """The headers the gateway adds to this error (Retry-After, Allow, ...), content-type aside."""
+    return {
+        name.decode("latin-1"): value.decode("latin-1")
+        for name, value in http_error_headers(exc)
+        if name != b"content-type"
+    }

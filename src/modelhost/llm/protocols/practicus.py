@@ -50,8 +50,8 @@ def parse(body: object) -> PracticusRequest:
 
 
 def _lang_request(data: Mapping[str, Any]) -> PracticusRequest:
-    try:
-        req = PrtLangRequest.model_validate(data)
+    try:  # null means the field's default, as in OpenAI's API
+        req = PrtLangRequest.model_validate({k: v for k, v in data.items() if v is not None})
     except ValidationError as exc:
         first = exc.errors()[0]
         param = ".".join(str(p) for p in first["loc"])
