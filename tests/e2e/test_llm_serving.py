@@ -129,6 +129,51 @@ def test_openai_errors_and_auth(llm: tuple[Server, str, str, Path]) -> None:
         client.chat.completions.create(model="smol", messages=[], max_tokens=5)
 
 
+def test_openai_sdk_with_base_url_at_the_model_url(llm: tuple[Server, str, str, Path]) -> None:
+    """``OpenAI(base_url=api_url)`` as Practicus documents it: no ``v1`` in the URL."""
+    import openai
+    import requests
+
+    from practicuscore.gen_ai import ChatCompletionRequest, ChatMessage
+
+    _, url, token, _ = llm
+    client = openai.OpenAI(base_url=url, api_key=token)
+    question = [{"role": "user", "content": "Who is Einstein?"}]
+    full = client.chat.completions.create(
+        model="smol", messages=question, max_tokens=12, temperature=0
+    )
+    stream = client.chat.completions.create(
+        model="smol",
+        messages=question,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
+    )
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text and text == full.choices[0].message.content
+    legacy = client.completions.create(model="smol", prompt="Einstein was", max_tokens=4)
+    assert legacy.usage is not None and legacy.usage.completion_tokens <= 4
+    assert [m.id for m in client.models.list().data] == ["smol"]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model="smol",
+            messages=question,
+            logit_bias={"1": 5},
+        )
+    assert info.value.status_code == 400 and "logit_bias" in str(info.value.body)
+
+    # practicuscore's own request model, with the nulls it serialises, POSTed with requests.
+    request_json = ChatCompletionRequest(
+        messages=[ChatMessage(role="user", content="Hello!")], max_tokens=8
+    ).model_dump_json()
+    assert '"temperature":null' in request_json
+    headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
+    for path in ("chat/completions", "v1/chat/completions"):
+        r = requests.post(url + path, headers=headers, data=request_json, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["object"] == "chat.completion"
+
+
 def test_thirty_two_concurrent_streams_complete_with_exact_counts(
     llm: tuple[Server, str, str, Path],
 ) -> None:
