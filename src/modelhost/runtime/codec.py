@@ -29,7 +29,10 @@ def decode_payload(body: bytes, content_type: str) -> Any:
         try:
             import pandas as pd
         except ImportError:
-            raise UnsupportedMediaType("text/csv needs pandas in the worker environment") from None
+            raise UnsupportedMediaType(
+                "text/csv bodies need pandas in the worker's environment: "
+                "pip install 'modelhost[classic]'"
+            ) from None
         return pd.read_csv(io.BytesIO(body))
     raise UnsupportedMediaType(
         f"content-type {kind!r} is not supported; send application/json or text/csv"
@@ -54,10 +57,17 @@ def _default(obj: Any) -> Any:
     raise TypeError(f"predict returned an object of type {type(obj).__name__} that is not JSON")
 
 
-def encode_result(result: Any) -> tuple[bytes, str]:
-    """The response body and its content type."""
+def encode_result(result: Any, csv: bool = False) -> tuple[bytes, str]:
+    """The response body and its content type.
+
+    A DataFrame (anything with ``to_csv``) goes back as CSV when ``csv`` (the request was
+    CSV: Practicus clients read ``pd.read_csv(BytesIO(r.content))``), else as JSON records.
+    """
     if isinstance(result, bytes | bytearray | memoryview):
         return bytes(result), "application/octet-stream"
+    to_csv = getattr(result, "to_csv", None)
+    if csv and callable(to_csv):
+        return str(to_csv(index=False)).encode(), "text/csv; charset=utf-8"
     return orjson.dumps(result, default=_default, option=_OPTS), JSON_TYPE
 
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modelhost.errors import BadRequest, NotFound, PredictFailed
-from modelhost.runtime.codec import decode_payload, encode_chunk, encode_result
+from modelhost.runtime.calling import CallPlan, is_csv
+from modelhost.runtime.codec import encode_chunk, encode_result
 from modelhost.runtime.loader import LoadedModel
 from modelhost.runtime.meta import ModelMeta
 
@@ -63,6 +64,7 @@ class PythonModelRunner:
         self.hooks = model.hooks
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="predict")
         self._predict_kind = _kind(model.predict)
+        self._plan = CallPlan.of(model.predict)  # what predict asks for (runtime/calling.py)
 
     async def start(self) -> None:
         if self.model.init is not None:
@@ -74,19 +76,19 @@ class PythonModelRunner:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def handle(self, request: WorkRequest) -> Reply | StreamReply:
-        if request.subpath:
+        if request.subpath and not self._plan.sees_sub_path:
             raise NotFound(
-                f"this model serves its URL only, not '{request.subpath}'; "
-                "remove the extra path (OpenAI routes exist for LLM models)"
+                f"this model serves its URL only, not '{request.subpath}': its predict takes "
+                "no sub_path (add a sub_path or **kwargs parameter to serve sub-paths)"
             )
-        payload = decode_payload(request.body, request.content_type)
+        args, kwargs = self._plan.arguments(request, self.meta)
         if self._predict_kind == "asyncgen":
-            return StreamReply(_stream(self.model.predict(payload)))
+            return StreamReply(_stream(self.model.predict(*args, **kwargs)))
         try:
             if self._predict_kind == "async":
-                result = await self.model.predict(payload)
+                result = await self.model.predict(*args, **kwargs)
             else:
-                result = await self._call(self.model.predict, payload)
+                result = await self._call(self.model.predict, *args, **kwargs)
         except BadRequest:
             raise
         except Exception as exc:
@@ -94,7 +96,7 @@ class PythonModelRunner:
         if inspect.isasyncgen(result):
             return StreamReply(_stream(result))
         try:
-            body, content_type = encode_result(result)
+            body, content_type = encode_result(result, csv=is_csv(request.content_type))
         except TypeError as exc:
             raise PredictFailed(str(exc)) from exc
         return Reply(body, content_type)
