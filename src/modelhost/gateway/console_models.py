@@ -100,8 +100,21 @@ class ModelHandlers:
             if not self.auth.may_use(who, entry.prefix, entry.model_id):
                 continue
             latest = entry.latest_ready() or entry.latest()
-            out.append(self.model_meta(entry, latest) if latest else {"name": entry.name})
+            out.append(self.model_meta(entry, latest) if latest else _undeployed(entry))
         return JSONResponse(out)
+
+
+def _undeployed(entry: ModelEntry) -> dict[str, Any]:
+    """A model with no version yet: who it is, and ``versions`` empty."""
+    return {
+        "model_id": entry.model_id,
+        "name": entry.name,
+        "prefix": entry.prefix,
+        "deployment": entry.deployment,
+        "version": None,
+        "state": None,
+        "versions": {},
+    }
 
 
 def find_model(routes: RouteTable, data: dict[str, Any]) -> ModelEntry | None:
