@@ -127,6 +127,20 @@ async def test_http_request_alone_never_parses_the_body() -> None:
     assert out.body == b'{"n":11,"sub":""}'
 
 
+async def test_no_content_type_and_not_json_gives_df_none_to_a_df_keyword() -> None:
+    async def predict(http_request, df=None, *args, **kwargs):  # type: ignore[no-untyped-def]
+        body = await http_request.body()
+        return {"df": None if df is None else len(df), "body": body.decode()}
+
+    model = runner(predict)
+    out = await reply(model, request(CSV, ""))
+    assert out.body == b'{"df":null,"body":"Temperature,Revenue\\n10,100\\n20,200\\n"}'
+    out = await reply(model, request(b'[{"a": 1}, {"a": 2}]', ""))
+    assert out.body.startswith(b'{"df":2,')
+    with pytest.raises(BadRequest):  # a declared JSON body that is not JSON is still a 400
+        await model.handle(request(CSV, "application/json"))
+
+
 async def test_empty_body_gives_df_none() -> None:
     def predict(http_request, df=None):  # type: ignore[no-untyped-def]
         return {"df": df is None}
@@ -172,3 +186,18 @@ async def test_csv_without_pandas_names_the_fix(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(BadRequest) as json_info:
         await runner(predict).handle(request(b'[{"a": 1}]'))
     assert "modelhost[classic]" in json_info.value.message and status_of(json_info.value) == 400
+
+
+@pytest.mark.parametrize(("status", "code"), [(404, 404), (422, 400), (429, 429), (503, 500)])
+async def test_http_exception_keeps_its_4xx_status(status: int, code: int) -> None:
+    from starlette.exceptions import HTTPException
+
+    from modelhost.errors import ModelhostError
+    from modelhost.gateway.http_errors import status_of
+
+    async def predict(payload_dict, **kwargs):  # type: ignore[no-untyped-def]
+        raise HTTPException(status, detail="no such customer")
+
+    with pytest.raises(ModelhostError) as info:
+        await runner(predict).handle(request(b"{}"))
+    assert status_of(info.value) == code and "no such customer" in info.value.message

@@ -29,6 +29,17 @@ def status_of(error: e.ModelhostError) -> int:
     return 500
 
 
+def error_for_status(status: int, message: str) -> e.ModelhostError:
+    """The domain error this table answers with ``status`` (for a model's own HTTPException).
+
+    A 4xx the table lacks becomes `BadRequest`; anything else `PredictFailed` (500).
+    """
+    for cls, code in _STATUS:
+        if code == status and code < 500:
+            return cls(message)
+    return e.BadRequest(message) if 400 <= status < 500 else e.PredictFailed(message)
+
+
 def error_body(error: e.ModelhostError) -> bytes:
     return orjson.dumps({"error": {"type": error.code, "message": error.message}})
 

@@ -16,7 +16,10 @@ OpenAI-style ``model.py`` answers ``OpenAI(base_url=api_url)``'s ``chat/completi
 
 A DataFrame is built from a CSV body (``content-type: text/csv``) or from JSON records (a
 list of objects), columns (an object of lists) or one row (an object of scalars); an empty
-body gives ``df=None``. pandas is an optional dependency (``pip install 'modelhost[classic]'``).
+body gives ``df=None``, and so does a body that is not JSON sent without a content type to
+a ``df=`` keyword (the model reads ``http_request`` itself, as Practicus documents). pandas
+is an optional dependency (``pip install 'modelhost[classic]'``). A predict that raises an
+exception with a 4xx ``status_code`` (``HTTPException``) answers that status.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from starlette.datastructures import URL, Headers, QueryParams
 
-from modelhost.errors import BadRequest
+from modelhost.errors import BadRequest, InvalidJSON, ModelhostError, PredictFailed
+from modelhost.gateway.http_errors import error_for_status
 from modelhost.runtime.codec import decode_payload
 
 if TYPE_CHECKING:
@@ -103,6 +107,17 @@ def to_dataframe(payload: Any) -> Any:
     )
 
 
+def predict_error(exc: Exception) -> ModelhostError:
+    """What a failed predict answers: an exception carrying an HTTP status (FastAPI's or
+    Starlette's ``HTTPException``: ``status_code`` and ``detail``) keeps a 4xx status through
+    the one error table; anything else is a 500 naming the exception."""
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int) and not isinstance(status, bool) and 400 <= status < 500:
+        detail = getattr(exc, "detail", None)
+        return error_for_status(status, str(detail) if detail else f"HTTP {status}")
+    return PredictFailed(f"predict raised {type(exc).__name__}: {exc}")
+
+
 class _Inputs:
     """The values a call may need, each built at most once and only when asked for."""
 
@@ -118,8 +133,18 @@ class _Inputs:
             self._parsed = True
         return self._payload
 
-    def df(self) -> Any:
-        return to_dataframe(self.payload()) if self.request.body else None
+    def df(self, optional: bool) -> Any:
+        if not self.request.body:
+            return None
+        if optional and not self.request.content_type:
+            # No content type: the model reads http_request itself (the xgboost tutorial's
+            # custom-DataFrame variant); a JSON body still makes a DataFrame.
+            try:
+                payload = self.payload()
+            except InvalidJSON:
+                return None
+            return to_dataframe(payload)
+        return to_dataframe(self.payload())
 
     def http_request(self) -> HttpRequest:
         req = self.request
@@ -131,11 +156,11 @@ class _Inputs:
             headers["content-type"] = req.content_type
         return HttpRequest(req.method, url, headers, req.body, req.subpath)
 
-    def value(self, name: str) -> Any:
+    def value(self, name: str, keyword: bool = False) -> Any:
         if name == "http_request":
             return self.http_request()
         if name == "df":
-            return self.df()
+            return self.df(optional=keyword)
         if name == "model_meta":
             return self.meta
         if name == "sub_path":
@@ -187,4 +212,4 @@ class CallPlan:
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         inputs = _Inputs(request, meta)
         args = () if self.first is None else (inputs.value(self.first),)
-        return args, {name: inputs.value(name) for name in self.keywords}
+        return args, {name: inputs.value(name, keyword=True) for name in self.keywords}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modelhost.errors import BadRequest, NotFound, PredictFailed
-from modelhost.runtime.calling import CallPlan, is_csv
+from modelhost.runtime.calling import CallPlan, is_csv, predict_error
 from modelhost.runtime.codec import encode_chunk, encode_result
 from modelhost.runtime.loader import LoadedModel
 from modelhost.runtime.meta import ModelMeta
@@ -92,7 +92,7 @@ class PythonModelRunner:
         except BadRequest:
             raise
         except Exception as exc:
-            raise PredictFailed(f"predict raised {type(exc).__name__}: {exc}") from exc
+            raise predict_error(exc) from exc
         if inspect.isasyncgen(result):
             return StreamReply(_stream(result))
         try:
