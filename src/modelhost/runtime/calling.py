@@ -210,6 +210,10 @@ class CallPlan:
     def arguments(
         self, request: WorkRequest, meta: ModelMeta
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if self.first == "payload_dict" and self.keywords in ((), ("sub_path",)):
+            # the classic predict(payload_dict, **kwargs): no per-request bookkeeping
+            payload = decode_payload(request.body, request.content_type)
+            return (payload,), ({"sub_path": request.subpath} if self.keywords else {})
         inputs = _Inputs(request, meta)
         args = () if self.first is None else (inputs.value(self.first),)
         return args, {name: inputs.value(name, keyword=True) for name in self.keywords}
