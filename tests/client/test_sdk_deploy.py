@@ -51,6 +51,20 @@ def test_pack_drops_local_owner_names(tmp_path: Path) -> None:
         assert {(m.uname, m.uid) for m in tar.getmembers()} == {("", 0)}
 
 
+def test_pack_stores_symlinked_files_as_content(tmp_path: Path) -> None:
+    """The server accepts only regular files and folders, so a link goes in as its target."""
+    from modelhost.gateway.deployer import unpack
+
+    root = _model_folder(tmp_path / "m")
+    (tmp_path / "shared.py").write_text("Y = 2\n")
+    (root / "lib" / "shared.py").symlink_to(tmp_path / "shared.py")
+    archive = pack_model_dir(root)
+    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
+        assert tar.getmember("lib/shared.py").isfile()
+    unpack(archive, tmp_path / "out")
+    assert (tmp_path / "out" / "lib" / "shared.py").read_text() == "Y = 2\n"
+
+
 def test_pack_requires_model_py_or_model_json(tmp_path: Path) -> None:
     with pytest.raises(InvalidModelFolder, match=r"has neither model\.py nor model\.json"):
         pack_model_dir(tmp_path)

@@ -77,8 +77,8 @@ def test_deploy_and_predict_on_postgres_and_s3(pg_s3_server: Server, folders: Pa
         folders,
         "reads",
         "reads_cache.py",
-        '{"download_files_from": "assets/", "download_files_to": "%s"}'
-        % (pg_s3_server.home / "model-cache"),
+        # relative: download_files_to must stay inside the cache dir
+        '{"download_files_from": "assets/", "download_files_to": "model-cache"}',
     )
     result = pg_s3_server.deploy(folder, "models/s3", "reader")
     assert result["state"] == "ready", result

@@ -28,7 +28,8 @@ def pack_model_dir(model_dir: Path) -> bytes:
             "or pass model_dir="
         )
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    # dereference: a symlinked file goes in as its content (the server accepts no links)
+    with tarfile.open(fileobj=buffer, mode="w:gz", dereference=True) as tar:
         for path in iter_files(root, DEFAULT_EXCLUDES):  # yields root / relpath, stable order
             tar.add(path, arcname=path.relative_to(root).as_posix(), filter=_anonymous)
     return buffer.getvalue()
