@@ -61,6 +61,7 @@ def test_pack_stores_symlinked_files_as_content(tmp_path: Path) -> None:
     archive = pack_model_dir(root)
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:gz") as tar:
         assert tar.getmember("lib/shared.py").isfile()
+    (tmp_path / "out").mkdir()
     unpack(archive, tmp_path / "out")
     assert (tmp_path / "out" / "lib" / "shared.py").read_text() == "Y = 2\n"
 
