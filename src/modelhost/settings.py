@@ -55,6 +55,12 @@ class Settings:
     forwarded_allow_ips: str = ""
     # Idle HTTP keep-alive connections are closed after this many seconds.
     keep_alive_s: int = 30
+    # Worker sandbox (runtime/sandbox.py): "auto" hides the control plane from model code where
+    # the kernel allows it (else warns), "required" refuses to start a worker without it, "off".
+    worker_sandbox: str = "auto"
+    # Extra environment variables (comma-separated names) passed on to model workers, whose
+    # environment is otherwise an allow-list (no MODELHOST_*, AWS_*, database URL).
+    worker_env_passthrough: str = ""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -89,6 +95,11 @@ class Settings:
     def versions_dir(self) -> Path:
         """Unpacked model folders, one per deployed version."""
         return self.home / "versions"
+
+    @property
+    def workers_dir(self) -> Path:
+        """Each worker's own writable folder (its HOME and working directory)."""
+        return self.home / "work"
 
     def load_jwt_secret(self) -> str:
         """The signing key: from the environment, else a 0600 file in `home` made once."""

@@ -220,6 +220,9 @@ def bootstrap_admin(settings: Settings, registry: Registry) -> None:
 
 
 def build_gateway(settings: Settings) -> Gateway:
+    from modelhost.runtime.sandbox import protect_gateway_process
+
+    protect_gateway_process()  # workers may not read /proc/<gateway>/environ, fd, root
     settings.home.mkdir(parents=True, exist_ok=True)
     registry = Registry(settings.database_url)
     registry.migrate()

@@ -37,7 +37,8 @@ def sync_files(spec: WorkerSpec) -> None:
 
 
 async def load_runner(spec: WorkerSpec) -> Runner:
-    await asyncio.to_thread(sync_files, spec)
+    """The runner of a version whose files are in place: the supervisor fetched them
+    (runtime/fetch.py) before it started this worker."""
     folder = Path(spec.version_dir)
     model_json = read_model_json(folder)
     meta = ModelMeta(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,17 @@ class WorkerSpec:
     model_json: dict[str, Any] = field(default_factory=dict)
     sync_threads: int = 4
     log_level: str = "info"
+    # The worker's sandbox (runtime/sandbox.py): "auto" | "required" | "off", the control
+    # plane's paths it hides, and its own writable folder (HOME, working directory).
+    sandbox: str = "auto"
+    hide_paths: list[str] = field(default_factory=list)
+    work_dir: str = ""
 
     def dump(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self)))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(asdict(self)))
+        os.chmod(path, 0o600)
 
     @classmethod
     def load(cls, path: Path) -> WorkerSpec:

@@ -3,6 +3,10 @@
 Each model version runs in `replicas` worker processes of its own (the deployment decides how
 many): a crash, a blocking `predict` or a failed `init` in one version never touches another,
 and the gateway routes only to replicas that said they are ready.
+
+Starting a replica is two processes: `runtime.fetch` (the supervisor's own environment, with
+the object store's credentials) puts the files in place, then `runtime.worker` runs the model
+code with an allow-listed environment (`worker_env`) in its sandbox (`sandbox`).
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+from modelhost.errors import ModelhostError
 from modelhost.runtime.channel import WorkerChannel
 from modelhost.runtime.spec import WorkerSpec
+from modelhost.runtime.worker_env import worker_environ
 from modelhost.settings import Settings
 
 log = logging.getLogger("modelhost.supervisor")
@@ -117,11 +124,11 @@ class VersionWorkers:
 
     def _spec_for(self, replica: Replica) -> WorkerSpec:
         info, s = self.info, self.settings
-        run = s.run_dir
-        run.mkdir(parents=True, exist_ok=True)
+        run = private_dir(s.run_dir)
+        worker = f"w{info.version_id}-{replica.index}"
         pod = f"{info.deployment}-{socket.gethostname()}-v{info.version_id}-{replica.index}"
         return WorkerSpec(
-            socket_path=str(run / f"w{info.version_id}-{replica.index}.sock"),
+            socket_path=str(run / f"{worker}.sock"),
             version_dir=str(s.versions_dir / info.prefix / info.name / f"v{info.version}"),
             store_url=s.store_url,
             s3_endpoint_url=s.s3_endpoint_url,
@@ -135,7 +142,35 @@ class VersionWorkers:
             pod_name=pod,
             model_json=info.model_json,
             log_level=s.log_level,
+            sandbox=s.worker_sandbox,
+            hide_paths=control_plane_paths(s),
+            work_dir=str(private_dir(s.workers_dir / worker)),
         )
+
+    async def _fetch(self, replica: Replica, spec_path: Path) -> bool:
+        """Put the version's files in place in a process of our own (it holds the store's
+        credentials; model code never runs there). False: the replica failed or we stop."""
+        replica.state, replica.reason = "loading", "fetching model files"
+        self._changed()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-P",  # never import from the working directory
+            "-m",
+            "modelhost.runtime.fetch",
+            str(spec_path),
+            stdout=asyncio.subprocess.PIPE,
+            cwd=self.settings.run_dir,
+        )
+        replica.proc = proc
+        out, _ = await proc.communicate()
+        if self._stopping or replica.proc is not proc:
+            return False
+        if proc.returncode != 0:
+            lines = out.decode(errors="replace").strip().splitlines()
+            reason = lines[-1] if lines else f"fetching model files exited with {proc.returncode}"
+            self._on_state(replica, {"state": "failed", "reason": reason})
+            return False
+        return True
 
     async def _spawn(self, replica: Replica) -> None:
         spec = self._spec_for(replica)
@@ -143,9 +178,25 @@ class VersionWorkers:
         spec.dump(spec_path)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(spec.socket_path)
-        replica.state, replica.reason, replica.pod = "loading", "starting the worker", spec.pod_name
+        replica.pod = spec.pod_name
+        try:
+            env = worker_environ(
+                os.environ, self.settings.worker_env_passthrough, spec.model_json, spec.work_dir
+            )
+        except ModelhostError as exc:
+            self._on_state(replica, {"state": "failed", "reason": exc.message})
+            return
+        if not await self._fetch(replica, spec_path):
+            return
+        replica.state, replica.reason = "loading", "starting the worker"
         replica.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "modelhost.runtime.worker", str(spec_path)
+            sys.executable,
+            "-P",
+            "-m",
+            "modelhost.runtime.worker",
+            str(spec_path),
+            env=env,
+            cwd=spec.work_dir,
         )
         channel = WorkerChannel(spec.socket_path, lambda h: self._on_state(replica, h))
         replica.channel = channel
@@ -203,10 +254,50 @@ class VersionWorkers:
         self._on_change(self)
 
 
+USER_SECRETS = (
+    ".modelhost-client",
+    ".aws",
+    ".ssh",
+    ".netrc",
+    ".pgpass",
+    ".git-credentials",
+    ".docker",
+    ".kube",
+    ".config/gcloud",
+)
+
+
+def private_dir(path: Path) -> Path:
+    """A folder only the gateway's user may enter (0700, set explicitly, not by umask)."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def control_plane_paths(s: Settings) -> list[str]:
+    """What a worker's sandbox hides: MODELHOST_HOME (jwt.key, registry.db, sockets, other
+    models' folders, the local store) and the registry and store wherever else they live."""
+    paths = [s.home, s.home / "jwt.key", s.run_dir, s.versions_dir, s.home / "store"]
+    if s.database_url.startswith("sqlite"):
+        from sqlalchemy.engine import make_url
+
+        database = make_url(s.database_url).database or ""
+        if database and database != ":memory:" and not database.startswith("file:"):
+            db = Path(database).expanduser().absolute()
+            paths += [db.parent, db, *(Path(f"{db}{x}") for x in ("-wal", "-shm", "-journal"))]
+    store = urlsplit(s.store_url)
+    if store.scheme == "file" and store.path:
+        paths.append(Path(store.path))
+    # Workers keep the gateway's uid: also hide its usual credential files (best effort).
+    paths += [Path.home() / name for name in USER_SECRETS]
+    return [str(p) for p in paths]
+
+
 class Supervisor:
     """All running model versions of this gateway."""
 
     def __init__(self, settings: Settings, on_change: ChangeListener) -> None:
+        private_dir(settings.home)
         self.settings = settings
         self._on_change = on_change
         self.versions: dict[int, VersionWorkers] = {}

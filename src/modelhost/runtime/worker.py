@@ -1,8 +1,10 @@
 """The worker process of one model version: `python -m modelhost.runtime.worker SPEC.json`.
 
-It listens on its Unix socket at once (so the gateway can watch it load), fetches the model
-folder and the `download_files_from` files into place, imports model.py, runs `init`, then
-serves framed requests until SIGTERM, when it runs `cleanup`.
+The supervisor has already fetched the model folder and the `download_files_from` files
+(runtime/fetch.py). The worker binds its Unix socket (mode 0600), enters its sandbox while it
+still has one thread (runtime/sandbox.py: the control plane hidden, no capabilities), then
+imports model.py, runs `init` and serves framed requests until SIGTERM, when it runs
+`cleanup`. Only its parent, the gateway, may connect (checked with SO_PEERCRED).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import ctypes
 import logging
 import os
 import signal
+import socket
+import struct
 import sys
 from pathlib import Path
 from typing import Any
@@ -20,16 +24,25 @@ from typing import Any
 from modelhost.errors import ModelhostError, ModelNotReady
 from modelhost.runtime.protocol import FrameProtocol, Kind, encode
 from modelhost.runtime.runner import Reply, Runner, StreamReply, WorkRequest
+from modelhost.runtime.sandbox import (
+    MODES,
+    SandboxError,
+    SandboxPlan,
+    SandboxUnavailable,
+    enter,
+)
 from modelhost.runtime.spec import WorkerSpec
 
 log = logging.getLogger("modelhost.worker")
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class WorkerServer:
-    def __init__(self, spec: WorkerSpec) -> None:
+    def __init__(self, spec: WorkerSpec, sock: socket.socket, failure: str = "") -> None:
         self.spec = spec
-        self.state = "loading"
-        self.reason = ""
+        self.sock = sock
+        self.state = "failed" if failure else "loading"
+        self.reason = failure
         self.hooks: list[str] = []
         self.runner: Runner | None = None
         self.conns: set[_Conn] = set()
@@ -51,14 +64,12 @@ class WorkerServer:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        path = self.spec.socket_path
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        server = await loop.create_unix_server(lambda: _Conn(self), path)
+        server = await loop.create_unix_server(lambda: _Conn(self), sock=self.sock)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await self.prepare()
+        if self.state != "failed":
+            await self.prepare()
         await stop.wait()
         server.close()
         if self.runner is not None and self.state == "ready":
@@ -98,9 +109,14 @@ class _Conn(FrameProtocol):
         super().__init__(self._on_frame, self._on_lost)
         self.server = server
         self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.accepted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if not _from_gateway(transport):
+            transport.close()
+            return
+        self.accepted = True
         self.server.conns.add(self)
         self.send(encode(Kind.STATE, 0, self.server.state_header()))
 
@@ -110,6 +126,8 @@ class _Conn(FrameProtocol):
             task.cancel()
 
     def _on_frame(self, kind: Kind, rid: int, header: Any, body: bytes) -> None:
+        if not self.accepted:
+            return
         if kind is Kind.REQUEST:
             # A real task per request: model code (httpx, anyio) expects to run inside one.
             task = asyncio.get_running_loop().create_task(self._serve(rid, header, body))
@@ -171,10 +189,83 @@ def _head(reply: Reply | StreamReply) -> dict[str, Any]:
     return head
 
 
-def _die_with_parent() -> None:
+def _from_gateway(transport: asyncio.BaseTransport) -> bool:
+    """Only the process that started us (the gateway) may talk to this worker: another
+    model's code, or anything else that reaches the socket path, is logged and closed."""
+    sock = transport.get_extra_info("socket")
+    try:
+        pid, uid, _gid = _PEERCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        )
+    except (AttributeError, OSError) as exc:
+        log.warning("refused a connection whose peer could not be checked: %s", exc)
+        return False
+    if pid == os.getppid():
+        return True
+    log.warning(
+        "refused a connection from pid %d (uid %d): only the gateway (pid %d) may connect",
+        pid,
+        uid,
+        os.getppid(),
+    )
+    return False
+
+
+def die_with_parent() -> None:
     """Linux: get SIGTERM when the gateway process dies, so no worker is orphaned."""
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def listen(path: str) -> socket.socket:
+    """The worker's socket, mode 0600 from the start (umask around bind, then chmod)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+def sandbox(spec: WorkerSpec) -> str:
+    """Enter the sandbox as `spec.sandbox` says; returns why the worker must not start
+    ("" = go on)."""
+    if spec.sandbox not in MODES:
+        return f"MODELHOST_WORKER_SANDBOX must be one of {', '.join(MODES)}, not {spec.sandbox!r}"
+    if spec.sandbox == "off":
+        return ""
+    visible = [spec.version_dir, spec.cache_dir, spec.work_dir]
+    with contextlib.suppress(Exception):
+        visible.append(spec.download_to)  # an invalid one fails the load with its reason
+    plan = SandboxPlan(hide=spec.hide_paths, keep=visible, workdir=spec.work_dir)
+    try:
+        report = enter(plan)
+    except SandboxUnavailable as exc:
+        if spec.sandbox == "required":
+            return f"MODELHOST_WORKER_SANDBOX=required but the sandbox is unavailable: {exc}"
+        log.warning(
+            "worker sandbox unavailable (%s): model code of %s runs WITHOUT filesystem "
+            "isolation and with the gateway user's capabilities; it can read %s",
+            exc,
+            spec.name,
+            ", ".join(spec.hide_paths),
+        )
+        return ""
+    except SandboxError as exc:
+        return str(exc)
+    if report.not_hidden:
+        log.warning("worker sandbox of %s: %s", spec.name, report.describe())
+        if spec.sandbox == "required":
+            return f"MODELHOST_WORKER_SANDBOX=required but {report.describe()}"
+    else:
+        log.debug("worker sandbox of %s: %s", spec.name, report.describe())
+    return ""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -184,13 +275,17 @@ def main(argv: list[str] | None = None) -> None:
         level=spec.log_level.upper(),
         format=f"%(asctime)s %(levelname)s [{spec.pod_name}] %(name)s: %(message)s",
     )
-    _die_with_parent()
+    die_with_parent()
+    sock = listen(spec.socket_path)
+    failure = sandbox(spec)  # before the event loop: no threads yet
+    if failure:
+        log.error("%s v%s: %s", spec.name, spec.version, failure)
     try:
         import uvloop
 
-        uvloop.run(WorkerServer(spec).run())
+        uvloop.run(WorkerServer(spec, sock, failure).run())
     except ImportError:  # pragma: no cover
-        asyncio.run(WorkerServer(spec).run())
+        asyncio.run(WorkerServer(spec, sock, failure).run())
 
 
 if __name__ == "__main__":
