@@ -7,10 +7,12 @@ nothing below this module reads ``os.environ``. Each field maps to ``MODELHOST_<
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from modelhost.auth.keyring import Keyring
 
 
 def _default_home() -> Path:
@@ -33,13 +35,29 @@ class Settings:
     port: int = 8000
     # Public URL clients use (for deploy answers); defaults to http://host:port.
     public_url: str = ""
+    # Signing key: MODELHOST_JWT_SECRET (key id `jwt_kid`), else the keyring file
+    # <home>/jwt.key that `modelhost admin rotate-keys` rotates.
     jwt_secret: str = ""
+    jwt_kid: str = "env"
+    # Old keys still accepted: "kid:secret,kid:secret" (e.g. after changing MODELHOST_JWT_SECRET).
+    jwt_previous_keys: str = ""
     session_token_ttl_s: int = 4 * 3600
     access_token_ttl_s: int = 3600
     refresh_token_ttl_s: int = 7 * 24 * 3600
     admin_email: str = "admin@modelhost.local"
     admin_password: str = ""
     max_body_bytes: int = 32 * 1024 * 1024
+    # Console JSON bodies (login, admin calls) are refused with 413 past this, before parsing.
+    console_max_body_bytes: int = 64 * 1024
+    # A deploy upload (gzip tar of the model folder) is refused with 413 past this.
+    max_deploy_bytes: int = 256 * 1024 * 1024
+    # Failed logins: past N failures per account (10x N per client address) within the window,
+    # each further failure doubles a lockout (429 + Retry-After) up to login_lock_max_s.
+    login_max_failures: int = 5
+    login_window_s: float = 900.0
+    login_lock_max_s: float = 900.0
+    # GET /metrics needs this bearer token (or an admin's console token); empty = admins only.
+    metrics_token: str = ""
     # Verified tokens are cached; revocations and disabled users apply within this bound.
     revocation_poll_s: float = 5.0
     worker_start_timeout_s: float = 600.0
@@ -61,6 +79,13 @@ class Settings:
     # Extra environment variables (comma-separated names) passed on to model workers, whose
     # environment is otherwise an allow-list (no MODELHOST_*, AWS_*, database URL).
     worker_env_passthrough: str = ""
+    # Request line + headers over this many bytes are answered 431 and the connection closed.
+    max_header_bytes: int = 64 * 1024
+    # A request head not complete this many seconds after it started (a new connection: after
+    # it opened) is answered 408 and the connection closed; a silent new one is just closed.
+    header_timeout_s: float = 10.0
+    # Open HTTP connections beyond this are answered 503 and closed (0 = unlimited).
+    max_connections: int = 1024
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -101,19 +126,23 @@ class Settings:
         """Each worker's own writable folder (its HOME and working directory)."""
         return self.home / "work"
 
-    def load_jwt_secret(self) -> str:
-        """The signing key: from the environment, else a 0600 file in `home` made once."""
+    @property
+    def jwt_key_path(self) -> Path:
+        """The keyring file (JSON, mode 0600) used when MODELHOST_JWT_SECRET is not set."""
+        return self.home / "jwt.key"
+
+    def load_jwt_keyring(self) -> Keyring:
+        """The signing keys: MODELHOST_JWT_SECRET as kid `jwt_kid`, else the keyring file
+        in `home` (made on first use). `jwt_previous_keys` are not included."""
+        from modelhost.auth.keyring import Keyring, load_or_create
+
         if self.jwt_secret:
-            return self.jwt_secret
-        path = self.home / "jwt.key"
-        if path.exists():
-            return path.read_text().strip()
-        self.home.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_urlsafe(48)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(key)
-        return key
+            return Keyring(self.jwt_kid, {self.jwt_kid: self.jwt_secret})
+        return load_or_create(self.jwt_key_path)
+
+    def load_jwt_secret(self) -> str:
+        """The current signing key (see `load_jwt_keyring`)."""
+        return self.load_jwt_keyring().secret
 
 
 def _coerce(kind: Any, raw: str) -> Any:

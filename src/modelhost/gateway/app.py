@@ -1,8 +1,8 @@
 """The gateway: the one ASGI app `modelhost serve` runs.
 
-Model routes take the hot path (`model_routes`); `/console/...`, `/healthz` and `/metrics` go
-to the console app. On start it spawns the workers of every active version; while running it
-records each version's state in the registry.
+Model routes take the hot path (`model_routes`); `/console/...`, `/healthz`, `/readyz` and
+`/metrics` go to the console app. On start it spawns the workers of every active version;
+while running it records each version's state in the registry.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import secrets
 import sys
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from modelhost.auth.passwords import hash_password
 from modelhost.auth.tokens import TokenService
 from modelhost.gateway.auth import Authenticator
-from modelhost.gateway.console import Console
+from modelhost.gateway.console import ConsoleParts, console_app
 from modelhost.gateway.deployer import Deployer
 from modelhost.gateway.metrics import metrics_registry
 from modelhost.gateway.metrics import render as render_metrics
@@ -30,7 +31,7 @@ from modelhost.store import ObjectStore, open_store
 from modelhost.types import Receive, Scope, Send
 
 log = logging.getLogger("modelhost.gateway")
-_CONSOLE_PATHS = ("/console/", "/healthz", "/metrics")
+_CONSOLE_PATHS = ("/console/", "/healthz", "/readyz", "/metrics")
 
 
 class Gateway:
@@ -45,9 +46,20 @@ class Gateway:
         self.supervisor = Supervisor(settings, self._version_changed)
         self.auth = Authenticator(tokens, registry, settings.revocation_poll_s)
         self.deployer = Deployer(self)
-        self._console = Console(self).app()
+        self._console = console_app(
+            ConsoleParts(
+                settings,
+                registry,
+                tokens,
+                self.auth,
+                self.routes,
+                self.deployer,
+                self.model_meta,
+                self.metrics_text,
+            )
+        )
         self._models = ModelRoutes(self)
-        self._metrics = metrics_registry(self.routes)
+        self._metrics = metrics_registry(self.routes, self._models.latency)
         self._boot_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._shutting_down = False
@@ -201,19 +213,33 @@ async def _gather(coros: list[Any]) -> None:
             log.error("a model version failed to start: %s", result)
 
 
+ADMIN_PASSWORD_FILE = "admin-password.txt"
+
+
 def bootstrap_admin(settings: Settings, registry: Registry) -> None:
-    """The first start creates the admin account; a generated password is printed once."""
+    """The first start creates the admin account.
+
+    A generated password goes to ``<home>/admin-password.txt`` (mode 0600), never to the
+    log: logs are collected and kept where a password must not be. The file is written
+    before the account exists, so a failed write leaves no account nobody can log in to.
+    """
     if registry.count_users() > 0:
         return
     password = settings.admin_password
     generated = not password
+    path = settings.home / ADMIN_PASSWORD_FILE
     if generated:
-        password = secrets.token_urlsafe(12)
+        password = secrets.token_urlsafe(16)
+        path.unlink(missing_ok=True)  # a leftover of an earlier registry; O_EXCL below
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(password + "\n")
     registry.create_user(settings.admin_email, hash_password(password), is_admin=True)
     if generated:
         print(
-            f"\nCreated the admin account {settings.admin_email} with password: {password}\n"
-            "It is shown only this once (set MODELHOST_ADMIN_PASSWORD to choose it).\n",
+            f"\nCreated the admin account {settings.admin_email}; its generated password is in "
+            f"{path} (mode 0600): read it, then delete the file.\n"
+            "(Set MODELHOST_ADMIN_PASSWORD before the first start to choose it.)\n",
             file=sys.stderr,
             flush=True,
         )
@@ -227,12 +253,7 @@ def build_gateway(settings: Settings) -> Gateway:
     registry = Registry(settings.database_url)
     registry.migrate()
     bootstrap_admin(settings, registry)
-    tokens = TokenService(
-        settings.load_jwt_secret(),
-        access_ttl_s=settings.access_token_ttl_s,
-        refresh_ttl_s=settings.refresh_token_ttl_s,
-        session_ttl_s=settings.session_token_ttl_s,
-    )
+    tokens = TokenService.from_settings(settings)  # keyring file, reloaded when rotated
     store = open_store(settings.store_url, settings.s3_endpoint_url)
     return Gateway(settings, registry, store, tokens)
 
@@ -250,7 +271,12 @@ def uvicorn_server(gateway: Gateway) -> Any:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http=HttpProtocol,
+        # Header size cap, header deadline and connection limit (see http_protocol).
+        http=HttpProtocol.configured(
+            max_header_bytes=settings.max_header_bytes,
+            header_timeout_s=settings.header_timeout_s,
+            max_connections=settings.max_connections,
+        ),
         ws="none",
         # X-Forwarded-* are read only from the proxies named in MODELHOST_FORWARDED_ALLOW_IPS.
         proxy_headers=bool(settings.forwarded_allow_ips),
