@@ -484,12 +484,8 @@ class Registry:
     ) -> AccessTokenRow:
         expires_at = _as_utc(expires_at)
         with self._writing("an access token with this hash already exists") as session:
-            if session.get(User, user_id) is None:
-                raise NotFound(f"user id {user_id} does not exist")
-            if prefix_id is not None and session.get(Prefix, prefix_id) is None:
-                raise NotFound(f"prefix id {prefix_id} does not exist")
-            if model_id is not None and session.get(Model, model_id) is None:
-                raise NotFound(f"model id {model_id} does not exist")
+            _require(session, (User, "user", user_id), (Prefix, "prefix", prefix_id))
+            _require(session, (Model, "model", model_id))
             token = AccessToken(
                 name=name,
                 token_hash=token_hash,
@@ -651,14 +647,8 @@ class Registry:
         if (prefix_id is None) == (model_id is None):
             raise BadRequest("a grant names exactly one of a prefix or a model")
         with self._write.begin() as session:
-            for kind, key, value in (
-                (Group, "group", group_id),
-                (User, "user", user_id),
-                (Prefix, "prefix", prefix_id),
-                (Model, "model", model_id),
-            ):
-                if value is not None and session.get(kind, value) is None:
-                    raise NotFound(f"{key} id {value} does not exist")
+            _require(session, (Group, "group", group_id), (User, "user", user_id))
+            _require(session, (Prefix, "prefix", prefix_id), (Model, "model", model_id))
             grant = Grant(
                 permission=permission,
                 group_id=group_id,
@@ -712,6 +702,13 @@ class Registry:
         with self._read.begin() as session:
             query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
             return [e.to_row() for e in session.scalars(query)]
+
+
+def _require(session: Session, *rows: tuple[type[Any], str, int | None]) -> None:
+    """NotFound for the first given id (not None) that has no row."""
+    for kind, label, value in rows:
+        if value is not None and session.get(kind, value) is None:
+            raise NotFound(f"{label} id {value} does not exist")
 
 
 def _revoke_family(session: Session, family: str) -> None:

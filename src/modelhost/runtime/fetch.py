@@ -12,24 +12,16 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 from modelhost.errors import ModelhostError
 from modelhost.runtime.prepare import sync_files
-from modelhost.runtime.spec import WorkerSpec
-from modelhost.runtime.worker import die_with_parent
+from modelhost.runtime.worker import start_child
 
 log = logging.getLogger("modelhost.fetch")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    spec = WorkerSpec.load(Path(args[0]))
-    logging.basicConfig(
-        level=spec.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s [{spec.pod_name}] %(name)s: %(message)s",
-    )
-    die_with_parent()
+    spec = start_child(argv)
     try:
         sync_files(spec)
     except ModelhostError as exc:

@@ -268,7 +268,9 @@ def sandbox(spec: WorkerSpec) -> str:
     return ""
 
 
-def main(argv: list[str] | None = None) -> None:
+def start_child(argv: list[str] | None) -> WorkerSpec:
+    """The spec named on the command line of a worker or fetch process, with its logging set
+    up and the parent-death signal armed (no orphan outlives the gateway)."""
     args = sys.argv[1:] if argv is None else argv
     spec = WorkerSpec.load(Path(args[0]))
     logging.basicConfig(
@@ -276,6 +278,11 @@ def main(argv: list[str] | None = None) -> None:
         format=f"%(asctime)s %(levelname)s [{spec.pod_name}] %(name)s: %(message)s",
     )
     die_with_parent()
+    return spec
+
+
+def main(argv: list[str] | None = None) -> None:
+    spec = start_child(argv)
     sock = listen(spec.socket_path)
     failure = sandbox(spec)  # before the event loop: no threads yet
     if failure:
