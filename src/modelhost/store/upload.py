@@ -111,7 +111,7 @@ def upload_dir(
         if progress is not None:
             progress.advance(rel, size)
             progress.done(rel)
-        logger.debug("uploaded %s to %s%s", path, store, key)
+        logger.debug("uploaded %s to %s as %s", path, store, key)
         keys.append(key)
-    logger.info("uploaded %d files from %s to %s%s", len(keys), local_dir, store, prefix)
+    logger.info("uploaded %d files from %s to %s under %s", len(keys), local_dir, store, prefix)
     return keys
