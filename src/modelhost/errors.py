@@ -15,7 +15,8 @@
     ├── TooManyRequests       queue full; `retry_after` seconds (429)
     ├── PredictFailed         the model's predict raised (500)
     ├── ModelNotReady         loading, or init failed; `reason` says why (503)
-    └── WorkerUnavailable     the worker process is gone or timed out (503)
+    ├── WorkerUnavailable     the worker process is gone or timed out (503)
+    └── PredictTimeout        predict did not answer within MODELHOST_PREDICT_TIMEOUT_S (504)
 
 Errors cross the worker boundary as ``{"type": code, "message": ...}`` and are rebuilt with
 `from_wire`, never pickled.
@@ -100,6 +101,10 @@ class WorkerUnavailable(ModelhostError):
     code = "worker_unavailable"
 
 
+class PredictTimeout(ModelhostError):
+    code = "predict_timeout"
+
+
 _BY_CODE: dict[str, type[ModelhostError]] = {
     cls.code: cls
     for cls in (
@@ -117,6 +122,7 @@ _BY_CODE: dict[str, type[ModelhostError]] = {
         PredictFailed,
         ModelNotReady,
         WorkerUnavailable,
+        PredictTimeout,
     )
 }
 

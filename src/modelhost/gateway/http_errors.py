@@ -19,6 +19,7 @@ _STATUS: list[tuple[type[e.ModelhostError], int]] = [
     (e.PredictFailed, 500),
     (e.ModelNotReady, 503),
     (e.WorkerUnavailable, 503),
+    (e.PredictTimeout, 504),
 ]
 
 

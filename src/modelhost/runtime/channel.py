@@ -2,19 +2,25 @@
 
 One persistent connection per worker replica carries every request to it; `request()`
 returns the worker's whole reply, or a `Stream` whose chunks arrive as the worker sends them.
+
+The worker enforces the predict deadline (MODELHOST_PREDICT_TIMEOUT_S, which its STATE frames
+report); this side keeps a backstop a margin later, so that a worker that cannot answer at
+all (an event loop blocked by model code) never leaves a request waiting forever: past it
+the future fails with `PredictTimeout` (504) and the worker is told to cancel.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from modelhost.errors import ModelhostError, WorkerUnavailable, from_wire
+from modelhost.errors import ModelhostError, PredictTimeout, WorkerUnavailable, from_wire
 from modelhost.runtime.protocol import FrameProtocol, Kind, encode, encode_raw
 
 
@@ -70,6 +76,14 @@ class WorkerChannel:
         self._streams: dict[int, Stream] = {}
         self._heads: dict[tuple[str, str, str, str], bytes] = {}  # request headers, encoded
         self.connected = False
+        # The backstop: the worker's predict deadline (from its STATE frames; 0 = none) and,
+        # instead of a timer per request, one sweep while requests wait, with marks of
+        # (loop time, last request id issued by then): ids only grow, so every pending id at
+        # or below a mark older than the backstop has waited at least that long.
+        self.deadline = 0.0
+        self._last_rid = 0
+        self._marks: deque[tuple[float, int]] = deque()
+        self._sweeper: asyncio.TimerHandle | None = None
 
     @property
     def inflight(self) -> int:
@@ -103,9 +117,12 @@ class WorkerChannel:
         proto = self._proto
         if proto is None or not self.connected:
             raise WorkerUnavailable("the model's worker is not connected; it may be restarting")
-        rid = next(self._ids)
-        fut: asyncio.Future[Reply | Stream] = asyncio.get_running_loop().create_future()
+        rid = self._last_rid = next(self._ids)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Reply | Stream] = loop.create_future()
         self._pending[rid] = fut
+        if self._sweeper is None and self.deadline > 0:
+            self._sweeper = loop.call_later(self._tick(), self._sweep)
         key = (method, subpath, query, content_type)
         head = self._heads.get(key)
         if head is None:
@@ -115,12 +132,60 @@ class WorkerChannel:
         proto.send(encode_raw(Kind.REQUEST, rid, head, body))
         return fut
 
-    def forget(self, fut: asyncio.Future[Reply | Stream]) -> None:
-        """The client went away before the reply: tell the worker to stop."""
-        for rid, pending in list(self._pending.items()):
+    def forget(
+        self, fut: asyncio.Future[Reply | Stream], error: BaseException | None = None
+    ) -> None:
+        """The client went away before the reply: tell the worker to stop, and end `fut`
+        with `error` (cancel it when None). A reply already in is left as it is."""
+        for rid, pending in self._pending.items():
             if pending is fut:
                 del self._pending[rid]
                 self.cancel(rid)
+                break
+        if not fut.done():
+            if error is None:
+                fut.cancel()
+            else:
+                fut.set_exception(error)
+
+    @property
+    def backstop(self) -> float:
+        """Seconds after which a request still waiting fails here: the deadline + a margin."""
+        return self.deadline + 1.0 + self.deadline / 10
+
+    def _tick(self) -> float:
+        return max(0.05, min(1.0, self.backstop / 20))
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        pending, marks = self._pending, self._marks
+        if not pending or self.deadline <= 0:
+            marks.clear()
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        marks.append((now, self._last_rid))
+        limit = now - self.backstop
+        cutoff = 0
+        while marks and marks[0][0] <= limit:
+            cutoff = marks.popleft()[1]
+        if cutoff:
+            expired = []
+            for rid in pending:  # in id order
+                if rid > cutoff:
+                    break
+                expired.append(rid)
+            for rid in expired:
+                self.forget(pending[rid], self._late())
+        self._sweeper = loop.call_later(self._tick(), self._sweep)
+
+    def _late(self) -> PredictTimeout:
+        return PredictTimeout(
+            f"the model's worker did not answer within the predict deadline of "
+            f"{self.deadline:g} s (MODELHOST_PREDICT_TIMEOUT_S) plus a margin "
+            f"({self.backstop:g} s in all); it may be blocked (a blocking call inside an "
+            "async def predict stops its event loop); the request was cancelled"
+        )
 
     def cancel(self, rid: int) -> None:
         self._streams.pop(rid, None)
@@ -151,7 +216,13 @@ class WorkerChannel:
             if fut is not None and not fut.done():
                 fut.set_exception(from_wire(header))
         elif kind is Kind.STATE:
-            self._on_state(header)
+            self._state(header)
+
+    def _state(self, header: dict[str, Any]) -> None:
+        deadline = header.get("deadline")
+        if isinstance(deadline, int | float):
+            self.deadline = float(deadline)
+        self._on_state(header)
 
     def _on_lost(self, exc: Exception | None) -> None:
         self.connected = False

@@ -154,6 +154,11 @@ class LLMWithModelRunner:
         self.model = model
         self.hooks = [*model.hooks, "llm"]
 
+    @property
+    def wedged(self) -> str:
+        """The model.py runner's (its sync predict may have used up its threads)."""
+        return str(getattr(self.model, "wedged", ""))
+
     async def start(self) -> None:
         await self.llm.start()
         model_meta = getattr(self.model, "meta", None)

@@ -7,6 +7,7 @@ worker's socket server knows nothing about models; the model knows nothing about
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -63,6 +64,10 @@ class PythonModelRunner:
         self.meta = meta
         self.hooks = model.hooks
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="predict")
+        self.threads = threads
+        # Sync calls whose caller gave up (deadline, client gone) while their thread runs on:
+        # a thread cannot be stopped, so it is abandoned and counted until it returns.
+        self.abandoned = 0
         self._predict_kind = _kind(model.predict)
         self._plan = CallPlan.of(model.predict)  # what predict asks for (runtime/calling.py)
 
@@ -101,14 +106,41 @@ class PythonModelRunner:
             raise PredictFailed(str(exc)) from exc
         return Reply(body, content_type)
 
+    @property
+    def wedged(self) -> str:
+        """Why this runner can serve no more sync calls ("" = it can): every thread of its
+        pool is held by an abandoned call."""
+        if self.abandoned < self.threads:
+            return ""
+        return (
+            f"all {self.threads} predict threads are stuck in calls abandoned past their "
+            "deadline (MODELHOST_PREDICT_TIMEOUT_S) or by their clients"
+        )
+
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if inspect.iscoroutinefunction(fn):
             return await fn(*args, **kwargs)
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
+        running = self._pool.submit(fn, *args, **kwargs)
+        try:
+            result = await asyncio.wrap_future(running, loop=loop)
+        except asyncio.CancelledError:
+            if not running.cancel():  # started already: its thread goes on, abandoned
+                self.abandoned += 1
+                running.add_done_callback(lambda _f: _call_soon(loop, self._returned))
+            raise
         if inspect.isawaitable(result):
             return await result
         return result
+
+    def _returned(self) -> None:
+        self.abandoned -= 1
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    """From a pool thread: run `callback` on the worker's loop (unless it is closed)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(callback)
 
 
 def _kind(fn: Callable[..., Any]) -> str:

@@ -27,6 +27,9 @@ class WorkerSpec:
     s3_endpoint_url: str = ""
     model_json: dict[str, Any] = field(default_factory=dict)
     sync_threads: int = 4
+    # MODELHOST_PREDICT_TIMEOUT_S: a predict not answered within this is cancelled (504); for
+    # a stream it bounds the wait for the first chunk. 0 = no deadline.
+    predict_timeout_s: float = 600.0
     log_level: str = "info"
     # The worker's sandbox (runtime/sandbox.py): "auto" | "required" | "off", the control
     # plane's paths it hides, and its own writable folder (HOME, working directory).
