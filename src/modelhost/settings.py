@@ -61,6 +61,15 @@ class Settings:
     # Verified tokens are cached; revocations and disabled users apply within this bound.
     revocation_poll_s: float = 5.0
     worker_start_timeout_s: float = 600.0
+    # A crashed worker is restarted after a backoff doubling from 0.5 s up to this cap (reset
+    # once a worker has been ready for a minute); 0 restarts = restart forever.
+    worker_max_restarts: int = 0
+    worker_restart_backoff_max_s: float = 30.0
+    # Retiring a version or stopping the server: in-flight requests and streams get this long to
+    # finish (no new ones are routed there), then workers get SIGTERM (cleanup), and SIGKILL
+    # `worker_stop_timeout_s` later.
+    drain_timeout_s: float = 30.0
+    worker_stop_timeout_s: float = 10.0
     predict_timeout_s: float = 600.0
     default_replicas: int = 1
     # Versions of one model kept loaded: when a new version is ready, older ones beyond the

@@ -8,11 +8,15 @@ while running it records each version's state in the registry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
+import math
 import os
 import secrets
 import sys
+import time
+from collections.abc import Iterator
 from typing import Any
 
 from modelhost.auth.passwords import hash_password
@@ -63,6 +67,8 @@ class Gateway:
         self._boot_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._shutting_down = False
+        # When the server was asked to stop (SIGTERM/SIGINT): the drain deadline counts from it.
+        self.exit_requested: float | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -97,16 +103,33 @@ class Gateway:
         await asyncio.to_thread(self.auth.refresh_revocations)
         self.auth.start()
         active = await asyncio.to_thread(self.registry.list_active_versions)
-        # Routes exist before the first request; workers start in the background.
+        # Routes exist before the first request; workers start in the background, newest
+        # versions first. The versionless URL waits for the version that served before the
+        # restart (the newest not failed) instead of rolling back to an older one that happens
+        # to be ready first; if that one fails now, the newest ready one serves.
+        active.sort(key=lambda a: a.version.version, reverse=True)
         starts = [self.register_version(a.model, a.version, a.replicas).start() for a in active]
+        for a in active:
+            entry = self.routes.by_id(a.model.id)
+            if entry is not None and a.version.state != "failed":
+                entry.hold_for = max(entry.hold_for, a.version.version)
+        for entry in self.routes.entries():
+            entry.refresh()
         if starts:
             log.info("starting %d model version(s)", len(starts))
             self._boot_task = asyncio.get_running_loop().create_task(_gather(starts))
 
     async def shutdown(self) -> None:
+        """Stop serving: uvicorn has stopped accepting and waited (at most `drain_timeout_s`)
+        for the HTTP requests in flight; the workers get what is left of that grace period
+        to finish theirs, then SIGTERM (cleanup), then SIGKILL."""
         self._shutting_down = True  # versions stop with the server, not for good
         await self.auth.stop()
-        await self.supervisor.shutdown()
+        started = self.exit_requested or time.monotonic()
+        left = max(0.0, started + self.settings.drain_timeout_s - time.monotonic())
+        await self.supervisor.shutdown(left)
+        # versions being retired finish their own drain (bounded the same way)
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     def register_version(
         self, model: ModelRow, version: VersionRow, replicas: int
@@ -199,6 +222,12 @@ class Gateway:
             "hooks": workers.hooks,
             "pod_name": workers.pod_name,
             "replicas": len(workers.replicas),
+            "restarts": workers.restarts,
+            "last_exit": workers.last_exit,
+            "replica_states": [
+                {"state": r.state, "restarts": r.restarts, "last_exit": r.last_exit}
+                for r in workers.replicas
+            ],
             "versions": {f"v{n}": w.state for n, w in sorted(entry.versions.items())},
         }
 
@@ -266,6 +295,23 @@ def uvicorn_server(gateway: Gateway) -> Any:
     from modelhost.gateway.http_protocol import HttpProtocol
 
     settings = gateway.settings
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if gateway.exit_requested is None:
+                gateway.exit_requested = time.monotonic()
+            super().handle_exit(sig, frame)
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    # uvicorn re-raises the signal it stopped for once it is done, so the process
+                    # would end "killed by SIGTERM" after a clean drain: it exits 0 instead.
+                    self._captured_signals.clear()
+
     config = uvicorn.Config(
         gateway,
         host=settings.host,
@@ -287,5 +333,8 @@ def uvicorn_server(gateway: Gateway) -> Any:
         timeout_keep_alive=settings.keep_alive_s,
         backlog=4096,
         server_header=False,  # no banner; one header less to validate per response
+        # SIGTERM: in-flight HTTP requests get the drain period, then are cancelled (a hung
+        # predict must not keep the server alive); Gateway.shutdown stops the workers.
+        timeout_graceful_shutdown=math.ceil(settings.drain_timeout_s),
     )
-    return uvicorn.Server(config)
+    return Server(config)

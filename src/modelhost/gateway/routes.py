@@ -25,9 +25,20 @@ class ModelEntry:
     # What the versionless URL serves: the newest ready version, else the newest one (whose
     # state explains the 503). Kept current by `refresh` so requests need not compute it.
     serving: VersionWorkers | None = None
+    # At start-up: the version that served before the restart (the newest one not failed).
+    # Until it is ready or has failed, no older version serves the versionless URL (that
+    # would be a silent rollback); 0 = no such hold.
+    hold_for: int = 0
 
     def refresh(self) -> None:
-        self.serving = self.latest_ready() or self.latest()
+        ready = self.latest_ready()
+        if self.hold_for:
+            held = self.versions.get(self.hold_for)
+            if held is None or held.state != "loading":
+                self.hold_for = 0  # settled: ready serves, failed falls back to an older one
+            elif ready is not None and ready.info.version < self.hold_for:
+                ready = None  # the newer version is still loading: 503, not a rollback
+        self.serving = ready or self.latest()
 
     def latest_ready(self) -> VersionWorkers | None:
         for number in sorted(self.versions, reverse=True):
