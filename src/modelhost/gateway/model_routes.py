@@ -29,7 +29,7 @@ from modelhost.gateway.http_errors import error_body, error_headers, status_of
 from modelhost.gateway.metrics import LatencyRecorder
 from modelhost.gateway.request_checks import ALLOW, MODEL_METHODS, is_media_type, wants_meta
 from modelhost.gateway.routes import Match, ModelEntry
-from modelhost.runtime.channel import Head, Stream
+from modelhost.runtime.channel import Head, Reply, Stream, WorkerChannel
 from modelhost.runtime.supervisor import VersionWorkers
 from modelhost.types import Headers, Receive, Scope, Send
 
@@ -37,6 +37,14 @@ if TYPE_CHECKING:
     from modelhost.gateway.app import Gateway
 
 access_log = logging.getLogger("modelhost.access")
+# A request still waiting for its worker after one to two of these gets a task watching its
+# client; fast requests never do. A client gone by then cancels the predict (CANCEL frame).
+WATCH_AFTER_S = 0.05
+Waiting = tuple[WorkerChannel, Receive, "int | asyncio.Task[None]"]
+
+
+class _ClientGone(Exception):
+    """The client disconnected while its request waited for the worker."""
 
 
 class ModelRoutes:
@@ -48,6 +56,11 @@ class ModelRoutes:
         self._boot = os.urandom(4).hex()
         self._prt_headers: dict[int, Headers] = {}
         self.latency = LatencyRecorder()
+        # Requests waiting for their worker -> (channel, receive, sweep number when they
+        # started waiting, or the task watching their client), swept by one timer.
+        self._waiting: dict[asyncio.Future[Reply | Stream], Waiting] = {}
+        self._sweeps = 0
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = perf_counter()
@@ -55,8 +68,7 @@ class ModelRoutes:
         latency.in_flight += 1
         n = next(self._ids)
         authorization, content_type, length, encoding, request_id = _read_headers(scope)
-        if request_id is None:
-            request_id = f"{self._boot}-{n:x}".encode()
+        request_id = request_id or f"{self._boot}-{n:x}".encode()  # none, or empty
         entry: ModelEntry | None = None
         workers: VersionWorkers | None = None
         status = 500  # unless an answer goes out: an unexpected exception, a cancellation
@@ -97,7 +109,7 @@ class ModelRoutes:
                 content_type.decode("latin-1") if content_type else "",
                 body,
             )
-            reply = await fut
+            reply = await self._wait(fut, channel, receive)
             headers = self._headers(entry, workers) + [(b"x-request-id", request_id)]
             if isinstance(reply, Stream):
                 status = reply.head.status
@@ -110,11 +122,47 @@ class ModelRoutes:
                 entry.errors += 1
             status = status_of(exc)
             await _send_error(send, exc, request_id)
+        except _ClientGone:
+            status = 499  # nobody to answer; the worker was told to cancel
         finally:
             latency.in_flight -= 1
             latency.observe(entry, workers, status, perf_counter() - started)
         if self.sample and n % self.sample == 0:
             access_log.info("%s %s %s", scope["method"], scope["path"], request_id.decode())
+
+    async def _wait(
+        self, fut: asyncio.Future[Reply | Stream], channel: WorkerChannel, receive: Receive
+    ) -> Reply | Stream:
+        """The worker's reply; the client's disconnect is watched only if it is slow."""
+        waiting = self._waiting
+        waiting[fut] = (channel, receive, self._sweeps)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._sweep)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            channel.forget(fut)  # this handler was cancelled: the worker stops too
+            raise
+        finally:
+            watcher = waiting.pop(fut)[2]
+            if not isinstance(watcher, int):
+                watcher.cancel()
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        waiting = self._waiting
+        if not waiting:
+            return
+        sweep = self._sweeps
+        self._sweeps += 1
+        loop = asyncio.get_running_loop()
+        for fut, (channel, receive, since) in list(waiting.items()):
+            if isinstance(since, int):
+                if since >= sweep:
+                    break  # this one and the later ones started waiting after the last sweep
+                task = loop.create_task(_watch_client(fut, channel, receive))
+                waiting[fut] = (channel, receive, task)
+        self._sweeper = loop.call_later(WATCH_AFTER_S, self._sweep)
 
     def _headers(self, entry: ModelEntry, workers: VersionWorkers) -> Headers:
         key = workers.info.version_id
@@ -192,7 +240,14 @@ def _pick_version(match: Match) -> VersionWorkers:
 
 def _not_ready(entry: ModelEntry, workers: VersionWorkers) -> ModelhostError:
     where = f"{entry.prefix}/{entry.name} v{workers.info.version}"
+    if workers.state == "loading" and workers.restarting:
+        return ModelNotReady(
+            f"{where} crashed ({workers.last_exit or 'worker connection lost'}) and is "
+            f"restarting" + (f": {workers.reason}" if workers.reason else "")
+        )
     if workers.state == "failed":
+        if workers.restarts:
+            return ModelNotReady(f"{where} crashed and was not restarted: {workers.reason}")
         return ModelNotReady(f"{where} failed to start: {workers.reason}")
     if workers.state == "stopped":
         return NotFound(
@@ -249,6 +304,17 @@ async def _send_stream(stream: Stream, headers: Headers, receive: Receive, send:
     finally:
         watcher.cancel()
         stream.close()
+
+
+async def _watch_client(
+    fut: asyncio.Future[Reply | Stream], channel: WorkerChannel, receive: Receive
+) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        while not fut.done():
+            message: Any = await receive()
+            if message["type"] == "http.disconnect":
+                channel.forget(fut, _ClientGone())
+                return
 
 
 async def _wait_disconnect(receive: Receive, stream: Stream) -> None:

@@ -6,7 +6,17 @@ and the gateway routes only to replicas that said they are ready.
 
 Starting a replica is two processes: `runtime.fetch` (the supervisor's own environment, with
 the object store's credentials) puts the files in place, then `runtime.worker` runs the model
-code with an allow-listed environment (`worker_env`) in its sandbox (`sandbox`).
+code with an allow-listed environment (`worker_env`) in its sandbox (`sandbox`). Both run in
+a session of their own: only the gateway signals them (a Ctrl-C or systemd's SIGTERM to the
+gateway's process group does not reach them), and the parent-death signal stops them if the
+gateway dies.
+
+Supervision never gives up by default: a worker that exits after it has once been ready is
+restarted with a backoff doubling from 0.5 s up to `worker_restart_backoff_max_s`, back to
+0.5 s once a worker stayed ready for `HEALTHY_S`; `worker_max_restarts` (0 = forever) caps it.
+Stopping a version drains it: out of routing first, in-flight requests and streams get
+`drain_timeout_s` to finish, then SIGTERM (the worker runs `cleanup`), then SIGKILL after
+`worker_stop_timeout_s`.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable
@@ -30,7 +41,8 @@ from modelhost.runtime.worker_env import worker_environ
 from modelhost.settings import Settings
 
 log = logging.getLogger("modelhost.supervisor")
-MAX_RESTARTS = 5
+BACKOFF_START_S = 0.5
+HEALTHY_S = 60.0  # ready this long: the next crash restarts after BACKOFF_START_S again
 
 
 @dataclass(frozen=True)
@@ -55,7 +67,12 @@ class Replica:
     reason: str = ""
     pod: str = ""
     hooks: list[str] = field(default_factory=list)
-    restarts: int = 0
+    restarts: int = 0  # over the server's life, shown in meta
+    last_exit: str = ""  # how its last worker process ended ("" = none has)
+    ever_ready: bool = False  # only a replica that once served is restarted
+    recovering: bool = False  # between a crash and being ready again
+    ready_since: float = 0.0  # loop time it became ready (0 = not ready)
+    streak: int = 0  # restarts since it was last healthy: the backoff exponent
 
 
 ChangeListener = Callable[["VersionWorkers"], None]
@@ -99,6 +116,25 @@ class VersionWorkers:
     def pod_name(self) -> str:
         return next((r.pod for r in self.replicas if r.pod), "")
 
+    @property
+    def restarting(self) -> bool:
+        """A replica crashed after serving and is being restarted."""
+        return any(r.recovering or (r.ever_ready and r.state == "crashed") for r in self.replicas)
+
+    @property
+    def restarts(self) -> int:
+        return sum(r.restarts for r in self.replicas)
+
+    @property
+    def last_exit(self) -> str:
+        return next((r.last_exit for r in self.replicas if r.last_exit and r.recovering), "") or (
+            next((r.last_exit for r in self.replicas if r.last_exit), "")
+        )
+
+    @property
+    def inflight(self) -> int:
+        return sum(r.channel.inflight for r in self.replicas if r.channel is not None)
+
     def pick(self) -> WorkerChannel | None:
         ready = self.ready
         if not ready:
@@ -116,11 +152,29 @@ class VersionWorkers:
     async def start(self) -> None:
         await asyncio.gather(*(self._spawn(r) for r in self.replicas))
 
-    async def stop(self) -> None:
+    async def stop(self, drain_s: float | None = None) -> None:
+        """Drain, then stop: no new requests are routed here from now on, the in-flight ones
+        get `drain_s` (default `drain_timeout_s`) to finish, then the workers stop."""
         self._stopping = True
         self.ready = []
         self._changed()
+        await self._drain(self.settings.drain_timeout_s if drain_s is None else drain_s)
         await asyncio.gather(*(self._terminate(r) for r in self.replicas))
+
+    async def _drain(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.inflight and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.inflight:
+            log.warning(
+                "%s/%s v%d: %d request(s) still in flight after the %.0f s drain; stopping",
+                self.info.prefix,
+                self.info.name,
+                self.info.version,
+                self.inflight,
+                timeout,
+            )
 
     def _spec_for(self, replica: Replica) -> WorkerSpec:
         info, s = self.info, self.settings
@@ -142,6 +196,7 @@ class VersionWorkers:
             pod_name=pod,
             model_json=info.model_json,
             log_level=s.log_level,
+            predict_timeout_s=s.predict_timeout_s,
             sandbox=s.worker_sandbox,
             hide_paths=control_plane_paths(s),
             work_dir=str(private_dir(s.workers_dir / worker)),
@@ -160,6 +215,7 @@ class VersionWorkers:
             str(spec_path),
             stdout=asyncio.subprocess.PIPE,
             cwd=self.settings.run_dir,
+            start_new_session=True,  # only the gateway signals it
         )
         replica.proc = proc
         out, _ = await proc.communicate()
@@ -172,7 +228,8 @@ class VersionWorkers:
             return False
         return True
 
-    async def _spawn(self, replica: Replica) -> None:
+    async def _spawn(self, replica: Replica) -> bool:
+        """Start the replica's worker; False when it could not (its state says why)."""
         spec = self._spec_for(replica)
         spec_path = Path(spec.socket_path).with_suffix(".json")
         spec.dump(spec_path)
@@ -185,9 +242,9 @@ class VersionWorkers:
             )
         except ModelhostError as exc:
             self._on_state(replica, {"state": "failed", "reason": exc.message})
-            return
+            return False
         if not await self._fetch(replica, spec_path):
-            return
+            return False
         replica.state, replica.reason = "loading", "starting the worker"
         replica.proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -197,24 +254,34 @@ class VersionWorkers:
             str(spec_path),
             env=env,
             cwd=spec.work_dir,
+            start_new_session=True,  # a group signal to the gateway must not cut its streams
         )
-        channel = WorkerChannel(spec.socket_path, lambda h: self._on_state(replica, h))
+        channel = WorkerChannel(
+            spec.socket_path,
+            # a late frame of a previous worker's channel must not change the new one's state
+            lambda h: self._on_state(replica, h) if replica.channel is channel else None,
+        )
         replica.channel = channel
         asyncio.get_running_loop().create_task(self._watch(replica, replica.proc))
         try:
             await channel.connect(timeout=60)
         except Exception as exc:
             self._on_state(replica, {"state": "failed", "reason": str(exc)})
+        return True
 
     def _on_state(self, replica: Replica, header: dict[str, Any]) -> None:
         state = header.get("state", "loading")
-        if replica.state == "failed" and state == "crashed":
-            return  # we stopped a failed worker ourselves
+        if replica.state in ("failed", "restarting") and state == "crashed":
+            return  # we stopped a failed worker ourselves, or its exit was seen first
+        if state == "ready" and replica.state != "ready":
+            replica.ready_since = asyncio.get_running_loop().time()
+            replica.ever_ready = True
+            replica.recovering = False
         replica.state = state
         replica.reason = header.get("reason", "")
         replica.hooks = header.get("hooks") or replica.hooks
         replica.pod = header.get("pod") or replica.pod
-        self.ready = [r.channel for r in self.replicas if r.state == "ready" and r.channel]
+        self._update_ready()
         if state in ("ready", "failed"):
             self._settled.set()
         if state == "failed":
@@ -223,32 +290,77 @@ class VersionWorkers:
 
     async def _watch(self, replica: Replica, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
-        if self._stopping or replica.proc is not proc or replica.state == "failed":
+        if self._stopping or replica.proc is not proc:
             return
-        was_ready = replica.state in ("ready", "crashed")
-        log.error("worker %s exited with code %s", replica.pod, code)
-        self._on_state(replica, {"state": "failed", "reason": f"worker exited with code {code}"})
-        if was_ready and replica.restarts < MAX_RESTARTS:
+        now = asyncio.get_running_loop().time()
+        if replica.ready_since and now - replica.ready_since >= HEALTHY_S:
+            replica.streak = 0  # it was healthy: back to the shortest backoff
+        replica.ready_since = 0.0
+        replica.last_exit = exit_reason(code)
+        failed = replica.state == "failed"  # it reported why (init raised) and we stopped it
+        reason = replica.reason if failed else f"worker {replica.last_exit}"
+        if not failed:
+            log.error("worker %s %s", replica.pod, replica.last_exit)
+        if not replica.ever_ready:  # never served: a broken model is not restarted in a loop
+            if not failed:
+                self._on_state(replica, {"state": "failed", "reason": reason})
+            return
+        await self._restart(replica, reason)
+
+    async def _restart(self, replica: Replica, reason: str) -> None:
+        """Restart a replica that once served, with a capped exponential backoff, until it
+        runs again (or `worker_max_restarts` is reached)."""
+        settings = self.settings
+        while not self._stopping:
+            limit = settings.worker_max_restarts
+            if limit and replica.restarts >= limit:
+                replica.recovering = False
+                why = f"{reason}; not restarted: restarted {limit} times already"
+                self._on_state(
+                    replica, {"state": "failed", "reason": f"{why} (worker_max_restarts)"}
+                )
+                return
+            delay = min(
+                settings.worker_restart_backoff_max_s,
+                BACKOFF_START_S * 2 ** min(replica.streak, 16),
+            )
+            replica.streak += 1
             replica.restarts += 1
-            await asyncio.sleep(min(30.0, 0.5 * 2**replica.restarts))
-            if not self._stopping:
-                log.info("restarting worker %s (restart %d)", replica.pod, replica.restarts)
-                await self._spawn(replica)
+            replica.recovering = True
+            replica.state = "restarting"
+            replica.reason = f"{reason}; restart {replica.restarts} in {delay:.1f} s"
+            self._update_ready()
+            self._changed()
+            await asyncio.sleep(delay)
+            if self._stopping:
+                return
+            log.info("restarting worker %s (restart %d)", replica.pod, replica.restarts)
+            if await self._spawn(replica):
+                return  # from now on its _watch supervises it
+            reason = replica.reason or "the restart failed"
+
+    def _update_ready(self) -> None:
+        self.ready = [r.channel for r in self.replicas if r.state == "ready" and r.channel]
 
     async def _terminate(self, replica: Replica) -> None:
+        """SIGTERM (the worker finishes what it has and runs `cleanup`), SIGKILL after
+        `worker_stop_timeout_s`; the socket is closed only once the process is gone."""
         proc = replica.proc
-        if replica.channel is not None:
-            replica.channel.close()
-        if proc is None or proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
         try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
+            if proc is None or proc.returncode is not None:
+                return
             with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), self.settings.worker_stop_timeout_s)
+            except TimeoutError:
+                log.warning("worker %s did not stop after SIGTERM: SIGKILL", replica.pod)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        finally:
+            if replica.channel is not None and replica.proc is proc:
+                replica.channel.close()
 
     def _changed(self) -> None:
         self._on_change(self)
@@ -265,6 +377,17 @@ USER_SECRETS = (
     ".kube",
     ".config/gcloud",
 )
+
+
+def exit_reason(code: int | None) -> str:
+    """How a worker process ended, in words: "exited with code 3", "killed by SIGKILL"."""
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}"
+    return f"exited with code {code}"
 
 
 def private_dir(path: Path) -> Path:
@@ -307,6 +430,7 @@ class Supervisor:
         if workers is not None:
             await workers.stop()
 
-    async def shutdown(self) -> None:
-        await asyncio.gather(*(w.stop() for w in self.versions.values()))
+    async def shutdown(self, drain_s: float | None = None) -> None:
+        """Every version drains (at most `drain_s`, default `drain_timeout_s`), then stops."""
+        await asyncio.gather(*(w.stop(drain_s) for w in self.versions.values()))
         self.versions.clear()

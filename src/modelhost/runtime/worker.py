@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from modelhost.errors import ModelhostError, ModelNotReady
+from modelhost.errors import ModelhostError, ModelNotReady, PredictTimeout
 from modelhost.runtime.protocol import FrameProtocol, Kind, encode
 from modelhost.runtime.runner import Reply, Runner, StreamReply, WorkRequest
 from modelhost.runtime.sandbox import (
@@ -34,7 +34,15 @@ from modelhost.runtime.sandbox import (
 from modelhost.runtime.spec import WorkerSpec
 
 log = logging.getLogger("modelhost.worker")
+# After SIGTERM: in-flight requests get this long to finish, then `cleanup` gets as long; then
+# the process exits whatever still runs (a hung thread cannot keep it alive). The gateway has
+# drained the worker before it sends SIGTERM, and sends SIGKILL if this is not enough.
+STOP_DRAIN_S = 5.0
+STOP_CLEANUP_S = 5.0
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+# Exit status of a worker that recycles itself because every predict thread is stuck in an
+# abandoned call (the supervisor restarts it like any crash of a ready worker).
+WEDGED_EXIT_CODE = 70
 
 
 class WorkerServer:
@@ -46,6 +54,7 @@ class WorkerServer:
         self.hooks: list[str] = []
         self.runner: Runner | None = None
         self.conns: set[_Conn] = set()
+        self.parent = os.getppid()
 
     def state_header(self) -> dict[str, Any]:
         return {
@@ -54,6 +63,8 @@ class WorkerServer:
             "hooks": self.hooks,
             "pod": self.spec.pod_name,
             "pid": os.getpid(),
+            # The gateway's backstop: it stops waiting a little after this (runtime/channel.py).
+            "deadline": self.spec.predict_timeout_s,
         }
 
     def set_state(self, state: str, reason: str = "") -> None:
@@ -71,12 +82,49 @@ class WorkerServer:
         if self.state != "failed":
             await self.prepare()
         await stop.wait()
+        await self.shutdown(server)
+
+    async def shutdown(self, server: asyncio.AbstractServer) -> None:
+        """SIGTERM: accept no new connection, let the requests in flight finish (not when the
+        gateway is gone: nobody would read their answers), run `cleanup`, each bounded."""
         server.close()
+        if os.getppid() == self.parent:
+            await self._finish_inflight(STOP_DRAIN_S)
         if self.runner is not None and self.state == "ready":
             try:
-                await self.runner.stop()
+                await asyncio.wait_for(self.runner.stop(), STOP_CLEANUP_S)
+            except TimeoutError:
+                log.error("cleanup of %s did not finish in %.0f s", self.spec.name, STOP_CLEANUP_S)
             except Exception:
                 log.exception("cleanup of %s failed", self.spec.name)
+
+    async def _finish_inflight(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            tasks = [t for conn in self.conns for t in conn.tasks.values()]
+            if not tasks:
+                return
+            await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+        left = sum(len(conn.tasks) for conn in self.conns)
+        if left:
+            log.warning("%s: stopping with %d request(s) still running", self.spec.name, left)
+
+    def check_wedged(self) -> None:
+        """After a call was abandoned: when its runner can serve no more (every thread of
+        its pool stuck), say so and exit so that the supervisor starts a fresh worker; the
+        stuck threads cannot be stopped any other way. ``cleanup`` is not run: it would
+        wait for a thread too."""
+        reason = str(getattr(self.runner, "wedged", "") or "")
+        if not reason or self.state != "ready":
+            return
+        spec = self.spec
+        log.error("%s v%s is wedged, exiting to be restarted: %s", spec.name, spec.version, reason)
+        # "crashed", not "failed": the supervisor restarts a crashed ready worker; a failed
+        # one is stopped for good.
+        self.set_state("crashed", f"worker wedged and restarting: {reason}")
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.2, os._exit, WEDGED_EXIT_CODE)  # once the frames above are out
 
     async def prepare(self) -> None:
         from modelhost.runtime.prepare import load_runner
@@ -110,6 +158,13 @@ class _Conn(FrameProtocol):
         self.server = server
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.accepted = False
+        # The predict deadline: start times of the requests it still covers (in arrival
+        # order), swept by one timer per connection while any are in flight, not one per
+        # request; `expired` = cancelled by the sweep (answered 504, not "client gone").
+        self.deadline = server.spec.predict_timeout_s
+        self.started: dict[int, float] = {}
+        self.expired: set[int] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -122,6 +177,10 @@ class _Conn(FrameProtocol):
 
     def _on_lost(self, exc: Exception | None) -> None:
         self.server.conns.discard(self)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self.started.clear()
         for task in self.tasks.values():
             task.cancel()
 
@@ -130,13 +189,62 @@ class _Conn(FrameProtocol):
             return
         if kind is Kind.REQUEST:
             # A real task per request: model code (httpx, anyio) expects to run inside one.
-            task = asyncio.get_running_loop().create_task(self._serve(rid, header, body))
+            loop = asyncio.get_running_loop()
+            task = loop.create_task(self._serve(rid, header, body))
             self.tasks[rid] = task
-            task.add_done_callback(lambda _t, rid=rid: self.tasks.pop(rid, None))  # type: ignore[misc]
+            task.add_done_callback(lambda _t, rid=rid: self._finished(rid))  # type: ignore[misc]
+            if self.deadline > 0:
+                self.started[rid] = loop.time()
+                if self._sweeper is None:
+                    self._sweeper = loop.call_later(self._tick(), self._sweep)
         elif kind is Kind.CANCEL:
             running = self.tasks.get(rid)
             if running is not None:
                 running.cancel()
+
+    def _finished(self, rid: int) -> None:
+        self.tasks.pop(rid, None)
+        self.started.pop(rid, None)
+        self.expired.discard(rid)
+
+    def _tick(self) -> float:
+        """How often the deadline is checked: it fires up to this late."""
+        return min(1.0, max(0.01, self.deadline / 20))
+
+    def _sweep(self) -> None:
+        """Cancel the requests past the deadline (the oldest come first in `started`)."""
+        self._sweeper = None
+        started = self.started
+        if not started:
+            return
+        loop = asyncio.get_running_loop()
+        cutoff = loop.time() - self.deadline
+        for rid, at in list(started.items()):
+            if at > cutoff:
+                break
+            del started[rid]
+            task = self.tasks.get(rid)
+            if task is not None:
+                self.expired.add(rid)
+                task.cancel()
+        if started:
+            self._sweeper = loop.call_later(self._tick(), self._sweep)
+
+    def _timed_out(self) -> PredictTimeout:
+        message = (
+            f"predict did not answer within its deadline of {self.deadline:g} s "
+            "(MODELHOST_PREDICT_TIMEOUT_S) and was cancelled; a stream must send its first "
+            "chunk within it"
+        )
+        runner = self.server.runner
+        threads = getattr(runner, "threads", 0)
+        abandoned = getattr(runner, "abandoned", 0)
+        if threads and abandoned:
+            message += (
+                f". A sync predict's thread cannot be stopped: {abandoned} of {threads} "
+                "threads are held by abandoned calls (at all of them the worker restarts)"
+            )
+        return PredictTimeout(message)
 
     async def _serve(self, rid: int, header: dict[str, Any], body: bytes) -> None:
         server = self.server
@@ -154,7 +262,11 @@ class _Conn(FrameProtocol):
             else:
                 await self._stream(rid, reply)
         except asyncio.CancelledError:
-            raise
+            if rid not in self.expired:  # the client went away, or the gateway did
+                server.check_wedged()
+                raise
+            self.send(encode(Kind.ERROR, rid, self._timed_out().to_wire()))
+            server.check_wedged()
         except ModelhostError as exc:
             if exc.__cause__ is not None:
                 log.error("request failed: %s", exc.message, exc_info=exc.__cause__)
@@ -170,9 +282,19 @@ class _Conn(FrameProtocol):
             )
 
     async def _stream(self, rid: int, reply: StreamReply) -> None:
+        # The first chunk before the head: the deadline covers the wait for it (and only
+        # it), and a failure before any output is a real HTTP error, not a 200.
+        chunks = aiter(reply.chunks)
+        first = b""
+        with contextlib.suppress(StopAsyncIteration):
+            while not first:
+                first = await anext(chunks)
+        self.started.pop(rid, None)
         self.send(encode(Kind.STREAM_START, rid, _head(reply)))
+        if first:
+            self.send(encode(Kind.CHUNK, rid, None, first))
         try:
-            async for chunk in reply.chunks:
+            async for chunk in chunks:
                 if chunk:
                     self.send(encode(Kind.CHUNK, rid, None, chunk))
         except ModelhostError as exc:
@@ -285,14 +407,31 @@ def main(argv: list[str] | None = None) -> None:
     spec = start_child(argv)
     sock = listen(spec.socket_path)
     failure = sandbox(spec)  # before the event loop: no threads yet
+    die_with_parent()  # again: entering the sandbox may have changed our credentials
     if failure:
         log.error("%s v%s: %s", spec.name, spec.version, failure)
+
+    async def serve() -> None:
+        code = 1
+        try:
+            await WorkerServer(spec, sock, failure).run()
+            code = 0
+        finally:
+            # Stopped (SIGTERM, cleanup done): exit here, from the loop. A predict thread that
+            # never returns would otherwise keep the process alive (the loop's and the
+            # interpreter's exit join threads), and an orphan would outlive the gateway.
+            logging.shutdown()
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            os._exit(code)
+
     try:
         import uvloop
 
-        uvloop.run(WorkerServer(spec, sock, failure).run())
+        uvloop.run(serve())
     except ImportError:  # pragma: no cover
-        asyncio.run(WorkerServer(spec, sock, failure).run())
+        asyncio.run(serve())
 
 
 if __name__ == "__main__":
