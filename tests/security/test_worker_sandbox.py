@@ -175,8 +175,9 @@ def test_control_plane_files_are_private(server: Server, victim: dict[str, str])
 def test_model_json_env_may_not_set_reserved_names(server: Server, tmp_path: Path) -> None:
     folder = model_dir(tmp_path, "greedy", "echo.py", '{"env": {"AWS_SECRET_ACCESS_KEY": "x"}}')
     result = server.deploy(folder, "models/sec", "greedy")
-    assert result["state"] == "failed", result
-    assert "AWS_SECRET_ACCESS_KEY" in result["reason"]
+    # refused at deploy (400 naming the name); the worker checks again when it starts
+    assert result["status"] == 400, result
+    assert "AWS_SECRET_ACCESS_KEY" in result["error"]["message"]
 
 
 def test_worker_environment_is_an_allow_list() -> None:

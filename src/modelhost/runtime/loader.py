@@ -23,6 +23,7 @@ from types import ModuleType
 from typing import Any
 
 from modelhost.errors import InvalidModelFolder
+from modelhost.runtime.worker_env import model_env
 
 HOOKS = ("init", "predict", "cleanup")
 _SIGNATURES = {
@@ -76,7 +77,7 @@ _LLM_MODEL_FIX = (
 
 
 def check_model_json(data: dict[str, Any]) -> None:
-    """The path rules of model.json; InvalidModelFolder names the field and the fix."""
+    """The path and environment rules of model.json; InvalidModelFolder names the field."""
     source = data.get("download_files_from")
     if source is not None and source != "":
         check_download_from(source)
@@ -86,6 +87,7 @@ def check_model_json(data: dict[str, Any]) -> None:
     llm = data.get("llm")
     if isinstance(llm, dict) and "model" in llm:
         check_llm_model(llm["model"])
+    model_env(data)  # "env": string names and values, no reserved MODELHOST_*/AWS_* names
 
 
 def check_download_from(value: object) -> str:
