@@ -495,6 +495,8 @@ def test_expiring_access_token_caps_its_sessions(lab: Lab) -> None:
 
 def test_refresh_tokens_rotate_and_reuse_revokes_the_family(lab: Lab) -> None:
     first = lab.login(ALICE)
+    session = bearer(lab.session(first["access"], lab.team_a).json()["token"])
+    assert httpx.post(lab.team_a, json={}, headers=session).status_code == 200
     r = httpx.post(lab.url + "/console/api/auth/refresh/", json={"refresh": first["refresh"]})
     assert r.status_code == 200
     second = r.json()
@@ -512,6 +514,21 @@ def test_refresh_tokens_rotate_and_reuse_revokes_the_family(lab: Lab) -> None:
             lab.url + "/console/api/auth/refresh/", json={"refresh": second["refresh"]}
         ).status_code
         == 401
+    )
+    # the whole login ends: its access tokens (old and new) and the sessions minted with them
+    for access in (first["access"], second["access"]):
+        until(
+            lambda a=access: (
+                httpx.get(lab.url + API + "/models/", headers=bearer(a)).status_code == 401
+            )
+        )
+    until(lambda: httpx.post(lab.team_a, json={}, headers=session).status_code == 401)
+    # another login of the same user is not affected
+    assert (
+        httpx.get(
+            lab.url + API + "/models/", headers=bearer(lab.login(ALICE)["access"])
+        ).status_code
+        == 200
     )
 
 

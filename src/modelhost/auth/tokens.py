@@ -72,7 +72,8 @@ class Claims:
     iat: float = 0.0
     # Model sessions: what they were minted with, so revoking that revokes them too.
     atk: int | None = None  # id of the long-lived access token
-    pjt: str | None = None  # jti of the console access token
+    pjt: str | None = None  # the login family (or jti) of the console access token
+    fam: str | None = None  # console access tokens: the login (refresh-token family) they belong to
 
 
 @dataclass(frozen=True)
@@ -211,9 +212,13 @@ class TokenService:
         log.info("reloaded signing keys from %s; new tokens use key id %s", path, keys.kid)
         return True
 
-    def issue_access(self, user_id: int) -> str:
-        """A short-lived console token (bearer for the console API)."""
-        return self._issue(user_id, "access", self.access_ttl_s, {})
+    def issue_access(self, user_id: int, *, family: str | None = None) -> str:
+        """A short-lived console token (bearer for the console API).
+
+        ``family`` names the login (its refresh-token family): revoking the family id revokes
+        every access token of that login and the sessions minted with them.
+        """
+        return self._issue(user_id, "access", self.access_ttl_s, {"fam": family} if family else {})
 
     def issue_refresh(self, user_id: int) -> str:
         """A longer-lived token that can only be traded for a new access token."""
@@ -360,6 +365,7 @@ def _to_claims(payload: dict[str, Any], label: str, remedy: str) -> Claims:
             iat=float(payload["iat"]),
             atk=None if payload.get("atk") is None else int(payload["atk"]),
             pjt=None if payload.get("pjt") is None else str(payload["pjt"]),
+            fam=None if payload.get("fam") is None else str(payload["fam"]),
         )
     except (TypeError, ValueError):
         raise Unauthorized(f"{label} token has malformed claims; {remedy}") from None

@@ -55,7 +55,7 @@ class Principal:
     model_id: int | None = None  # session, or a model-scoped access token
     prefix: str | None = None  # a prefix-scoped access token: every model under it
     jti: str = ""
-    parent_jti: str = ""  # session minted with a console access token
+    parent_jti: str = ""  # session: its console token's login; user: the login (family)
     token_hash: str = ""  # scoped: sha-256 of the mh_ token
     token_id: int | None = None  # scoped: its own id; session: the access token it came from
 
@@ -155,7 +155,7 @@ class Authenticator:
             expires=claims.exp,
             model_id=claims.mid,
             jti=claims.jti,
-            parent_jti=claims.pjt or "",
+            parent_jti=claims.pjt or claims.fam or "",  # session: what minted it; user: login
             token_id=claims.atk,
         )
 

@@ -2,13 +2,14 @@
 
 Refresh tokens rotate: each use retires the token and returns the next one of its family;
 presenting a retired token again means two parties hold it, so the whole family is revoked
-and both must log in again. Logout revokes the family (and the access token presented).
+and both must log in again. A family is one login: its access tokens carry the family id
+(`fam`), and revoking that id (reuse, logout) ends them and the sessions minted with them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -54,9 +55,9 @@ class AuthHandlers:
             raise Unauthorized("wrong email or password")
         self.throttle.succeeded(account)
         await self._audit(user.email, "login.success", request)
-        return JSONResponse(
-            {"access": self.tokens.issue_access(user.id), "refresh": await self._refresh(user.id)}
-        )
+        refresh, family = await self._refresh(user.id)
+        access = self.tokens.issue_access(user.id, family=family)
+        return JSONResponse({"access": access, "refresh": refresh})
 
     async def refresh(self, request: Request) -> Response:
         data = await read_json(request, self.body_limit)
@@ -65,6 +66,7 @@ class AuthHandlers:
         if row is None:
             raise Unauthorized("unknown refresh token; log in again (POST /console/api/auth/)")
         if row.used or row.revoked:
+            await self._end_login(row.family)
             await self._audit(f"user:{row.user_id}", "refresh.reuse", request)
             raise Unauthorized(
                 "this refresh token was already used or revoked; every token of this login is "
@@ -73,12 +75,9 @@ class AuthHandlers:
         user = await asyncio.to_thread(self.registry.get_user, claims.sub)
         if user is None or not user.is_active:
             raise Unauthorized("the user of this refresh token is disabled")
-        return JSONResponse(
-            {
-                "access": self.tokens.issue_access(user.id),
-                "refresh": await self._refresh(user.id, row.family),
-            }
-        )
+        refresh, _ = await self._refresh(user.id, row.family)
+        access = self.tokens.issue_access(user.id, family=row.family)
+        return JSONResponse({"access": access, "refresh": refresh})
 
     async def logout(self, request: Request) -> Response:
         data = await read_json(request, self.body_limit)
@@ -86,6 +85,7 @@ class AuthHandlers:
         row = await asyncio.to_thread(self.registry.revoke_refresh_family, claims.jti)
         if row is None:
             raise Unauthorized("unknown refresh token")
+        await self._end_login(row.family)
         await self._revoke_presented_access(request)
         await self._audit(f"user:{row.user_id}", "logout", request)
         return JSONResponse({"revoked": True})
@@ -106,14 +106,23 @@ class AuthHandlers:
         await asyncio.to_thread(self.registry.revoke_jti, claims.jti, expires)
         await asyncio.to_thread(self.auth.refresh_revocations)
 
-    async def _refresh(self, user_id: int, family: str | None = None) -> str:
+    async def _end_login(self, family: str) -> None:
+        """Every access token of this login, and the sessions minted with them, stop working."""
+        lasting = max(self.tokens.access_ttl_s, self.tokens.session_ttl_s)
+        until = datetime.now(UTC) + timedelta(seconds=lasting)
+        await asyncio.to_thread(self.registry.revoke_jti, family, until)
+        await asyncio.to_thread(self.auth.refresh_revocations)
+
+    async def _refresh(self, user_id: int, family: str | None = None) -> tuple[str, str]:
+        """A new refresh token of ``family`` (a new login when None) and the family id."""
         token = self.tokens.issue_refresh(user_id)
         claims = self.tokens.verify(token, "refresh")
         expires = datetime.fromtimestamp(claims.exp, UTC)
+        family = family or claims.jti
         await asyncio.to_thread(
-            self.registry.add_refresh_token, claims.jti, family or claims.jti, user_id, expires
+            self.registry.add_refresh_token, claims.jti, family, user_id, expires
         )
-        return token
+        return token, family
 
     async def _audit(self, actor: str, action: str, request: Request) -> None:
         detail = {"ip": client_ip(request)}

@@ -67,7 +67,8 @@ class ModelHandlers:
             entry.name,
             ttl_s=max(1.0, ttl),
             parent_token_id=who.token_id if who.kind == "scoped" else None,
-            parent_jti=who.jti if who.kind == "user" else None,
+            # the login if known (logout or a stolen refresh token ends it), else the token
+            parent_jti=(who.parent_jti or who.jti) if who.kind == "user" else None,
         )
         return JSONResponse({"token": token, "model_id": entry.model_id})
 
