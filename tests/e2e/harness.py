@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,25 @@ import pytest
 ADMIN_EMAIL = "admin@modelhost.local"
 ADMIN_PASSWORD = "e2e-admin-password"
 MODELS = Path(__file__).parent / "models"
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def poll(
+    check: Callable[[], Any], what: str = "condition", deadline_s: float = 60, every_s: float = 0.05
+) -> Any:
+    """`check()` until it returns something truthy, which is returned. A generous deadline,
+    not a fixed sleep: a loaded machine makes a test slower, not red."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {deadline_s} s: {what}")
+        time.sleep(every_s)
 
 
 def free_port() -> int:

@@ -6,7 +6,6 @@ import gzip
 import threading
 import time
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -14,20 +13,8 @@ import lz4.frame
 import pytest
 
 from .harness import Server, model_dir
-
-
-def _auth(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
-
-
-def _until(check: Callable[[], object], what: str, deadline_s: float = 30) -> None:
-    """Poll `check()` until it is true: a generous deadline, not a fixed sleep, so a loaded
-    machine is slower but not red."""
-    deadline = time.monotonic() + deadline_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {deadline_s} s: {what}")
-        time.sleep(0.1)
+from .harness import bearer as _auth
+from .harness import poll as _until
 
 
 def _inflight(server: Server, admin: dict[str, str], model: str) -> float:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -25,25 +25,12 @@ import httpx
 import pytest
 
 from e2e.harness import Server, free_port
+from e2e.harness import bearer as _auth
+from e2e.harness import poll as _poll
 
 MODELS = Path(__file__).parent / "models"
 DEADLINE_S = 2
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _auth(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
-
-
-def _poll(check: Callable[[], Any], what: str, deadline_s: float = 60) -> Any:
-    deadline = time.monotonic() + deadline_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {deadline_s} s: {what}")
-        time.sleep(0.1)
 
 
 def _folder(root: Path, source: str) -> Path:

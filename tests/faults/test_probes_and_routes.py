@@ -4,8 +4,7 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,8 @@ import httpx
 import pytest
 
 from e2e.harness import Server, free_port, model_dir
+from e2e.harness import bearer as _auth
+from e2e.harness import poll as _poll
 
 METRICS_TOKEN = "faults-metrics-token"
 SLOW_INIT = """
@@ -26,22 +27,6 @@ async def init(model_meta=None, *args, **kwargs):
 async def predict(payload_dict: dict, **kwargs):
     return payload_dict
 """
-
-
-def _auth(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
-
-
-def _poll(check: Callable[[], Any], what: str, deadline_s: float = 60) -> Any:
-    """`check()` until it returns something truthy, within a generous deadline."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {deadline_s} s: {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")

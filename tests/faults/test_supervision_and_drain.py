@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,24 +18,10 @@ import httpx
 import pytest
 
 from e2e.harness import MODELS, Server, free_port
+from e2e.harness import bearer as _auth
+from e2e.harness import poll as _poll
 
 FAULT_MODELS = Path(__file__).parent / "models"
-
-
-def _auth(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
-
-
-def _poll(check: Callable[[], Any], what: str, deadline_s: float = 60) -> Any:
-    """`check()` until it returns something truthy, within a generous deadline."""
-    deadline = time.monotonic() + deadline_s
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {deadline_s} s: {what}")
-        time.sleep(0.05)
 
 
 def _folder(tmp: Path, name: str, source: Path, faults_dir: Path | None = None) -> Path:

@@ -18,7 +18,8 @@ import httpx
 import jwt
 import pytest
 
-from e2e.harness import ADMIN_PASSWORD, Server, free_port, model_dir
+from e2e.harness import ADMIN_PASSWORD, Server, bearer, free_port, model_dir
+from e2e.harness import poll as until
 
 API = "/console/api/modelhost"
 ALICE = ("alice@example.com", "alice-password-1")  # group team-a-users: use on team-a
@@ -66,20 +67,6 @@ class Lab:
         assert r.status_code == 201, r.text
         self.secrets.append(r.json()["token"])
         return r.json()["id"], r.json()["token"]
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
-
-
-def until(check: object, deadline_s: float = 15.0) -> None:
-    """Poll ``check()`` until it is true (revocations apply within the poll interval)."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met before the deadline")
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from e2e.harness import Server, free_port, model_dir
+from e2e.harness import bearer as _auth
 from modelhost.runtime.protocol import Kind, encode
 
 HERE = Path(__file__).parent
@@ -38,10 +39,6 @@ ATTEMPTS = {
     "read_after_umount",
     "read_user_aws_credentials",
 }
-
-
-def _auth(token: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {token}"}
 
 
 @pytest.fixture(scope="module")
