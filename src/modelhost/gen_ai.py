@@ -21,6 +21,10 @@ __all__ = [
     "ChatCompletionResponseChoiceMessage",
     "ChatCompletionResponseUsage",
     "ChatMessage",
+    "PrtEmbeddingObject",
+    "PrtEmbeddingUsage",
+    "PrtEmbeddingsRequest",
+    "PrtEmbeddingsResponse",
     "PrtLangMessage",
     "PrtLangRequest",
     "PrtLangResponse",
@@ -136,3 +140,43 @@ class ChatCompletionResponse(BaseModel):
     model: str = ""
     choices: list[ChatCompletionResponseChoice]
     usage: ChatCompletionResponseUsage = Field(default_factory=ChatCompletionResponseUsage)
+
+
+# --- Embeddings (OpenAI's /v1/embeddings shape) ------------------------------------------
+
+
+class PrtEmbeddingsRequest(_Request):
+    """``POST .../embeddings`` (or the model URL): text, texts, or token ids to embed.
+
+    ``encoding_format`` is ``"float"`` (the default) or ``"base64"`` (little-endian float32,
+    what the ``openai`` SDK asks for unless told otherwise)."""
+
+    input: str | list[str] | list[int] | list[list[int]]
+    model: str | None = None
+    user: str | None = None
+    encoding_format: str | None = None
+    dimensions: int | None = None
+
+
+class PrtEmbeddingObject(BaseModel):
+    """One input's vector; `index` is the input's position in the request."""
+
+    object: str = "embedding"
+    embedding: list[float] | str
+    index: int = 0
+
+
+class PrtEmbeddingUsage(BaseModel):
+    """Tokens read (embeddings generate none, so both counts are the input's)."""
+
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+
+class PrtEmbeddingsResponse(BaseModel):
+    """The answer: one `PrtEmbeddingObject` per input, in input order."""
+
+    object: str = "list"
+    data: list[PrtEmbeddingObject]
+    model: str = ""
+    usage: PrtEmbeddingUsage = Field(default_factory=PrtEmbeddingUsage)

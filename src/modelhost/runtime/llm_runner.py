@@ -59,8 +59,13 @@ def backend_name(model_path: Path, options: dict[str, Any]) -> str:
 
 
 def build_service(model_path: Path, name: str, options: dict[str, Any]) -> Any:
-    """An `LLMService` over the engine `backend_name` picks (blocking: loads weights)."""
+    """An `LLMService` over the engine `backend_name` picks (blocking: loads weights); an
+    `EmbeddingService` for an embedding model (``"embedding": true``)."""
+    from modelhost.llm.embeddings import build_embedding_service, is_embedding_model
     from modelhost.llm.service import LLMService
+
+    if is_embedding_model(options):
+        return build_embedding_service(model_path, name, options)
 
     builders = {"llamacpp": _llamacpp, "transformers": _transformers, "vllm": _vllm}
     engine = builders[backend_name(model_path, options)](model_path, options)
