@@ -25,10 +25,11 @@ from typing import Any
 from modelhost.errors import InvalidModelFolder
 from modelhost.runtime.worker_env import model_env
 
-HOOKS = ("init", "predict", "cleanup")
+HOOKS = ("init", "predict", "serve", "cleanup")
 _SIGNATURES = {
     "init": "async def init(model_meta=None, *args, **kwargs)",
     "predict": "async def predict(payload_dict: dict, **kwargs)",
+    "serve": "async def serve(**kwargs)",
     "cleanup": "async def cleanup(model_meta=None, *args, **kwargs)",
 }
 
@@ -170,7 +171,7 @@ def check_folder(folder: Path) -> FolderCheck:
             f'`{_SIGNATURES["predict"]}` (or a model.json with an "llm" section)'
         )
     hooks = _hooks_in_source(source_path.read_text(encoding="utf-8"), "model.py")
-    if "predict" not in hooks and "llm" not in model_json:
+    if "predict" not in hooks and "serve" not in hooks and "llm" not in model_json:
         raise InvalidModelFolder(
             f"model.py defines no `predict` hook; add `{_SIGNATURES['predict']}` at module level"
         )
@@ -203,6 +204,7 @@ class LoadedModel:
     predict: Callable[..., Any]
     init: Callable[..., Any] | None
     cleanup: Callable[..., Any] | None
+    serve: Callable[..., Any] | None = None  # Practicus' serve(**kwargs); predict wraps it
 
     @property
     def hooks(self) -> list[str]:
@@ -236,17 +238,46 @@ def load_model(folder: Path, module_name: str) -> LoadedModel:
             raise InvalidModelFolder(
                 f"model.py: `{name}` is not a function; define `{_SIGNATURES[name]}`"
             )
-    predict = hooks["predict"]
+    predict, serve = hooks["predict"], hooks["serve"]
     if predict is None:
-        raise InvalidModelFolder(
-            f"model.py defines no `predict` hook; add `{_SIGNATURES['predict']}`"
-        )
+        if serve is None:
+            raise InvalidModelFolder(
+                f"model.py defines no `predict` hook; add `{_SIGNATURES['predict']}`"
+            )
+        _check_takes_kwargs(serve)
+        predict = serve_as_predict(serve)
     _check_takes_payload(predict)
     for name in ("init", "cleanup"):
         hook = hooks[name]
         if hook is not None:
             _check_takes_model_meta(name, hook)
-    return LoadedModel(module, predict, hooks["init"], hooks["cleanup"])
+    return LoadedModel(module, predict, hooks["init"], hooks["cleanup"], serve)
+
+
+def serve_as_predict(serve: Callable[..., Any]) -> Callable[..., Any]:
+    """Practicus' ``serve(**kwargs)`` hook (used when there is no ``predict``): it gets the
+    request as keywords (``http_request``, ``sub_path``, ``model_meta``) for every path under
+    the model URL, and answers with what it returns (``prt.models.server.serve`` returns a
+    Starlette response, streamed when the upstream streams)."""
+
+    async def predict(http_request: Any, sub_path: str = "", model_meta: Any = None) -> Any:
+        result = serve(http_request=http_request, sub_path=sub_path, model_meta=model_meta)
+        return await result if inspect.isawaitable(result) else result
+
+    return predict
+
+
+def _check_takes_kwargs(fn: Callable[..., Any]) -> None:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    raise InvalidModelFolder(
+        f"model.py: `serve{sig}` cannot take the request as keywords; "
+        f"define `{_SIGNATURES['serve']}`"
+    )
 
 
 def _check_takes_payload(fn: Callable[..., Any]) -> None:

@@ -19,6 +19,7 @@ from modelhost.runtime.calling import CallPlan, is_csv, predict_error
 from modelhost.runtime.codec import encode_chunk, encode_result
 from modelhost.runtime.loader import LoadedModel
 from modelhost.runtime.meta import ModelMeta
+from modelhost.runtime.responses import is_response, to_reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,8 @@ class PythonModelRunner:
             raise predict_error(exc) from exc
         if inspect.isasyncgen(result):
             return StreamReply(_stream(result))
+        if is_response(result):  # a Starlette/FastAPI response: status and headers kept
+            return to_reply(result)
         try:
             body, content_type = encode_result(result, csv=is_csv(request.content_type))
         except TypeError as exc:
