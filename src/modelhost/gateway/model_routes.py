@@ -25,6 +25,7 @@ from modelhost.errors import (
     UnsupportedMediaType,
 )
 from modelhost.gateway import body as bodies
+from modelhost.gateway.auth import MODEL_KINDS, Authenticator, Principal
 from modelhost.gateway.http_errors import error_body, error_headers, status_of
 from modelhost.gateway.metrics import LatencyRecorder
 from modelhost.gateway.request_checks import ALLOW, MODEL_METHODS, is_media_type, wants_meta
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from modelhost.gateway.app import Gateway
 
 access_log = logging.getLogger("modelhost.access")
+META_KINDS = MODEL_KINDS | {"user"}  # get_meta: a console token may read it too
 # A request still waiting for its worker after one to two of these gets a task watching its
 # client; fast requests never do. A client gone by then cancels the predict (CANCEL frame).
 WATCH_AFTER_S = 0.05
@@ -75,13 +77,16 @@ class ModelRoutes:
         try:
             # Who first: an anonymous or bad token learns nothing about which models exist.
             auth = self.gw.auth
-            principal = auth.cached(authorization) or await auth.authenticate(authorization)
+            kinds = META_KINDS if wants_meta(scope["query_string"]) else MODEL_KINDS
+            principal = auth.cached(authorization, kinds) or await auth.authenticate(
+                authorization, kinds
+            )
             match = self.gw.routes.resolve(scope["path"])
             if match is None:
                 raise NotFound(_unknown_model_message(scope["path"]))
             entry = match.entry
             entry.requests += 1
-            auth.authorize(principal, entry.prefix, entry.name, entry.model_id)
+            _authorize(auth, principal, entry, scope["path"])
             # After authentication and authorization: they answer alike for every method.
             if scope["method"] not in MODEL_METHODS or (
                 content_type and not is_media_type(content_type)
@@ -255,6 +260,15 @@ def _not_ready(entry: ModelEntry, workers: VersionWorkers) -> ModelhostError:
             "(MODELHOST_KEEP_VERSIONS); use the versionless URL, or deploy this version again"
         )
     return ModelNotReady(f"{where} is loading" + (f" ({workers.reason})" if workers.reason else ""))
+
+
+def _authorize(auth: Authenticator, principal: Principal, entry: ModelEntry, path: str) -> None:
+    """May `principal` call this model? A console token (accepted for get_meta only:
+    Practicus' REST flow reads the model id there) sees a model it may not use as missing,
+    as ``model-auth/`` answers; session and scoped tokens get 403."""
+    if principal.kind == "user" and not auth.may_use(principal, entry.prefix, entry.model_id):
+        raise NotFound(_unknown_model_message(path))
+    auth.authorize(principal, entry.prefix, entry.name, entry.model_id)
 
 
 def _unknown_model_message(path: str) -> str:
