@@ -86,8 +86,12 @@ def login(url: str, email: str, password: str) -> None:
     run_sync(alogin(url, email, password))
 
 
-def get_session_token(api_url: str, token: str | None = None) -> str:
-    """A model session token for `api_url`; a `token` with over 5 minutes left is reused."""
+def get_session_token(api_url: str, token: str | None = None, for_upload: bool = False) -> str:
+    """A model session token for `api_url`; a `token` with over 5 minutes left is reused.
+
+    ``for_upload`` is accepted as Practicus' SDK has it; uploads (`deploy`) use the console
+    login here, so the session token is the same either way."""
+    del for_upload
     return run_sync(aget_session_token(api_url, token))
 
 

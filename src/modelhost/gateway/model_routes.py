@@ -30,6 +30,7 @@ from modelhost.gateway.http_errors import error_body, error_headers, status_of
 from modelhost.gateway.metrics import LatencyRecorder
 from modelhost.gateway.request_checks import ALLOW, MODEL_METHODS, is_media_type, wants_meta
 from modelhost.gateway.routes import Match, ModelEntry
+from modelhost.model_config import described
 from modelhost.runtime.channel import Head, Reply, Stream, WorkerChannel
 from modelhost.runtime.supervisor import VersionWorkers
 from modelhost.types import Headers, Receive, Scope, Send
@@ -189,7 +190,10 @@ class ModelRoutes:
     async def _send_meta(
         self, send: Send, entry: ModelEntry, workers: VersionWorkers, request_id: bytes
     ) -> None:
-        body = orjson.dumps(self.gw.model_meta(entry, workers))
+        meta = self.gw.model_meta(entry, workers)
+        # model.json's own metadata (Practicus' ModelConfig: model_signature_json, ...) at the
+        # top level, as Practicus answers it; the server's fields win on a clash
+        body = orjson.dumps({**described(meta.get("model_json")), **meta})
         headers = self._headers(entry, workers) + [
             (b"content-type", b"application/json"),
             (b"x-request-id", request_id),
