@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -41,12 +40,20 @@ def serve(
     home: Annotated[
         Path | None, typer.Option(help="State folder (MODELHOST_HOME, default ~/.modelhost).")
     ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(help="Log lines as 'text' or 'json' objects (MODELHOST_LOG_FORMAT)."),
+    ] = None,
 ) -> None:
     """Run the gateway and the model workers (settings: MODELHOST_* variables)."""
+    from modelhost import logs
     from modelhost.gateway.app import build_gateway, uvicorn_server
 
-    settings = Settings.from_env(host=host, port=port, home=home)
-    _logging(settings.log_level)
+    settings = Settings.from_env(host=host, port=port, home=home, log_format=log_format)
+    try:
+        logs.setup(settings.log_level, settings.log_format)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--log-format") from None
     gateway = build_gateway(settings)
     typer.echo(f"modelhost serving on {settings.public_url} (home: {settings.home})", err=True)
     uvicorn_server(gateway).run()
@@ -165,12 +172,153 @@ def prefix_create(key: str, url: Url = None) -> None:
     _admin_call("POST", "/console/api/modelhost/prefixes/", url, {"key": key})
 
 
+PredictTimeout = Annotated[
+    float | None,
+    typer.Option(help="Predict deadline in seconds (default MODELHOST_PREDICT_TIMEOUT_S)."),
+]
+MaxQueue = Annotated[
+    int | None,
+    typer.Option(help="Requests in flight per version before 429 (default MODELHOST_MAX_QUEUE)."),
+]
+MemoryMb = Annotated[int | None, typer.Option(help="Memory bound per worker process, MiB.")]
+
+
 @admin_app.command("deployment-create")
-def deployment_create(key: str, replicas: int = 1, url: Url = None) -> None:
+def deployment_create(
+    key: str,
+    replicas: int = 1,
+    predict_timeout_s: PredictTimeout = None,
+    max_queue: MaxQueue = None,
+    memory_mb: MemoryMb = None,
+    url: Url = None,
+) -> None:
     """Create a deployment; each of its model versions runs in `replicas` worker processes."""
-    _admin_call(
-        "POST", "/console/api/modelhost/deployments/", url, {"key": key, "replicas": replicas}
-    )
+    body: dict[str, object] = {"key": key, "replicas": replicas}
+    body.update(_limits(predict_timeout_s, max_queue, memory_mb))
+    _admin_call("POST", f"{MH}/deployments/", url, body)
+
+
+@admin_app.command("deployment-set")
+def deployment_set(
+    key: str,
+    replicas: Annotated[int | None, typer.Option(help="Worker processes per version.")] = None,
+    predict_timeout_s: PredictTimeout = None,
+    max_queue: MaxQueue = None,
+    memory_mb: MemoryMb = None,
+    clear: Annotated[
+        list[str] | None,
+        typer.Option(help="Back to the server's setting: predict_timeout_s, max_queue, memory_mb."),
+    ] = None,
+    url: Url = None,
+) -> None:
+    """Change a deployment live: replicas start or drain now, max_queue applies now, the
+    predict deadline and memory bound apply to workers started from now on."""
+    body: dict[str, object] = {} if replicas is None else {"replicas": replicas}
+    body.update(_limits(predict_timeout_s, max_queue, memory_mb))
+    if clear:
+        body["clear"] = clear
+    _admin_call("PATCH", f"{MH}/deployments/{key}/", url, body)
+
+
+@admin_app.command("replicas")
+def replicas_set(
+    deployment: Annotated[str, typer.Argument(help="Deployment key.")],
+    count: Annotated[int, typer.Argument(min=1, max=64, help="Worker processes per version.")],
+    url: Url = None,
+) -> None:
+    """Set how many worker processes each version of the deployment's models runs, live
+    (no request is dropped: surplus replicas drain first)."""
+    _admin_call("PATCH", f"{MH}/deployments/{deployment}/", url, {"replicas": count})
+
+
+def _limits(
+    predict_timeout_s: float | None, max_queue: int | None, memory_mb: int | None
+) -> dict[str, object]:
+    given = {"predict_timeout_s": predict_timeout_s, "max_queue": max_queue, "memory_mb": memory_mb}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+versions_app = typer.Typer(
+    help="A model's versions and traffic: list, weights, pin, unpin, rollback, delete. MODEL is "
+    "a model URL (http://host/prefix/name/) or its model id.",
+    no_args_is_help=True,
+)
+admin_app.add_typer(versions_app, name="versions")
+Model = Annotated[str, typer.Argument(help="Model URL or model id.")]
+
+
+@versions_app.command("list")
+def versions_list(model: Model, url: Url = None) -> None:
+    """Every version with its state, weight and replicas, and what the versionless URL
+    serves now."""
+    _admin_call("GET", f"{MH}/models/{_model_id(model, url)}/versions/", url)
+
+
+@versions_app.command("weights")
+def versions_weights(
+    model: Model,
+    weights: Annotated[
+        list[str] | None,
+        typer.Argument(help="VERSION=WEIGHT pairs, e.g. v1=70 v2=30; none: newest serves."),
+    ] = None,
+    url: Url = None,
+) -> None:
+    """Split the versionless URL across ready versions by weight (versions not named get 0;
+    a new deploy gets 0 until given some). No pairs: back to "the newest ready version
+    serves everything". Clients sending x-prt-session-key stay on one version."""
+    pairs: dict[str, object] = {}
+    for item in weights or []:
+        version, sep, weight = item.partition("=")
+        if not sep or not weight.isdigit():
+            _fail(f"{item!r} is not VERSION=WEIGHT (e.g. v1=70)")
+        pairs[version] = int(weight)
+    _admin_call("POST", f"{MH}/models/{_model_id(model, url)}/traffic/", url, {"weights": pairs})
+
+
+@versions_app.command("pin")
+def versions_pin(
+    model: Model,
+    version: Annotated[str, typer.Argument(help="Version, e.g. v2.")],
+    url: Url = None,
+) -> None:
+    """Serve only this version on the versionless URL (started if it is not running; what
+    served before keeps serving until it is ready)."""
+    _admin_call("POST", f"{MH}/models/{_model_id(model, url)}/pin/", url, {"version": version})
+
+
+@versions_app.command("unpin")
+def versions_unpin(model: Model, url: Url = None) -> None:
+    """Lift the pin: weights (or the newest ready version) decide again."""
+    _admin_call("DELETE", f"{MH}/models/{_model_id(model, url)}/pin/", url)
+
+
+@versions_app.command("rollback")
+def versions_rollback(model: Model, url: Url = None) -> None:
+    """Pin the version before the one serving now (restarted if it was unloaded)."""
+    _admin_call("POST", f"{MH}/models/{_model_id(model, url)}/rollback/", url, {})
+
+
+@versions_app.command("delete")
+def versions_delete(
+    model: Model,
+    version: Annotated[str, typer.Argument(help="Version, e.g. v1.")],
+    url: Url = None,
+) -> None:
+    """Delete a version: out of routing at once (its URL answers 404), in-flight requests
+    finish, its workers stop, and it never starts again."""
+    _admin_call("DELETE", f"{MH}/models/{_model_id(model, url)}/versions/{version}/", url)
+
+
+def _model_id(model: str, url: str | None) -> int:
+    if model.isdigit():
+        return int(model)
+    from urllib.parse import urlparse
+
+    path = urlparse(model).path.strip("/")
+    for row in _admin_json("GET", f"{MH}/models/", url):
+        if f"{row['prefix']}/{row['name']}" == path:
+            return int(row["model_id"])
+    _fail(f"no model at {model!r}; give its URL (http://host/prefix/name/) or its model id")
 
 
 @admin_app.command("token-create")
@@ -405,12 +553,6 @@ def demo(
     from modelhost.demo import run_demo
 
     run_demo(port=port, home=home)
-
-
-def _logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
 
 
 def main() -> None:

@@ -12,7 +12,8 @@
     ├── Conflict              already exists (409)
     ├── PayloadTooLarge       body over the limit, or a decompression bomb (413)
     ├── UnsupportedMediaType  content-type or content-encoding we cannot read (415)
-    ├── TooManyRequests       queue full; `retry_after` seconds (429)
+    ├── TooManyRequests       throttled; `retry_after` seconds (429)
+    │   └── QueueFull         a version's `max_queue` requests are in flight already
     ├── PredictFailed         the model's predict raised (500)
     ├── ModelNotReady         loading, or init failed; `reason` says why (503)
     ├── WorkerUnavailable     the worker process is gone or timed out (503)
@@ -87,6 +88,12 @@ class TooManyRequests(ModelhostError):
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message, retry_after=retry_after)
         self.retry_after = retry_after
+
+
+class QueueFull(TooManyRequests):
+    """A version already has its deployment's `max_queue` requests in flight (429)."""
+
+    code = "queue_full"
 
 
 class PredictFailed(ModelhostError):

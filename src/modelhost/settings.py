@@ -71,11 +71,20 @@ class Settings:
     drain_timeout_s: float = 30.0
     worker_stop_timeout_s: float = 10.0
     predict_timeout_s: float = 600.0
+    # Resident memory (VmRSS, MiB) a worker process may use before it is killed and restarted;
+    # a deployment's memory_mb overrides it. 0 = unlimited.
+    worker_memory_mb: int = 0
+    # Requests in flight per model version at the gateway; one more gets 429 + Retry-After.
+    # 0 = no bound. A deployment's own max_queue (admin API) overrides it.
+    max_queue: int = 0
     default_replicas: int = 1
     # Versions of one model kept loaded: when a new version is ready, older ones beyond the
     # newest N stop their workers (their URLs then answer 404 naming this). 0 = keep all.
     keep_versions: int = 2
     log_level: str = "info"
+    # "text" or "json" (one object per line: ts, level, logger, message, request_id), for the
+    # gateway and its workers alike (modelhost/logs.py).
+    log_format: str = "text"
     # Sample one access-log line per N requests on the hot path (0 = off, 1 = every request).
     access_log_sample: int = 0
     # Reverse proxies whose X-Forwarded-For/-Proto are trusted (comma-separated IPs or "*").
@@ -93,6 +102,9 @@ class Settings:
     # A request head not complete this many seconds after it started (a new connection: after
     # it opened) is answered 408 and the connection closed; a silent new one is just closed.
     header_timeout_s: float = 10.0
+    # A request body of which no byte arrived for this many seconds (after its head or its
+    # last byte) is answered 408 and the connection closed (0 = no deadline).
+    body_timeout_s: float = 30.0
     # Open HTTP connections beyond this are answered 503 and closed (0 = unlimited).
     max_connections: int = 1024
 

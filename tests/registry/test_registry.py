@@ -34,7 +34,7 @@ def test_migrate_twice_is_idempotent(database_url: str) -> None:
         registry.create_prefix("kept")
         registry.migrate()
         with registry.engine.connect() as connection:
-            assert MigrationContext.configure(connection).get_current_revision() == "0002"
+            assert MigrationContext.configure(connection).get_current_revision() == "0003"
         assert [p.key for p in registry.list_prefixes()] == ["kept"]
 
 

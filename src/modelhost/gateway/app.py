@@ -1,8 +1,8 @@
 """The gateway: the one ASGI app `modelhost serve` runs.
 
 Model routes take the hot path (`model_routes`); `/console/...`, `/healthz`, `/readyz` and
-`/metrics` go to the console app. On start it spawns the workers of every active version;
-while running it records each version's state in the registry.
+`/metrics` go to the console app. The version manager (`versions`) starts the workers of
+every active version and records their states; this module only wires the parts together.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from modelhost.gateway.deployer import Deployer
 from modelhost.gateway.metrics import metrics_registry
 from modelhost.gateway.metrics import render as render_metrics
 from modelhost.gateway.model_routes import ModelRoutes
-from modelhost.gateway.routes import ModelEntry, RouteTable
-from modelhost.registry import ModelRow, Registry, VersionRow
-from modelhost.runtime.supervisor import Supervisor, VersionInfo, VersionWorkers
+from modelhost.gateway.routes import RouteTable
+from modelhost.gateway.version_admin import VersionAdmin
+from modelhost.gateway.versions import VersionManager
+from modelhost.registry import Registry
 from modelhost.settings import Settings
 from modelhost.store import ObjectStore, open_store
 from modelhost.types import Receive, Scope, Send
@@ -39,6 +40,9 @@ _CONSOLE_PATHS = ("/console/", "/healthz", "/readyz", "/metrics")
 
 
 class Gateway:
+    """Wiring only: builds the parts, hands each the few collaborators it uses, routes ASGI
+    scopes to the hot path or the console, and runs start-up and shutdown."""
+
     def __init__(
         self, settings: Settings, registry: Registry, store: ObjectStore, tokens: TokenService
     ) -> None:
@@ -47,9 +51,11 @@ class Gateway:
         self.store = store
         self.tokens = tokens
         self.routes = RouteTable()
-        self.supervisor = Supervisor(settings, self._version_changed)
         self.auth = Authenticator(tokens, registry, settings.revocation_poll_s)
-        self.deployer = Deployer(self)
+        self.versions = VersionManager(settings, registry, self.routes)
+        self.deployer = Deployer(settings, registry, store, self.versions)
+        self._models = ModelRoutes(settings, self.auth, self.routes, self.versions.meta)
+        self._metrics = metrics_registry(self.routes, self._models.latency, settings.workers_dir)
         self._console = console_app(
             ConsoleParts(
                 settings,
@@ -58,15 +64,11 @@ class Gateway:
                 self.auth,
                 self.routes,
                 self.deployer,
-                self.model_meta,
+                VersionAdmin(registry, self.versions, self.routes, settings),
+                self.versions.meta,
                 self.metrics_text,
             )
         )
-        self._models = ModelRoutes(self)
-        self._metrics = metrics_registry(self.routes, self._models.latency)
-        self._boot_task: asyncio.Task[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()
-        self._shutting_down = False
         # When the server was asked to stop (SIGTERM/SIGINT): the drain deadline counts from it.
         self.exit_requested: float | None = None
 
@@ -102,144 +104,19 @@ class Gateway:
         gc.freeze()
         await asyncio.to_thread(self.auth.refresh_revocations)
         self.auth.start()
-        active = await asyncio.to_thread(self.registry.list_active_versions)
-        # Routes exist before the first request; workers start in the background, newest
-        # versions first. The versionless URL waits for the version that served before the
-        # restart (the newest not failed) instead of rolling back to an older one that happens
-        # to be ready first; if that one fails now, the newest ready one serves.
-        active.sort(key=lambda a: a.version.version, reverse=True)
-        starts = [self.register_version(a.model, a.version, a.replicas).start() for a in active]
-        for a in active:
-            entry = self.routes.by_id(a.model.id)
-            if entry is not None and a.version.state != "failed":
-                entry.hold_for = max(entry.hold_for, a.version.version)
-        for entry in self.routes.entries():
-            entry.refresh()
-        if starts:
-            log.info("starting %d model version(s)", len(starts))
-            self._boot_task = asyncio.get_running_loop().create_task(_gather(starts))
+        await self.versions.startup()
 
     async def shutdown(self) -> None:
         """Stop serving: uvicorn has stopped accepting and waited (at most `drain_timeout_s`)
         for the HTTP requests in flight; the workers get what is left of that grace period
         to finish theirs, then SIGTERM (cleanup), then SIGKILL."""
-        self._shutting_down = True  # versions stop with the server, not for good
         await self.auth.stop()
         started = self.exit_requested or time.monotonic()
         left = max(0.0, started + self.settings.drain_timeout_s - time.monotonic())
-        await self.supervisor.shutdown(left)
-        # versions being retired finish their own drain (bounded the same way)
-        await asyncio.gather(*self._background, return_exceptions=True)
-
-    def register_version(
-        self, model: ModelRow, version: VersionRow, replicas: int
-    ) -> VersionWorkers:
-        """Put a version in the route table (state: loading) without starting it yet."""
-        entry = self.routes.add(
-            ModelEntry(model.id, model.prefix_key, model.name, model.deployment_key)
-        )
-        info = VersionInfo(
-            version_id=version.id,
-            model_id=model.id,
-            prefix=model.prefix_key,
-            name=model.name,
-            version=version.version,
-            deployment=model.deployment_key,
-            store_key=version.store_key,
-            model_json=version.model_json,
-            traffic_weight=version.traffic_weight,
-        )
-        workers = VersionWorkers(info, replicas, self.settings, self._version_changed)
-        entry.versions[version.version] = workers
-        entry.refresh()
-        self.supervisor.versions[version.id] = workers
-        return workers
-
-    async def start_version(
-        self, model: ModelRow, version: VersionRow, replicas: int
-    ) -> VersionWorkers:
-        workers = self.register_version(model, version, replicas)
-        await workers.start()
-        return workers
-
-    def _version_changed(self, workers: VersionWorkers) -> None:
-        info, state = workers.info, workers.state
-        entry = self.routes.by_id(info.model_id)
-        if entry is not None:
-            entry.refresh()
-        error = workers.reason if state == "failed" else None
-        log.info(
-            "%s/%s v%d is %s%s",
-            info.prefix,
-            info.name,
-            info.version,
-            state,
-            f": {error}" if error else "",
-        )
-        if self._shutting_down:
-            return
-        loop = asyncio.get_running_loop()
-        loop.run_in_executor(None, self.registry.set_version_state, info.version_id, state, error)
-        if state == "ready" and entry is not None:
-            self._retire_older(entry, info.version)
-
-    def _retire_older(self, entry: ModelEntry, newest: int) -> None:
-        """Stop the workers of versions older than the newest `keep_versions` loaded ones."""
-        keep = self.settings.keep_versions
-        if keep <= 0:
-            return
-        older = [
-            workers
-            for number, workers in sorted(entry.versions.items(), reverse=True)
-            if number < newest and workers.state in ("ready", "loading")
-        ]
-        for workers in older[keep - 1 :]:
-            log.info(
-                "%s/%s v%d: unloading, v%d is ready and MODELHOST_KEEP_VERSIONS=%d",
-                entry.prefix,
-                entry.name,
-                workers.info.version,
-                newest,
-                keep,
-            )
-            task = asyncio.get_running_loop().create_task(
-                self.supervisor.stop_version(workers.info.version_id)
-            )
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-
-    def model_meta(self, entry: ModelEntry, workers: VersionWorkers) -> dict[str, Any]:
-        info = workers.info
-        return {
-            "model_id": entry.model_id,
-            "name": entry.name,
-            "prefix": entry.prefix,
-            "version": info.version,
-            "deployment": entry.deployment,
-            "state": workers.state,
-            "reason": workers.reason,
-            "model_json": info.model_json,
-            "hooks": workers.hooks,
-            "pod_name": workers.pod_name,
-            "replicas": len(workers.replicas),
-            "restarts": workers.restarts,
-            "last_exit": workers.last_exit,
-            "replica_states": [
-                {"state": r.state, "restarts": r.restarts, "last_exit": r.last_exit}
-                for r in workers.replicas
-            ],
-            "versions": {f"v{n}": w.state for n, w in sorted(entry.versions.items())},
-        }
+        await self.versions.shutdown(left)
 
     def metrics_text(self) -> bytes:
         return render_metrics(self._metrics)
-
-
-async def _gather(coros: list[Any]) -> None:
-    results = await asyncio.gather(*coros, return_exceptions=True)
-    for result in results:
-        if isinstance(result, Exception):
-            log.error("a model version failed to start: %s", result)
 
 
 ADMIN_PASSWORD_FILE = "admin-password.txt"
@@ -321,6 +198,7 @@ def uvicorn_server(gateway: Gateway) -> Any:
         http=HttpProtocol.configured(
             max_header_bytes=settings.max_header_bytes,
             header_timeout_s=settings.header_timeout_s,
+            body_timeout_s=settings.body_timeout_s,
             max_connections=settings.max_connections,
         ),
         ws="none",
@@ -328,6 +206,7 @@ def uvicorn_server(gateway: Gateway) -> Any:
         proxy_headers=bool(settings.forwarded_allow_ips),
         forwarded_allow_ips=settings.forwarded_allow_ips or None,
         access_log=False,
+        log_config=None,  # uvicorn's loggers go through ours (modelhost/logs.py: text or JSON)
         log_level=settings.log_level,
         lifespan="on",
         timeout_keep_alive=settings.keep_alive_s,

@@ -13,7 +13,9 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import orjson
 from starlette.applications import Starlette
+from starlette.convertors import IntegerConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -26,9 +28,12 @@ from modelhost.gateway.console_admin import AdminHandlers
 from modelhost.gateway.console_auth import AuthHandlers
 from modelhost.gateway.console_io import API
 from modelhost.gateway.console_models import MetaFn, ModelHandlers
+from modelhost.gateway.console_versions import VersionHandlers
 from modelhost.gateway.deployer import Deployer
 from modelhost.gateway.http_errors import error_body, error_headers, status_of
+from modelhost.gateway.openapi import openapi_document
 from modelhost.gateway.routes import RouteTable
+from modelhost.gateway.version_admin import VersionAdmin
 from modelhost.registry import Registry
 from modelhost.settings import Settings
 
@@ -43,11 +48,21 @@ class ConsoleParts:
     auth: Authenticator
     routes: RouteTable
     deployer: Deployer
+    versions: VersionAdmin
     model_meta: MetaFn
     metrics_text: Callable[[], bytes]
 
 
+class _IdConvertor(IntegerConvertor):
+    """A database id in a path: at most 18 digits (ids are 64-bit integers in SQLite and
+    PostgreSQL), so a longer number is an unknown URL (404), not an overflow in the database
+    (a 500 found by tests/security/test_openapi_fuzz.py)."""
+
+    regex = "[0-9]{1,18}"
+
+
 def console_app(parts: ConsoleParts) -> Starlette:
+    register_url_convertor("id", _IdConvertor())  # `{name:id}` in the routes below
     s = parts.settings
     throttle = LoginThrottle(
         max_failures=s.login_max_failures, window_s=s.login_window_s, max_lock_s=s.login_lock_max_s
@@ -67,6 +82,7 @@ def console_app(parts: ConsoleParts) -> Starlette:
     admin = AdminHandlers(
         parts.registry, parts.auth, parts.tokens, parts.routes, s.console_max_body_bytes
     )
+    versions = VersionHandlers(admin, parts.versions, s.console_max_body_bytes)
     status = StatusHandlers(parts.routes, parts.metrics_text, admin, s.metrics_token)
     mh = f"{API}/modelhost"
     routes = [
@@ -81,27 +97,53 @@ def console_app(parts: ConsoleParts) -> Starlette:
         Route(f"{mh}/models/", models.list_models, methods=["GET"]),
         Route(f"{mh}/prefixes/", admin.prefixes, methods=["GET", "POST"]),
         Route(f"{mh}/deployments/", admin.deployments, methods=["GET", "POST"]),
+        Route(
+            f"{mh}/deployments/{{key:str}}/",
+            versions.update_deployment,
+            methods=["PATCH", "POST"],
+        ),
+        Route(f"{mh}/models/{{model_id:id}}/versions/", versions.list_versions, methods=["GET"]),
+        Route(
+            f"{mh}/models/{{model_id:id}}/versions/{{version:str}}/",
+            versions.delete_version,
+            methods=["DELETE"],
+        ),
+        Route(f"{mh}/models/{{model_id:id}}/traffic/", versions.traffic, methods=["POST"]),
+        Route(f"{mh}/models/{{model_id:id}}/pin/", versions.pin, methods=["POST", "DELETE"]),
+        Route(f"{mh}/models/{{model_id:id}}/rollback/", versions.rollback, methods=["POST"]),
         Route(f"{mh}/access-tokens/", admin.create_access_token, methods=["POST"]),
         Route(
-            f"{mh}/access-tokens/{{token_id:int}}/", admin.revoke_access_token, methods=["DELETE"]
+            f"{mh}/access-tokens/{{token_id:id}}/", admin.revoke_access_token, methods=["DELETE"]
         ),
         Route(f"{mh}/users/", admin.users, methods=["GET", "POST"]),
         Route(
-            f"{mh}/users/{{user_id:int}}/{{action:str}}/", admin.set_user_active, methods=["POST"]
+            f"{mh}/users/{{user_id:id}}/{{action:str}}/", admin.set_user_active, methods=["POST"]
         ),
         Route(f"{mh}/groups/", admin.groups, methods=["GET", "POST"]),
-        Route(f"{mh}/groups/{{group_id:int}}/members/", admin.group_members, methods=["POST"]),
+        Route(f"{mh}/groups/{{group_id:id}}/members/", admin.group_members, methods=["POST"]),
         Route(
-            f"{mh}/groups/{{group_id:int}}/members/{{user_id:int}}/",
+            f"{mh}/groups/{{group_id:id}}/members/{{user_id:id}}/",
             admin.group_members,
             methods=["DELETE"],
         ),
         Route(f"{mh}/grants/", admin.grants, methods=["GET", "POST"]),
-        Route(f"{mh}/grants/{{grant_id:int}}/", admin.delete_grant, methods=["DELETE"]),
+        Route(f"{mh}/grants/{{grant_id:id}}/", admin.delete_grant, methods=["DELETE"]),
         Route(f"{mh}/audit/", admin.audit, methods=["GET"]),
         Route(f"{mh}/session-tokens/revoke/", admin.revoke_session, methods=["POST"]),
+        _openapi_route(),
     ]
     return Starlette(routes=routes, exception_handlers={ModelhostError: _on_error})  # type: ignore[dict-item]
+
+
+def _openapi_route() -> Route:
+    """`GET /console/api/openapi.json`: the document of this API (`gateway/openapi.py`), no
+    authentication (it names no model), serialized once."""
+    body = orjson.dumps(openapi_document())
+
+    async def document(request: Request) -> Response:
+        return Response(body, media_type="application/json")
+
+    return Route(f"{API}/openapi.json", document, methods=["GET"])
 
 
 async def _on_error(request: Request, exc: ModelhostError) -> Response:

@@ -1,4 +1,5 @@
 """Admin console routes: prefixes, deployments, users, groups, grants, access tokens, audit.
+(Versions, traffic and live deployment changes: `console_versions`.)
 
 Only a logged-in admin user reaches these (checked against the registry on every call, not
 a cache); long-lived access tokens never do, whoever created them. Changes to users, groups
@@ -21,7 +22,7 @@ from modelhost.gateway.auth import Authenticator
 from modelhost.gateway.console_io import field, principal, read_json, user_principal
 from modelhost.gateway.console_models import find_model
 from modelhost.gateway.routes import RouteTable
-from modelhost.registry import Registry, UserRow
+from modelhost.registry import DEPLOYMENT_LIMITS, DeploymentRow, Registry, UserRow
 
 
 class AdminHandlers:
@@ -74,20 +75,13 @@ class AdminHandlers:
         user = await self.admin(request)
         if request.method == "POST":
             data = await self._body(request)
-            replicas = data.get("replicas", 1)
-            if (
-                isinstance(replicas, bool)
-                or not isinstance(replicas, int)
-                or not 1 <= replicas <= 64
-            ):
-                raise BadRequest("'replicas' must be an integer from 1 to 64")
+            changes = deployment_changes(data, partial=False)
             key = field(data, "key")
-            row = await asyncio.to_thread(self.registry.create_deployment, key, replicas)
-            await self._audit(user, "deployment.create", {"key": row.key})
-            body = {"id": row.id, "key": row.key, "replicas": row.replicas}
-            return JSONResponse(body, status_code=201)
+            row = await asyncio.to_thread(lambda: self.registry.create_deployment(key, **changes))
+            await self._audit(user, "deployment.create", {"key": row.key, **changes})
+            return JSONResponse(deployment_json(row), status_code=201)
         rows = await asyncio.to_thread(self.registry.list_deployments)
-        return JSONResponse([{"id": r.id, "key": r.key, "replicas": r.replicas} for r in rows])
+        return JSONResponse([deployment_json(r) for r in rows])
 
     # -- users and groups --------------------------------------------------------------
 
@@ -271,6 +265,29 @@ class AdminHandlers:
                 for r in rows
             ]
         )
+
+
+DEPLOYMENT_FIELDS = ("replicas", *DEPLOYMENT_LIMITS)
+
+
+def deployment_changes(data: dict[str, Any], partial: bool) -> dict[str, Any]:
+    """The deployment fields in `data`, checked (replicas 1..64; limits >= 0 or null)."""
+    changes = {k: data[k] for k in DEPLOYMENT_FIELDS if k in data}
+    if "replicas" in changes or not partial:
+        replicas = changes.get("replicas", 1)
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 64:
+            raise BadRequest("'replicas' must be an integer from 1 to 64")
+        changes["replicas"] = replicas
+    return changes
+
+
+def deployment_json(row: DeploymentRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "key": row.key,
+        "replicas": row.replicas,
+        **{name: getattr(row, name) for name in DEPLOYMENT_LIMITS},
+    }
 
 
 def _user_json(row: UserRow) -> dict[str, Any]:

@@ -22,13 +22,14 @@ import tempfile
 import uuid
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from modelhost.errors import BadRequest, PayloadTooLarge
+from modelhost.gateway.versions import VersionManager
+from modelhost.registry import DeploymentRow, ModelRow, Registry, VersionRow
 from modelhost.runtime.loader import check_folder
-
-if TYPE_CHECKING:
-    from modelhost.gateway.app import Gateway
+from modelhost.settings import Settings
+from modelhost.store import ObjectStore
 
 log = logging.getLogger("modelhost.deploy")
 MAX_FOLDER_BYTES = 512 * 1024 * 1024
@@ -195,14 +196,19 @@ def _shown(name: str) -> str:
 
 
 class Deployer:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
+    def __init__(
+        self, settings: Settings, registry: Registry, store: ObjectStore, versions: VersionManager
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.store = store
+        self.versions = versions
 
     async def deploy(
         self, actor: str, deployment: str, prefix: str, name: str, archive: bytes, wait: bool = True
     ) -> dict[str, Any]:
         _check_names(prefix, name, deployment)
-        registry, store = self.gw.registry, self.gw.store
+        registry, store = self.registry, self.store
         with tempfile.TemporaryDirectory(prefix="modelhost-deploy-") as tmp:
             folder = Path(tmp)
             await asyncio.to_thread(unpack, archive, folder)
@@ -212,7 +218,7 @@ class Deployer:
 
             await asyncio.to_thread(upload_dir, store, folder, store_key)
 
-        def record() -> tuple[Any, Any, int]:
+        def record() -> tuple[ModelRow, VersionRow, DeploymentRow]:
             registry.ensure_prefix(prefix)
             dep = registry.ensure_deployment(deployment)
             model = registry.get_or_create_model(prefix, name, deployment)
@@ -220,16 +226,16 @@ class Deployer:
             registry.audit(
                 actor, "model.deploy", {"model": f"{prefix}/{name}", "version": version.version}
             )
-            return model, version, dep.replicas
+            return model, version, dep
 
-        model, version, replicas = await asyncio.to_thread(record)
+        model, version, dep = await asyncio.to_thread(record)
         log.info("deploying %s/%s v%d on %s", prefix, name, version.version, deployment)
-        workers = await self.gw.start_version(model, version, replicas)
+        workers = await self.versions.start(model, version, dep)
         state, reason = workers.state, workers.reason
         if wait:
-            state = await workers.wait_settled(self.gw.settings.worker_start_timeout_s)
+            state = await workers.wait_settled(self.settings.worker_start_timeout_s)
             reason = workers.reason
-        base = f"{self.gw.settings.public_url}/{prefix}/{name}/"
+        base = f"{self.settings.public_url}/{prefix}/{name}/"
         return {
             "api_url": base,
             "api_version_url": f"{base}v{version.version}/",

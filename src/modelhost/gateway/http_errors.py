@@ -15,6 +15,7 @@ _STATUS: list[tuple[type[e.ModelhostError], int]] = [
     (e.Conflict, 409),
     (e.PayloadTooLarge, 413),
     (e.UnsupportedMediaType, 415),
+    (e.QueueFull, 429),  # with Retry-After, like every TooManyRequests
     (e.TooManyRequests, 429),
     (e.PredictFailed, 500),
     (e.ModelNotReady, 503),
@@ -61,3 +62,26 @@ def error_headers(error: e.ModelhostError) -> list[tuple[bytes, bytes]]:
     if isinstance(error, e.Unauthorized):
         headers.append((b"www-authenticate", b'Bearer realm="modelhost"'))
     return headers
+
+
+# OpenAI's error `type` by status, for the SSE `error` event of a stream cut short (the
+# status line went out already, so the status only picks the type).
+_SSE_ERROR_TYPES = {
+    400: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
+
+
+def sse_error_event(error: e.ModelhostError) -> bytes:
+    """``event: error`` with OpenAI's error object, for a server-sent event stream that fails
+    after it started (OpenAI's SDK raises it as an ``APIError``)."""
+    payload = {
+        "error": {
+            "message": error.message,
+            "type": _SSE_ERROR_TYPES.get(status_of(error), "server_error"),
+            "param": None,
+            "code": error.code,
+        }
+    }
+    return b"event: error\ndata: " + orjson.dumps(payload) + b"\n\n"

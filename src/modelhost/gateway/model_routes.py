@@ -13,7 +13,7 @@ import itertools
 import logging
 import os
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
@@ -22,24 +22,39 @@ from modelhost.errors import (
     ModelhostError,
     ModelNotReady,
     NotFound,
+    QueueFull,
     UnsupportedMediaType,
 )
 from modelhost.gateway import body as bodies
 from modelhost.gateway.auth import MODEL_KINDS, Authenticator, Principal
-from modelhost.gateway.http_errors import error_body, error_headers, status_of
+from modelhost.gateway.http_errors import error_body, error_headers, sse_error_event, status_of
+from modelhost.gateway.http_protocol import ABORT
 from modelhost.gateway.metrics import LatencyRecorder
 from modelhost.gateway.request_checks import ALLOW, MODEL_METHODS, is_media_type, wants_meta
-from modelhost.gateway.routes import Match, ModelEntry
+from modelhost.gateway.routes import Match, ModelEntry, RouteTable
+from modelhost.gateway.traffic import session_key
+from modelhost.gateway.versions import MetaFn
 from modelhost.model_config import described
 from modelhost.runtime.channel import Head, Reply, Stream, WorkerChannel
-from modelhost.runtime.supervisor import VersionWorkers
+from modelhost.runtime.supervisor import Replica, VersionWorkers
+from modelhost.settings import Settings
 from modelhost.types import Headers, Receive, Scope, Send
-
-if TYPE_CHECKING:
-    from modelhost.gateway.app import Gateway
 
 access_log = logging.getLogger("modelhost.access")
 META_KINDS = MODEL_KINDS | {"user"}  # get_meta: a console token may read it too
+log = logging.getLogger("modelhost.gateway")
+SSE_TYPE = "text/event-stream"
+# Request headers never passed on to the worker: credentials, and the body's framing.
+NOT_FORWARDED = frozenset(
+    (
+        b"authorization",
+        b"proxy-authorization",
+        b"cookie",
+        b"content-length",
+        b"content-encoding",
+        b"transfer-encoding",
+    )
+)
 # A request still waiting for its worker after one to two of these gets a task watching its
 # client; fast requests never do. A client gone by then cancels the predict (CANCEL frame).
 WATCH_AFTER_S = 0.05
@@ -51,13 +66,18 @@ class _ClientGone(Exception):
 
 
 class ModelRoutes:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gw = gateway
-        self.limit = gateway.settings.max_body_bytes
-        self.sample = gateway.settings.access_log_sample
+    def __init__(
+        self, settings: Settings, auth: Authenticator, routes: RouteTable, meta: MetaFn
+    ) -> None:
+        self.auth = auth
+        self.routes = routes
+        self.meta = meta
+        self.limit = settings.max_body_bytes
+        self.sample = settings.access_log_sample
         self._ids = itertools.count(1)
         self._boot = os.urandom(4).hex()
-        self._prt_headers: dict[int, Headers] = {}
+        # (version id, replica index) -> (route entry generation, x-prt-* headers)
+        self._prt_headers: dict[tuple[int, int], tuple[int, Headers]] = {}
         self.latency = LatencyRecorder()
         # Requests waiting for their worker -> (channel, receive, sweep number when they
         # started waiting, or the task watching their client), swept by one timer.
@@ -77,12 +97,12 @@ class ModelRoutes:
         status = 500  # unless an answer goes out: an unexpected exception, a cancellation
         try:
             # Who first: an anonymous or bad token learns nothing about which models exist.
-            auth = self.gw.auth
+            auth = self.auth
             kinds = META_KINDS if wants_meta(scope["query_string"]) else MODEL_KINDS
             principal = auth.cached(authorization, kinds) or await auth.authenticate(
                 authorization, kinds
             )
-            match = self.gw.routes.resolve(scope["path"])
+            match = self.routes.resolve(scope["path"])
             if match is None:
                 raise NotFound(_unknown_model_message(scope["path"]))
             entry = match.entry
@@ -93,33 +113,36 @@ class ModelRoutes:
                 content_type and not is_media_type(content_type)
             ):
                 raise _refused(scope["method"], content_type)
-            workers = _pick_version(match)
+            workers = _pick_version(match, scope)
             query = scope["query_string"]
             if query and wants_meta(query):
                 await self._send_meta(send, entry, workers, request_id)
                 status = 200
                 return
-            channel = workers.pick()
-            if channel is None:
-                raise _not_ready(entry, workers)
+            replica, channel = _ready_replica(entry, workers)
             message = await receive()
             body = bodies.first_part(message, self.limit, int(length) if length else None)
             if body is None:
                 body = await bodies.read_rest(receive, message, self.limit)
             if encoding:
                 body = bodies.decode(body, encoding.decode("latin-1"), self.limit)
+            replica, channel = _still_ready(entry, workers, replica, channel)
             fut = channel.request(
                 scope["method"],
                 match.subpath,
                 scope["query_string"].decode("latin-1"),
                 content_type.decode("latin-1") if content_type else "",
                 body,
+                _forwarded(scope["headers"]),
             )
             reply = await self._wait(fut, channel, receive)
-            headers = self._headers(entry, workers) + [(b"x-request-id", request_id)]
+            headers = self._headers(entry, workers, replica) + [(b"x-request-id", request_id)]
             if isinstance(reply, Stream):
                 status = reply.head.status
-                await _send_stream(reply, headers, receive, send)
+                failed = await _send_stream(reply, headers, receive, send)
+                if failed is not None:
+                    entry.errors += 1
+                    status = status_of(failed)
             else:
                 status = reply[0].status
                 await _send_reply(reply[0], reply[1], headers, encoding, send)
@@ -133,8 +156,9 @@ class ModelRoutes:
         finally:
             latency.in_flight -= 1
             latency.observe(entry, workers, status, perf_counter() - started)
-        if self.sample and n % self.sample == 0:
-            access_log.info("%s %s %s", scope["method"], scope["path"], request_id.decode())
+        # Sampled access lines; every 5xx but 503 (not ready: the supervisor logs why) too.
+        if (self.sample and n % self.sample == 0) or (status >= 500 and status != 503):
+            _log_access(scope, status, request_id)
 
     async def _wait(
         self, fut: asyncio.Future[Reply | Stream], channel: WorkerChannel, receive: Receive
@@ -170,27 +194,38 @@ class ModelRoutes:
                 waiting[fut] = (channel, receive, task)
         self._sweeper = loop.call_later(WATCH_AFTER_S, self._sweep)
 
-    def _headers(self, entry: ModelEntry, workers: VersionWorkers) -> Headers:
-        key = workers.info.version_id
+    def _headers(
+        self, entry: ModelEntry, workers: VersionWorkers, replica: Replica | None = None
+    ) -> Headers:
+        """The x-prt-* headers naming the version and replica that answered (a copy to
+        append to); cached per replica until the route entry next changes."""
+        key = (workers.info.version_id, replica.index if replica is not None else -1)
         cached = self._prt_headers.get(key)
-        if cached is None or not cached[3][1]:
+        if cached is None or cached[0] != entry.generation or not cached[1][3][1]:
             info = workers.info
-            cached = [
-                (b"x-prt-model-id", str(entry.model_id).encode()),
-                (b"x-prt-model-version", str(info.version).encode()),
-                (b"x-prt-model-deployment-key", entry.deployment.encode()),
-                (b"x-prt-pod-name", workers.pod_name.encode()),
-                (b"x-prt-model-prefix", entry.prefix.encode()),
-                (b"x-prt-model-name", entry.name.encode()),
-                (b"x-prt-traffic-weight", str(info.traffic_weight).encode()),
-            ]
+            pod = replica.pod if replica is not None else workers.pod_name
+            cached = (
+                entry.generation,
+                [
+                    (b"x-prt-model-id", str(entry.model_id).encode()),
+                    (b"x-prt-model-version", str(info.version).encode()),
+                    (b"x-prt-model-deployment-key", entry.deployment.encode()),
+                    (b"x-prt-pod-name", pod.encode()),
+                    (b"x-prt-model-prefix", entry.prefix.encode()),
+                    (b"x-prt-model-name", entry.name.encode()),
+                    (
+                        b"x-prt-traffic-weight",
+                        str(entry.weights.get(info.version, 0)).encode(),
+                    ),
+                ],
+            )
             self._prt_headers[key] = cached
-        return cached
+        return cached[1]
 
     async def _send_meta(
         self, send: Send, entry: ModelEntry, workers: VersionWorkers, request_id: bytes
     ) -> None:
-        meta = self.gw.model_meta(entry, workers)
+        meta = self.meta(entry, workers)
         # model.json's own metadata (Practicus' ModelConfig: model_signature_json, ...) at the
         # top level, as Practicus answers it; the server's fields win on a clash
         body = orjson.dumps({**described(meta.get("model_json")), **meta})
@@ -222,6 +257,20 @@ def _read_headers(
     return authorization, content_type, length, encoding, request_id
 
 
+def _forwarded(raw: Headers) -> bytes:
+    """The client's headers for the worker, as a JSON object: names lower-case (uvicorn's),
+    repeated ones joined with ", "; never its credentials, nor the body's framing (the
+    worker gets the decoded body). About 2 µs for ten headers."""
+    out: dict[str, str] = {}
+    for key, value in raw:
+        if key in NOT_FORWARDED:
+            continue
+        name = key.decode("latin-1")
+        text = value.decode("latin-1")
+        out[name] = f"{out[name]}, {text}" if name in out else text
+    return orjson.dumps(out)
+
+
 def _refused(method: str, content_type: bytes | None) -> ModelhostError:
     if method not in MODEL_METHODS:
         return MethodNotAllowed(f"{method} is not allowed on a model URL; use {ALLOW}", ALLOW)
@@ -231,7 +280,7 @@ def _refused(method: str, content_type: bytes | None) -> ModelhostError:
     )
 
 
-def _pick_version(match: Match) -> VersionWorkers:
+def _pick_version(match: Match, scope: Scope) -> VersionWorkers:
     entry = match.entry
     if match.version is not None:
         workers = entry.versions.get(match.version)
@@ -241,10 +290,39 @@ def _pick_version(match: Match) -> VersionWorkers:
                 f"{entry.prefix}/{entry.name} has no version {match.version} (versions: {known})"
             )
         return workers
+    split = entry.split
+    if split is not None:  # weighted traffic across ready versions
+        return split.pick(session_key(scope["headers"]))
     workers = entry.serving
     if workers is None:
         raise ModelNotReady(f"{entry.prefix}/{entry.name} has no deployed version yet")
     return workers
+
+
+def _ready_replica(entry: ModelEntry, workers: VersionWorkers) -> tuple[Replica, WorkerChannel]:
+    """The replica to send to, or why none may take the request (503, or 429 when the
+    version's `max_queue` requests are in flight already)."""
+    replica = workers.pick()
+    if replica is None or replica.channel is None:
+        raise _not_ready(entry, workers)
+    if workers.queue_full:
+        raise _queue_full(entry, workers)
+    return replica, replica.channel
+
+
+def _still_ready(
+    entry: ModelEntry, workers: VersionWorkers, replica: Replica, channel: WorkerChannel
+) -> tuple[Replica, WorkerChannel]:
+    """A replica scaled away while the request's body arrived: another one answers."""
+    return (replica, channel) if not replica.retired else _ready_replica(entry, workers)
+
+
+def _queue_full(entry: ModelEntry, workers: VersionWorkers) -> QueueFull:
+    bound = workers.limits.max_queue
+    return QueueFull(
+        f"{entry.prefix}/{entry.name} v{workers.info.version} has {bound} requests in flight "
+        "(its deployment's max_queue); retry later"
+    )
 
 
 def _not_ready(entry: ModelEntry, workers: VersionWorkers) -> ModelhostError:
@@ -297,7 +375,11 @@ async def _send_reply(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_stream(stream: Stream, headers: Headers, receive: Receive, send: Send) -> None:
+async def _send_stream(
+    stream: Stream, headers: Headers, receive: Receive, send: Send
+) -> ModelhostError | None:
+    """Send a streamed reply; returns the error that cut it short (the response was
+    aborted), or None when it ended normally or its client went away."""
     headers.append((b"content-type", stream.head.content_type.encode()))
     headers.append((b"cache-control", b"no-cache"))
     headers.append((b"x-accel-buffering", b"no"))
@@ -314,14 +396,34 @@ async def _send_stream(stream: Stream, headers: Headers, receive: Receive, send:
                     break
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         except ModelhostError as exc:
-            # Headers are gone already: the error becomes the stream's last piece.
-            await send(
-                {"type": "http.response.body", "body": b"\n" + error_body(exc), "more_body": True}
-            )
+            await _abort(send, stream.head, exc)
+            return exc
         await send({"type": "http.response.body", "body": b""})
+        return None
     finally:
         watcher.cancel()
         stream.close()
+
+
+async def _abort(send: Send, head: Head, exc: ModelhostError) -> None:
+    """The worker failed mid-stream (it died, its generator raised, an ERROR frame): the
+    status line said 200, so the response must not end like a whole one. Server-sent events
+    get an `error` event first (OpenAI's error shape; OpenAI's SDK raises it), then the
+    connection is closed without the chunked body's terminating chunk: clients and proxies
+    see an incomplete response, not a success."""
+    log.warning("stream cut short, response aborted: %s", exc.message)
+    if head.content_type.startswith(SSE_TYPE):
+        event = sse_error_event(exc)
+        await send({"type": "http.response.body", "body": event, "more_body": True})
+    await send(ABORT)
+
+
+def _log_access(scope: Scope, status: int, request_id: bytes) -> None:
+    level = logging.WARNING if status >= 500 else logging.INFO
+    rid = request_id.decode("latin-1")
+    access_log.log(
+        level, "%s %s %d", scope["method"], scope["path"], status, extra={"request_id": rid}
+    )
 
 
 async def _watch_client(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from modelhost.gateway.traffic import TrafficSplit
 from modelhost.runtime.supervisor import VersionWorkers
 
 
@@ -22,15 +23,32 @@ class ModelEntry:
     versions: dict[int, VersionWorkers] = field(default_factory=dict)
     requests: int = 0
     errors: int = 0
-    # What the versionless URL serves: the newest ready version, else the newest one (whose
-    # state explains the 503). Kept current by `refresh` so requests need not compute it.
+    # Traffic policy (from the registry, changed by the admin API): a pinned version serves
+    # alone once it is ready; else, when `weighted`, ready versions with a weight > 0 share
+    # the versionless URL; else the newest ready one serves.
+    pinned: int = 0
+    weighted: bool = False
+    weights: dict[int, int] = field(default_factory=dict)
+    # What the versionless URL serves: one version (`serving`), or `split` across several
+    # (then `serving` is the heaviest, for meta). Kept current by `refresh` so requests need
+    # not compute it; `generation` counts refreshes (cached response headers follow it).
     serving: VersionWorkers | None = None
+    split: TrafficSplit | None = None
+    generation: int = 0
     # At start-up: the version that served before the restart (the newest one not failed).
     # Until it is ready or has failed, no older version serves the versionless URL (that
     # would be a silent rollback); 0 = no such hold.
     hold_for: int = 0
 
     def refresh(self) -> None:
+        self.generation += 1
+        self.split = None
+        pinned = self.versions.get(self.pinned) if self.pinned else None
+        if pinned is not None and pinned.state == "ready":
+            self.serving = pinned  # until it is ready, what served before keeps serving
+            return
+        if self.weighted and self._refresh_split():
+            return
         ready = self.latest_ready()
         if self.hold_for:
             held = self.versions.get(self.hold_for)
@@ -39,6 +57,21 @@ class ModelEntry:
             elif ready is not None and ready.info.version < self.hold_for:
                 ready = None  # the newer version is still loading: 503, not a rollback
         self.serving = ready or self.latest()
+
+    def _refresh_split(self) -> bool:
+        """Weighted traffic among the ready versions with a weight; False if there are none
+        (then the newest ready version serves, as without weights)."""
+        shares = [
+            (workers, self.weights.get(number, 0))
+            for number, workers in sorted(self.versions.items())
+            if workers.state == "ready" and self.weights.get(number, 0) > 0
+        ]
+        if not shares:
+            return False
+        self.serving = max(shares, key=lambda share: share[1])[0]
+        if len(shares) > 1:
+            self.split = TrafficSplit(shares)
+        return True
 
     def latest_ready(self) -> VersionWorkers | None:
         for number in sorted(self.versions, reverse=True):

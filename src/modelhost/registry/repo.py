@@ -270,12 +270,35 @@ class Registry:
 
     # -- deployments -------------------------------------------------------------------
 
-    def create_deployment(self, key: str, replicas: int = 1) -> DeploymentRow:
+    def create_deployment(
+        self, key: str, replicas: int = 1, **limits: float | int | None
+    ) -> DeploymentRow:
+        """``limits``: `DEPLOYMENT_LIMITS` (None = the server's setting)."""
         _check_replicas(replicas)
+        _check_limits(limits)
         with self._writing(f"deployment {key!r} already exists") as session:
-            deployment = Deployment(key=key, replicas=replicas)
+            deployment = Deployment(key=key, replicas=replicas, **limits)
             session.add(deployment)
             session.flush()
+            return deployment.to_row()
+
+    def update_deployment(self, key: str, **changes: float | int | None) -> DeploymentRow:
+        """Change ``replicas`` and/or `DEPLOYMENT_LIMITS` (None clears a limit)."""
+        if "replicas" in changes:
+            replicas = changes.pop("replicas")
+            if not isinstance(replicas, int):
+                raise BadRequest("replicas must be an integer")
+            _check_replicas(replicas)
+            changes["replicas"] = replicas
+            _check_limits({k: v for k, v in changes.items() if k != "replicas"})
+        else:
+            _check_limits(changes)
+        with self._write.begin() as session:
+            deployment = session.scalar(select(Deployment).where(Deployment.key == key))
+            if deployment is None:
+                raise _deployment_missing(key)
+            for name, value in changes.items():
+                setattr(deployment, name, value)
             return deployment.to_row()
 
     def ensure_deployment(self, key: str, replicas: int | None = None) -> DeploymentRow:
@@ -393,8 +416,10 @@ class Registry:
         self, model_id: int, store_key: str, model_json: dict[str, Any], hooks: list[str]
     ) -> VersionRow:
         with self._write.begin() as session:
-            locked = session.scalar(select(Model.id).where(Model.id == model_id).with_for_update())
-            if locked is None:
+            weighted = session.scalar(
+                select(Model.weighted).where(Model.id == model_id).with_for_update()
+            )
+            if weighted is None:
                 raise NotFound(f"model id {model_id} does not exist")
             current = session.scalar(
                 select(func.max(Version.version)).where(Version.model_id == model_id)
@@ -403,7 +428,8 @@ class Registry:
                 model_id=model_id,
                 version=(current or 0) + 1,
                 state=VersionState.PENDING.value,
-                traffic_weight=100,
+                # explicit weights stay in force: a new version gets traffic once given some
+                traffic_weight=0 if weighted else 100,
                 store_key=store_key,
                 model_json=dict(model_json),
                 hooks=list(hooks),
@@ -415,7 +441,8 @@ class Registry:
     def set_version_state(
         self, version_id: int, state: str, error: str | None = None
     ) -> VersionRow:
-        """Move a version to ``state``; ``error`` replaces the stored one (None clears it)."""
+        """Move a version to ``state``; ``error`` replaces the stored one (None clears it).
+        A deleted version stays deleted."""
         try:
             checked = VersionState(state)
         except ValueError:
@@ -425,6 +452,8 @@ class Registry:
             ) from None
         with self._write.begin() as session:
             version = _existing_version(session, version_id)
+            if version.state == VersionState.DELETED.value:
+                return version.to_row()  # final: a late state report does not revive it
             version.state = checked.value
             version.error = error
             return version.to_row()
@@ -435,6 +464,52 @@ class Registry:
         with self._write.begin() as session:
             version = _existing_version(session, version_id)
             version.traffic_weight = weight
+            return version.to_row()
+
+    def set_traffic_weights(self, model_id: int, weights: dict[int, int]) -> list[VersionRow]:
+        """Split the versionless URL by ``weights`` (version number -> weight >= 0); versions
+        not named get 0. An empty dict goes back to "newest ready version serves". Every
+        version of the model, afterwards."""
+        if any(w < 0 for w in weights.values()):
+            raise BadRequest("traffic weights must be >= 0")
+        with self._write.begin() as session:
+            model = session.get(Model, model_id, with_for_update=True)
+            if model is None:
+                raise NotFound(f"model id {model_id} does not exist")
+            versions = _live_versions(session, model_id)
+            missing = sorted(set(weights) - set(versions))
+            if missing:
+                raise NotFound(f"{model.prefix.key}/{model.name} has no version {missing[0]}")
+            if weights and not any(weights.values()):
+                raise BadRequest("at least one version needs a weight above 0")
+            model.weighted = bool(weights)
+            for number, version in versions.items():
+                version.traffic_weight = weights.get(number, 0) if weights else 100
+            return [v.to_row() for _, v in sorted(versions.items())]
+
+    def set_pinned_version(self, model_id: int, version: int | None) -> ModelRow:
+        """The versionless URL serves only ``version`` (None: unpinned)."""
+        with self._write.begin() as session:
+            model = session.get(Model, model_id, with_for_update=True)
+            if model is None:
+                raise NotFound(f"model id {model_id} does not exist")
+            if version is not None and version not in _live_versions(session, model_id):
+                raise NotFound(f"{model.prefix.key}/{model.name} has no version {version}")
+            model.pinned_version = version
+            session.flush()
+            return model.to_row()
+
+    def delete_version(self, version_id: int) -> VersionRow:
+        """Mark a version deleted (never started again, its URL gone); a pin on it is
+        lifted and its weight dropped."""
+        with self._write.begin() as session:
+            version = _existing_version(session, version_id)
+            model = session.get(Model, version.model_id, with_for_update=True)
+            if model is not None and model.pinned_version == version.version:
+                model.pinned_version = None
+            version.state = VersionState.DELETED.value
+            version.traffic_weight = 0
+            version.error = None
             return version.to_row()
 
     def get_version(self, model_id: int, version: int) -> VersionRow | None:
@@ -454,19 +529,21 @@ class Registry:
             return [v.to_row() for v in session.scalars(query)]
 
     def list_active_versions(self) -> list[ActiveVersionRow]:
-        """Every version not 'stopped', for the supervisor to spawn workers at start-up."""
+        """Every version neither 'stopped' nor 'deleted', for the supervisor to spawn workers
+        at start-up."""
+        idle = (VersionState.STOPPED.value, VersionState.DELETED.value)
         with self._read.begin() as session:
             query = (
                 select(Version, Model)
                 .join(Model, Version.model_id == Model.id)
-                .where(Version.state != VersionState.STOPPED.value)
+                .where(Version.state.not_in(idle))
                 .order_by(Version.model_id, Version.version)
             )
             return [
                 ActiveVersionRow(
                     version=version.to_row(),
                     model=model.to_row(),
-                    replicas=model.deployment.replicas,
+                    deployment=model.deployment.to_row(),
                 )
                 for version, model in session.execute(query).unique()
             ]
@@ -729,6 +806,37 @@ def _member_emails(session: Session, group_id: int) -> tuple[str, ...]:
 def _check_replicas(n: int) -> None:
     if n < 0:
         raise BadRequest(f"replicas must be >= 0, got {n}")
+
+
+# Per-deployment limits: name -> (type, smallest allowed value). None = the server's setting.
+DEPLOYMENT_LIMITS: dict[str, tuple[type, float]] = {
+    "predict_timeout_s": (float, 0.0),
+    "max_queue": (int, 0),
+    "memory_mb": (int, 0),
+}
+
+
+def _check_limits(limits: dict[str, float | int | None]) -> None:
+    for name, value in limits.items():
+        if name not in DEPLOYMENT_LIMITS:
+            raise BadRequest(f"unknown deployment setting {name!r}")
+        kind, least = DEPLOYMENT_LIMITS[name]
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BadRequest(f"{name} must be a number")
+        if kind is int and not isinstance(value, int):
+            raise BadRequest(f"{name} must be an integer")
+        if value < least:
+            raise BadRequest(f"{name} must be >= {least:g}, got {value}")
+
+
+def _live_versions(session: Session, model_id: int) -> dict[int, Version]:
+    """The model's versions that are not deleted, by number."""
+    query = select(Version).where(
+        Version.model_id == model_id, Version.state != VersionState.DELETED.value
+    )
+    return {v.version: v for v in session.scalars(query)}
 
 
 def _existing_version(session: Session, version_id: int) -> Version:

@@ -20,7 +20,8 @@ class VersionState(StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
-    STOPPED = "stopped"
+    STOPPED = "stopped"  # unloaded (or retired): not started at restart; can be again
+    DELETED = "deleted"  # removed by an admin: its URL is gone for good
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,10 @@ class DeploymentRow:
     key: str
     replicas: int
     created_at: datetime
+    # Per-deployment overrides; None = the server's setting.
+    predict_timeout_s: float | None = None
+    max_queue: int | None = None
+    memory_mb: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,8 @@ class ModelRow:
     deployment_id: int
     deployment_key: str
     created_at: datetime
+    pinned_version: int | None = None  # the versionless URL serves only this version
+    weighted: bool = False  # ready versions share the versionless URL by traffic_weight
 
     @property
     def path(self) -> str:
@@ -86,7 +93,11 @@ class ActiveVersionRow:
 
     version: VersionRow
     model: ModelRow
-    replicas: int
+    deployment: DeploymentRow
+
+    @property
+    def replicas(self) -> int:
+        return self.deployment.replicas
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,12 +17,14 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Integer,
     MetaData,
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -140,10 +142,20 @@ class Deployment(Base):
     key: Mapped[str] = mapped_column(String(255), unique=True)
     replicas: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # None = the server's setting (MODELHOST_PREDICT_TIMEOUT_S, MODELHOST_MAX_QUEUE, none).
+    predict_timeout_s: Mapped[float | None] = mapped_column(Float)
+    max_queue: Mapped[int | None] = mapped_column(Integer)
+    memory_mb: Mapped[int | None] = mapped_column(Integer)
 
     def to_row(self) -> DeploymentRow:
         return DeploymentRow(
-            id=self.id, key=self.key, replicas=self.replicas, created_at=self.created_at
+            id=self.id,
+            key=self.key,
+            replicas=self.replicas,
+            created_at=self.created_at,
+            predict_timeout_s=self.predict_timeout_s,
+            max_queue=self.max_queue,
+            memory_mb=self.memory_mb,
         )
 
 
@@ -156,6 +168,10 @@ class Model(Base):
     name: Mapped[str] = mapped_column(String(255))
     deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Traffic of the versionless URL: a pinned version serves alone; else, when `weighted`,
+    # ready versions share it by their traffic_weight; else the newest ready one serves.
+    pinned_version: Mapped[int | None] = mapped_column(Integer)
+    weighted: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     # Always joined: every ModelRow carries the prefix and deployment keys.
     prefix: Mapped[Prefix] = relationship(lazy="joined", innerjoin=True)
@@ -170,6 +186,8 @@ class Model(Base):
             deployment_id=self.deployment_id,
             deployment_key=self.deployment.key,
             created_at=self.created_at,
+            pinned_version=self.pinned_version,
+            weighted=self.weighted,
         )
 
 

@@ -30,7 +30,10 @@ class WorkerSpec:
     # MODELHOST_PREDICT_TIMEOUT_S: a predict not answered within this is cancelled (504); for
     # a stream it bounds the wait for the first chunk. 0 = no deadline.
     predict_timeout_s: float = 600.0
+    # The deployment's memory bound per worker process in MiB (0 = none).
+    memory_mb: int = 0
     log_level: str = "info"
+    log_format: str = "text"  # MODELHOST_LOG_FORMAT (modelhost/logs.py)
     # The worker's sandbox (runtime/sandbox.py): "auto" | "required" | "off", the control
     # plane's paths it hides, and its own writable folder (HOME, working directory).
     sandbox: str = "auto"

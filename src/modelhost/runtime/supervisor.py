@@ -16,7 +16,9 @@ restarted with a backoff doubling from 0.5 s up to `worker_restart_backoff_max_s
 0.5 s once a worker stayed ready for `HEALTHY_S`; `worker_max_restarts` (0 = forever) caps it.
 Stopping a version drains it: out of routing first, in-flight requests and streams get
 `drain_timeout_s` to finish, then SIGTERM (the worker runs `cleanup`), then SIGKILL after
-`worker_stop_timeout_s`.
+`worker_stop_timeout_s`. Changing the replica count (`VersionWorkers.scale`) starts new
+replicas beside the running ones, or takes the surplus out of routing and drains it the same
+way, so no request is dropped.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from urllib.parse import urlsplit
 
 from modelhost.errors import ModelhostError
 from modelhost.runtime.channel import WorkerChannel
+from modelhost.runtime.memory import MemoryGuard
 from modelhost.runtime.spec import WorkerSpec
 from modelhost.runtime.worker_env import worker_environ
 from modelhost.settings import Settings
@@ -55,12 +58,23 @@ class VersionInfo:
     deployment: str
     store_key: str
     model_json: dict[str, Any] = field(default_factory=dict)
-    traffic_weight: int = 100
+
+
+@dataclass(frozen=True)
+class WorkerLimits:
+    """A deployment's bounds on its versions' workers (the registry's value, else the
+    setting's): predict deadline and memory apply to workers started from now on, the
+    queue bound at once."""
+
+    predict_timeout_s: float = 600.0
+    max_queue: int = 0  # requests in flight per version at the gateway; 0 = no bound
+    memory_mb: int = 0  # per worker process; 0 = no bound
 
 
 @dataclass
 class Replica:
     index: int
+    retired: bool = False  # taken away by a scale-down: draining, never restarted
     channel: WorkerChannel | None = None
     proc: asyncio.subprocess.Process | None = None
     state: str = "loading"
@@ -82,15 +96,24 @@ class VersionWorkers:
     """The replicas of one model version, as the gateway sees them."""
 
     def __init__(
-        self, info: VersionInfo, replicas: int, settings: Settings, on_change: ChangeListener
+        self,
+        info: VersionInfo,
+        replicas: int,
+        settings: Settings,
+        on_change: ChangeListener,
+        limits: WorkerLimits | None = None,
     ) -> None:
         self.info = info
         self.settings = settings
+        self.limits = limits or WorkerLimits(settings.predict_timeout_s)
         self.replicas = [Replica(i) for i in range(max(1, replicas))]
         self._on_change = on_change
         self._stopping = False
         self._settled = asyncio.Event()
+        self._scaling = asyncio.Lock()
         self._rr = 0
+        # The replicas routed to, and their channels (for readers that want just those).
+        self.ready_replicas: list[Replica] = []
         self.ready: list[WorkerChannel] = []
 
     @property
@@ -135,14 +158,21 @@ class VersionWorkers:
     def inflight(self) -> int:
         return sum(r.channel.inflight for r in self.replicas if r.channel is not None)
 
-    def pick(self) -> WorkerChannel | None:
-        ready = self.ready
+    def pick(self) -> Replica | None:
+        """The ready replica to send the next request to (round robin), None if none is."""
+        ready = self.ready_replicas
         if not ready:
             return None
         if len(ready) == 1:
             return ready[0]
         self._rr += 1
         return ready[self._rr % len(ready)]
+
+    @property
+    def queue_full(self) -> bool:
+        """`max_queue` requests are in flight already (never when it is 0)."""
+        bound = self.limits.max_queue
+        return bool(bound) and self.inflight >= bound
 
     async def wait_settled(self, timeout: float) -> str:
         with contextlib.suppress(TimeoutError):
@@ -156,23 +186,49 @@ class VersionWorkers:
         """Drain, then stop: no new requests are routed here from now on, the in-flight ones
         get `drain_s` (default `drain_timeout_s`) to finish, then the workers stop."""
         self._stopping = True
-        self.ready = []
+        self.ready, self.ready_replicas = [], []
         self._changed()
-        await self._drain(self.settings.drain_timeout_s if drain_s is None else drain_s)
+        timeout = self.settings.drain_timeout_s if drain_s is None else drain_s
+        await self._drain(self.replicas, timeout)
         await asyncio.gather(*(self._terminate(r) for r in self.replicas))
 
-    async def _drain(self, timeout: float) -> None:
+    async def scale(self, replicas: int) -> None:
+        """Run `replicas` worker processes from now on: new ones start beside the running
+        ones; surplus ones (the highest indexes) leave routing, drain, then stop."""
+        async with self._scaling:
+            count = max(1, replicas)
+            if self._stopping or count == len(self.replicas):
+                return
+            if count > len(self.replicas):
+                added = [Replica(i) for i in range(len(self.replicas), count)]
+                self.replicas.extend(added)
+                self._changed()
+                await asyncio.gather(*(self._spawn(r) for r in added))
+                return
+            surplus = self.replicas[count:]
+            del self.replicas[count:]
+            for replica in surplus:
+                replica.retired = True
+            self._update_ready()
+            self._changed()
+            await self._drain(surplus, self.settings.drain_timeout_s)
+            await asyncio.gather(*(self._terminate(r) for r in surplus))
+
+    async def _drain(self, replicas: list[Replica], timeout: float) -> None:
+        def inflight() -> int:
+            return sum(r.channel.inflight for r in replicas if r.channel is not None)
+
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.inflight and loop.time() < deadline:
+        while inflight() and loop.time() < deadline:
             await asyncio.sleep(0.05)
-        if self.inflight:
+        if inflight():
             log.warning(
                 "%s/%s v%d: %d request(s) still in flight after the %.0f s drain; stopping",
                 self.info.prefix,
                 self.info.name,
                 self.info.version,
-                self.inflight,
+                inflight(),
                 timeout,
             )
 
@@ -196,7 +252,9 @@ class VersionWorkers:
             pod_name=pod,
             model_json=info.model_json,
             log_level=s.log_level,
-            predict_timeout_s=s.predict_timeout_s,
+            log_format=s.log_format,
+            predict_timeout_s=self.limits.predict_timeout_s,
+            memory_mb=self.limits.memory_mb,
             sandbox=s.worker_sandbox,
             hide_paths=control_plane_paths(s),
             work_dir=str(private_dir(s.workers_dir / worker)),
@@ -262,7 +320,8 @@ class VersionWorkers:
             lambda h: self._on_state(replica, h) if replica.channel is channel else None,
         )
         replica.channel = channel
-        asyncio.get_running_loop().create_task(self._watch(replica, replica.proc))
+        guard = MemoryGuard(replica.proc, spec.memory_mb, spec.pod_name)  # runtime/memory.py
+        asyncio.get_running_loop().create_task(self._watch(replica, replica.proc, guard))
         try:
             await channel.connect(timeout=60)
         except Exception as exc:
@@ -270,6 +329,8 @@ class VersionWorkers:
         return True
 
     def _on_state(self, replica: Replica, header: dict[str, Any]) -> None:
+        if replica.retired:
+            return  # scaled away: it only drains now
         state = header.get("state", "loading")
         if replica.state in ("failed", "restarting") and state == "crashed":
             return  # we stopped a failed worker ourselves, or its exit was seen first
@@ -288,15 +349,18 @@ class VersionWorkers:
             asyncio.get_running_loop().create_task(self._terminate(replica))
         self._changed()
 
-    async def _watch(self, replica: Replica, proc: asyncio.subprocess.Process) -> None:
+    async def _watch(
+        self, replica: Replica, proc: asyncio.subprocess.Process, guard: MemoryGuard
+    ) -> None:
         code = await proc.wait()
-        if self._stopping or replica.proc is not proc:
+        guard.stop()
+        if self._stopping or replica.retired or replica.proc is not proc:
             return
         now = asyncio.get_running_loop().time()
         if replica.ready_since and now - replica.ready_since >= HEALTHY_S:
             replica.streak = 0  # it was healthy: back to the shortest backoff
         replica.ready_since = 0.0
-        replica.last_exit = exit_reason(code)
+        replica.last_exit = guard.exceeded or exit_reason(code)
         failed = replica.state == "failed"  # it reported why (init raised) and we stopped it
         reason = replica.reason if failed else f"worker {replica.last_exit}"
         if not failed:
@@ -311,7 +375,7 @@ class VersionWorkers:
         """Restart a replica that once served, with a capped exponential backoff, until it
         runs again (or `worker_max_restarts` is reached)."""
         settings = self.settings
-        while not self._stopping:
+        while not (self._stopping or replica.retired):
             limit = settings.worker_max_restarts
             if limit and replica.restarts >= limit:
                 replica.recovering = False
@@ -332,7 +396,7 @@ class VersionWorkers:
             self._update_ready()
             self._changed()
             await asyncio.sleep(delay)
-            if self._stopping:
+            if self._stopping or replica.retired:
                 return
             log.info("restarting worker %s (restart %d)", replica.pod, replica.restarts)
             if await self._spawn(replica):
@@ -340,7 +404,9 @@ class VersionWorkers:
             reason = replica.reason or "the restart failed"
 
     def _update_ready(self) -> None:
-        self.ready = [r.channel for r in self.replicas if r.state == "ready" and r.channel]
+        ready = [r for r in self.replicas if r.state == "ready" and r.channel and not r.retired]
+        self.ready_replicas = ready
+        self.ready = [r.channel for r in ready if r.channel is not None]
 
     async def _terminate(self, replica: Replica) -> None:
         """SIGTERM (the worker finishes what it has and runs `cleanup`), SIGKILL after
