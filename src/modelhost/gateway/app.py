@@ -21,6 +21,7 @@ from typing import Any
 
 from modelhost.auth.passwords import hash_password
 from modelhost.auth.tokens import TokenService
+from modelhost.gateway import docs_pages
 from modelhost.gateway.auth import Authenticator
 from modelhost.gateway.console import ConsoleParts, console_app
 from modelhost.gateway.deployer import Deployer
@@ -52,6 +53,7 @@ class Gateway:
         self.tokens = tokens
         self.routes = RouteTable()
         self.auth = Authenticator(tokens, registry, settings.revocation_poll_s)
+        self._docs = docs_pages.DocsPages(self.auth, self.routes)
         self.versions = VersionManager(settings, registry, self.routes)
         self.deployer = Deployer(settings, registry, store, self.versions)
         self._models = ModelRoutes(settings, self.auth, self.routes, self.versions.meta)
@@ -77,6 +79,8 @@ class Gateway:
         if kind == "http":
             if scope["path"].startswith(_CONSOLE_PATHS):
                 await self._console(scope, receive, send)
+            elif docs_pages.claims(scope["path"]):  # /{prefix}/docs/, /{prefix}/redoc/
+                await self._docs(scope, receive, send)
             else:
                 await self._models(scope, receive, send)
         elif kind == "lifespan":
