@@ -10,6 +10,10 @@ wait polls up to a generous deadline.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -19,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e.harness import Server, free_port, model_dir
+from e2e.harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, free_port, model_dir
 from e2e.harness import bearer as _auth
 from e2e.harness import poll as _poll
 
@@ -183,7 +187,8 @@ def test_weights_are_admin_only(server: Server, admin: Admin, tmp_path: Path) ->
     ):
         r = httpx.request(method, admin.url + path, json=body, headers=user)
         assert r.status_code == 403, (method, path, r.text)
-    assert admin.call("GET", "/deployments/")[0]["replicas"] == 1
+    rows = {d["key"]: d for d in admin.call("GET", "/deployments/")}
+    assert rows["test-depl"]["replicas"] == 1
 
 
 # --- pin, rollback, delete ---------------------------------------------------------------
@@ -364,3 +369,71 @@ def test_deployment_settings_validated(admin: Admin) -> None:
     assert row["memory_mb"] == 512
     row = admin.call("PATCH", "/deployments/test-depl/", {"clear": ["memory_mb"]})
     assert row["memory_mb"] is None
+
+
+# --- the CLI and a restart ---------------------------------------------------------------
+
+
+def _cli(config: Path, *args: str) -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELHOST_")}
+    env["MODELHOST_CONFIG_DIR"] = str(config)
+    done = subprocess.run(
+        [sys.executable, "-m", "modelhost.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, f"{args}: {done.stdout}\n{done.stderr}"
+    return json.loads(done.stdout) if done.stdout.strip().startswith(("{", "[")) else done.stdout
+
+
+def test_cli_commands(server: Server, tmp_path: Path) -> None:
+    url, headers, model_id = _deploy_versions(server, tmp_path, "by-cli", 2)
+    config = tmp_path / "config"
+    _cli(config, "login", server.url, "--email", ADMIN_EMAIL, "--password", ADMIN_PASSWORD)
+    listing = _cli(config, "admin", "versions", "list", url)
+    assert listing["model_id"] == model_id and len(listing["versions"]) == 2, listing
+    done = _cli(config, "admin", "versions", "weights", url, "v1=60", "v2=40")
+    assert done["traffic"]["weights"] == {"v1": 60, "v2": 40}, done
+    assert (
+        _cli(config, "admin", "versions", "pin", str(model_id), "v2")["traffic"]["pinned"] == "v2"
+    )
+    assert _cli(config, "admin", "versions", "unpin", url)["traffic"]["pinned"] is None
+    assert _cli(config, "admin", "versions", "weights", url)["traffic"]["weights"] is None
+    assert _cli(config, "admin", "versions", "rollback", url)["pinned"] == "v1"
+    _poll(lambda: _meta(url, headers)["version"] == 1, "v1 serving after the rollback")
+    row = _cli(config, "admin", "deployment-create", "cli-depl", "--max-queue", "5")
+    assert row["max_queue"] == 5 and row["replicas"] == 1
+    row = _cli(
+        config, "admin", "deployment-set", "cli-depl", "--memory-mb", "256", "--clear", "max_queue"
+    )
+    assert (row["memory_mb"], row["max_queue"]) == (256, None), row
+    assert _cli(config, "admin", "replicas", "cli-depl", "2")["replicas"] == 2
+    deleted = _cli(config, "admin", "versions", "delete", url, "v2")
+    assert deleted["deleted"] == "v2", deleted
+
+
+def test_traffic_survives_a_restart(tmp_path: Path) -> None:
+    server = Server(tmp_path / "home", free_port()).start()
+    try:
+        url, headers, model_id = _deploy_versions(server, tmp_path, "kept", 3)
+        admin = Admin(server)
+        admin.call("POST", f"/models/{model_id}/traffic/", {"weights": {"v1": 1, "v2": 1}})
+        admin.call("DELETE", f"/models/{model_id}/versions/v3/")
+        admin.call("POST", f"/models/{model_id}/pin/", {"version": "v1"})
+        _poll(lambda: _meta(url, headers)["version"] == 1, "v1 pinned")
+        server.stop()
+        server.start()
+        _poll(lambda: _meta(url, headers)["state"] == "ready", "serving after the restart")
+        traffic = _meta(url, headers)["traffic"]
+        assert traffic["pinned"] == "v1" and traffic["weights"] == {"v1": 1, "v2": 1}, traffic
+        assert httpx.post(url + "v3/", json={}, headers=headers).status_code == 404
+        admin = Admin(server)
+        admin.call("DELETE", f"/models/{model_id}/pin/")
+        _poll(
+            lambda: _meta(url, headers)["traffic"]["serving"] == {"v1": 1, "v2": 1},
+            "the split after the restart",
+        )
+    finally:
+        server.stop()

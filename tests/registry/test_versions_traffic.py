@@ -39,6 +39,10 @@ def test_weights_split_and_new_versions_start_at_zero(registry: Registry) -> Non
     with pytest.raises(BadRequest):
         registry.set_traffic_weights(model.id, {1: -1})
     with pytest.raises(BadRequest):
+        registry.set_traffic_weights(model.id, {1: 10**20})
+    with pytest.raises(BadRequest):
+        registry.set_traffic_weights(model.id, {1: 10**20})
+    with pytest.raises(BadRequest):
         registry.set_traffic_weights(model.id, {1: 0})
     assert registry.get_version_by_id(v1.id) is not None
 
@@ -82,7 +86,9 @@ def test_deployment_limits(registry: Registry) -> None:
         registry.update_deployment("gpu", colour=1)
     with pytest.raises(BadRequest, match="max_queue must be an integer"):
         registry.update_deployment("gpu", max_queue=1.5)
-    with pytest.raises(BadRequest, match="predict_timeout_s must be >= 0"):
+    with pytest.raises(BadRequest, match="max_queue must be from 0 to 1000000"):
+        registry.update_deployment("gpu", max_queue=10**20)
+    with pytest.raises(BadRequest, match="predict_timeout_s must be from 0"):
         registry.update_deployment("gpu", predict_timeout_s=-1)
     with pytest.raises(NotFound):
         registry.update_deployment("missing", max_queue=1)

@@ -21,6 +21,7 @@ from modelhost.gateway.console_admin import (
 )
 from modelhost.gateway.console_io import read_json
 from modelhost.gateway.version_admin import VersionAdmin
+from modelhost.registry.repo import MAX_TRAFFIC_WEIGHT as MAX_WEIGHT
 
 
 class VersionHandlers:
@@ -89,12 +90,13 @@ class VersionHandlers:
 def version_number(value: Any) -> int:
     text = str(value)
     digits = text[1:] if text[:1] in ("v", "V") else text
-    if isinstance(value, bool) or not digits.isdigit():
+    # ASCII digits only (not '²'), and few enough for the registry's integer column
+    if isinstance(value, bool) or not (digits.isascii() and digits.isdigit()) or len(digits) > 9:
         raise BadRequest(f"{value!r} is not a version; use v3 or 3")
     return int(digits)
 
 
 def _weight(version: Any, weight: Any) -> int:
-    if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
-        raise BadRequest(f"the weight of {version!r} must be an integer >= 0")
+    if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= MAX_WEIGHT:
+        raise BadRequest(f"the weight of {version!r} must be an integer from 0 to {MAX_WEIGHT}")
     return weight

@@ -160,6 +160,9 @@ class VersionManager:
         )
         if self._shutting_down or info.version_id in self._deleted:
             return
+        current = self.supervisor.versions.get(info.version_id)
+        if current is not None and current is not workers:
+            return  # an instance being stopped after the version was started again
         loop = asyncio.get_running_loop()
         loop.run_in_executor(None, self.registry.set_version_state, info.version_id, state, error)
         if state == "ready" and entry is not None:

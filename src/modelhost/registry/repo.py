@@ -470,8 +470,8 @@ class Registry:
         """Split the versionless URL by ``weights`` (version number -> weight >= 0); versions
         not named get 0. An empty dict goes back to "newest ready version serves". Every
         version of the model, afterwards."""
-        if any(w < 0 for w in weights.values()):
-            raise BadRequest("traffic weights must be >= 0")
+        if any(not 0 <= w <= MAX_TRAFFIC_WEIGHT for w in weights.values()):
+            raise BadRequest(f"traffic weights must be from 0 to {MAX_TRAFFIC_WEIGHT}")
         with self._write.begin() as session:
             model = session.get(Model, model_id, with_for_update=True)
             if model is None:
@@ -808,27 +808,28 @@ def _check_replicas(n: int) -> None:
         raise BadRequest(f"replicas must be >= 0, got {n}")
 
 
-# Per-deployment limits: name -> (type, smallest allowed value). None = the server's setting.
-DEPLOYMENT_LIMITS: dict[str, tuple[type, float]] = {
-    "predict_timeout_s": (float, 0.0),
-    "max_queue": (int, 0),
-    "memory_mb": (int, 0),
+# Per-deployment limits: name -> (type, least, most). None = the server's setting.
+DEPLOYMENT_LIMITS: dict[str, tuple[type, float, float]] = {
+    "predict_timeout_s": (float, 0.0, 7 * 24 * 3600.0),
+    "max_queue": (int, 0, 1_000_000),
+    "memory_mb": (int, 0, 1 << 24),  # 16 TiB
 }
+MAX_TRAFFIC_WEIGHT = 1_000_000
 
 
 def _check_limits(limits: dict[str, float | int | None]) -> None:
     for name, value in limits.items():
         if name not in DEPLOYMENT_LIMITS:
             raise BadRequest(f"unknown deployment setting {name!r}")
-        kind, least = DEPLOYMENT_LIMITS[name]
+        kind, least, most = DEPLOYMENT_LIMITS[name]
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BadRequest(f"{name} must be a number")
         if kind is int and not isinstance(value, int):
             raise BadRequest(f"{name} must be an integer")
-        if value < least:
-            raise BadRequest(f"{name} must be >= {least:g}, got {value}")
+        if not least <= value <= most:
+            raise BadRequest(f"{name} must be from {least:.0f} to {most:.0f}, got {value}")
 
 
 def _live_versions(session: Session, model_id: int) -> dict[int, Version]:
