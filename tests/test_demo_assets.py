@@ -4,11 +4,18 @@ seed tutorial's model.py loads it, and prepared only once."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from modelhost.demo_assets import MARKER_NAME, DemoAssets, prepare_demo_assets
+from modelhost.demo_assets import (
+    MARKER_NAME,
+    DemoAssets,
+    DemoAssetsError,
+    prepare_demo_assets,
+    prepare_in_child,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -42,3 +49,16 @@ def test_demo_assets_load_generate_and_are_reused(demo_assets: DemoAssets) -> No
     assert again == demo_assets
     assert marker.stat().st_mtime_ns == marker_mtime
     assert (demo_assets.hf_dir / "model.safetensors").stat().st_mtime_ns == weights_mtime
+
+
+def test_prepared_in_a_child_process(demo_assets: DemoAssets) -> None:
+    """What `modelhost demo` calls, so that its serving process never holds the conversion's
+    torch and transformers: `python -m modelhost.demo_assets` in a child, same folders."""
+    assert prepare_in_child(demo_assets.hf_dir.parent) == demo_assets
+
+
+def test_a_failing_child_raises(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(DemoAssetsError, match="exit code 1"):
+        prepare_in_child(blocker / "dest")

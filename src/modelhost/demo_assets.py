@@ -15,6 +15,10 @@ idempotent: a second call with an up-to-date marker returns without importing tr
 re-hashing the GGUF. Concurrent callers serialize on a lock file in ``dest``.
 
     python -m modelhost.demo_assets DEST [--quiet]
+
+A long-lived process (the demo's server) calls `prepare_in_child`, which runs that command:
+the conversion imports torch and transformers and peaks at about 1.6 GB, and done in the
+serving process that memory stayed with it for its whole life (920 MB RSS measured).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -70,13 +75,35 @@ def packaged_gguf() -> Path:
     return path
 
 
+def assets_in(dest: Path) -> DemoAssets:
+    """Where `prepare_demo_assets(dest)` puts the files."""
+    dest = Path(dest).resolve()
+    return DemoAssets(gguf_path=dest / "gguf" / DEMO_FILE, hf_dir=dest / "hf")
+
+
+def prepare_in_child(dest: Path) -> DemoAssets:
+    """`prepare_demo_assets` in a child process, so that the caller's memory stays small.
+
+    The child's stderr is the caller's (progress and errors show as they happen); a failure
+    raises `DemoAssetsError` after the child has said why.
+    """
+    cmd = [sys.executable, "-m", "modelhost.demo_assets", str(dest)]
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL, check=False)
+    if done.returncode != 0:
+        raise DemoAssetsError(
+            f"preparing the demo assets in {dest} failed (exit code {done.returncode}); "
+            "the reason is printed above"
+        )
+    return assets_in(dest)
+
+
 def prepare_demo_assets(dest: Path, progress: bool = True) -> DemoAssets:
     """Copy the packaged GGUF to ``dest/gguf/`` and convert it to ``dest/hf/`` (once)."""
-    dest = Path(dest).resolve()
+    assets = assets_in(dest)
+    gguf_path, hf_dir = assets.gguf_path, assets.hf_dir
+    dest = hf_dir.parent
     source = packaged_gguf()
     dest.mkdir(parents=True, exist_ok=True)
-    gguf_path = dest / "gguf" / DEMO_FILE
-    hf_dir = dest / "hf"
     with FileLock(str(dest / _LOCK_NAME)):
         _remove_leftovers(dest, gguf_path.parent)
         _copy_gguf(source, gguf_path, progress)
@@ -85,7 +112,7 @@ def prepare_demo_assets(dest: Path, progress: bool = True) -> DemoAssets:
             _say(progress, "converting GGUF to HF format (about a minute)...")
             _convert(gguf_path, hf_dir, progress)
             _say(progress, f"HF folder ready in {time.monotonic() - started:.0f}s: {hf_dir}")
-    return DemoAssets(gguf_path=gguf_path, hf_dir=hf_dir)
+    return assets
 
 
 def _say(progress: bool, message: str) -> None:

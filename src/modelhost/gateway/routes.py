@@ -93,7 +93,8 @@ class Match:
 
 def _version_number(segment: str) -> int | None:
     digits = segment[1:] if segment[:1] in ("v", "V") else segment
-    return int(digits) if digits.isdigit() else None
+    # isascii: str.isdigit() is true for '²', which int() refuses (a 500 found by fuzzing)
+    return int(digits) if digits.isascii() and digits.isdigit() else None
 
 
 class RouteTable:

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from modelhost.errors import InvalidJSON, UnsupportedMediaType
+from modelhost.errors import BadRequest, InvalidJSON, UnsupportedMediaType
 
 JSON_TYPE = "application/json"
 _OPTS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
@@ -33,7 +33,10 @@ def decode_payload(body: bytes, content_type: str) -> Any:
                 "text/csv bodies need pandas in the worker's environment: "
                 "pip install 'modelhost[classic]'"
             ) from None
-        return pd.read_csv(io.BytesIO(body))
+        try:
+            return pd.read_csv(io.BytesIO(body))
+        except ValueError as exc:  # ParserError, EmptyDataError, bad UTF-8: 400, not 500
+            raise BadRequest(f"the request body is not valid CSV: {exc}") from None
     raise UnsupportedMediaType(
         f"content-type {kind!r} is not supported; send application/json or text/csv"
     )
