@@ -210,6 +210,8 @@ def test_pin_serves_only_that_version_without_a_gap(
     admin.call("DELETE", f"/models/{model_id}/pin/")
     with httpx.Client(timeout=30) as client:
         assert set(_versions(client, url, headers, 30)) == {"2"}
+    # no longer pinned: KEEP_VERSIONS=1 unloads it again
+    _poll(lambda: _meta(url, headers)["versions"]["v1"] == "stopped", "v1 unloaded")
 
 
 def test_rollback_restarts_and_pins_the_previous_version(

@@ -59,6 +59,7 @@ class VersionAdmin:
             entry.weighted = bool(weights)
             entry.weights.update({r.version: r.traffic_weight for r in rows})
             entry.refresh()
+            self.versions.retire_unused(entry)
         for number, weight in weights.items():
             if weight > 0:
                 await self._ensure_running(model_id, number)
@@ -72,6 +73,7 @@ class VersionAdmin:
         if entry is not None:
             entry.pinned = number or 0
             entry.refresh()
+            self.versions.retire_unused(entry)
         if number is not None:
             await self._ensure_running(model_id, number)
         await self._audit(actor, "model.pin", model_id, version=number)

@@ -168,6 +168,13 @@ class VersionManager:
         if state == "ready" and entry is not None:
             self._retire_older(entry, info.version)
 
+    def retire_unused(self, entry: ModelEntry) -> None:
+        """After a traffic change (a pin lifted, weights cleared): versions that lost their
+        protection go the way `keep_versions` says."""
+        ready = entry.latest_ready()
+        if ready is not None:
+            self._retire_older(entry, ready.info.version)
+
     def _retire_older(self, entry: ModelEntry, newest: int) -> None:
         """Stop the workers of versions older than the newest `keep_versions` loaded ones,
         except the pinned one and those an explicit split gives traffic to."""
