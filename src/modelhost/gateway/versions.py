@@ -88,8 +88,11 @@ class VersionManager:
         registry (they stop with the server, not for good)."""
         self._shutting_down = True
         await self.supervisor.shutdown(drain_s)
-        # versions being retired or scaled finish their own drain (bounded the same way)
-        await asyncio.gather(*self._background, return_exceptions=True)
+        # Versions being retired or scaled down finish their own drain and stop (bounded the
+        # same way); a replica still starting (waiting for its socket) is not waited for longer.
+        if self._background:
+            bound = drain_s + self.settings.worker_stop_timeout_s
+            await asyncio.wait(self._background, timeout=bound)
 
     def register(
         self, model: ModelRow, version: VersionRow, deployment: DeploymentRow
