@@ -185,3 +185,42 @@ def test_embeddings_tutorial_model_py(engine: tuple[Server, str, str], tmp_path:
         model="some-model-id", input=["Testing embedding SDK compatibility."]
     )
     assert response.data[0].embedding[:5] == [0.123, 0.345, 0.567, 0.789]
+
+
+def test_gguf_embedding_model_through_llama_cpp(
+    engine: tuple[Server, str, str], tmp_path: Path
+) -> None:
+    """The same model as a GGUF (llama.cpp in embedding mode, mean pooling), deployed from a
+    model.json only: its vectors match the transformers backend's."""
+    from compat.bert_gguf import convert
+
+    srv, api_url, token = engine
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    convert(minilm_folder(), weights / "all-MiniLM-L6-v2.gguf")
+    subprocess.run(
+        [sys.executable, "-m", "modelhost.cli", "files", "upload", str(weights), "cache/gguf/"],
+        env=srv.env(),
+        check=True,
+        capture_output=True,
+    )
+    folder = tmp_path / "minilm-gguf"
+    folder.mkdir()
+    config = {
+        "llm": {"model": "all-MiniLM-L6-v2.gguf", "task": "embeddings"},
+        "download_files_from": "cache/gguf/",
+    }
+    (folder / "model.json").write_text(json.dumps(config))
+    result = srv.deploy(folder, "compat", "minilm-gguf")
+    assert result["status"] == 200 and result.get("state") == "ready", (result, srv.log()[-3000:])
+    gguf_url = result["api_url"]
+
+    texts = {"input": [*RELATED, UNRELATED]}
+    hf = httpx.post(api_url + "v1/embeddings", json=texts, headers=bearer(token)).json()
+    r = httpx.post(
+        gguf_url + "v1/embeddings", json=texts, headers=bearer(srv.session_token(gguf_url))
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["usage"] == hf["usage"]
+    for ours, theirs in zip(r.json()["data"], hf["data"], strict=True):
+        assert cosine(ours["embedding"], theirs["embedding"]) > 0.999
