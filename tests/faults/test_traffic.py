@@ -439,3 +439,62 @@ def test_traffic_survives_a_restart(tmp_path: Path) -> None:
         )
     finally:
         server.stop()
+
+
+def _version_workers(home: Path, name: str, version: int) -> list[int]:
+    """Live worker processes of `name` v`version` (found by their spec file in /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            if b"modelhost.runtime.worker" not in argv:
+                continue
+            spec = json.loads(
+                Path(next(a.decode() for a in argv if a.endswith(b".json"))).read_text()
+            )
+        except (OSError, StopIteration, ValueError):
+            continue
+        if str(home) in spec["socket_path"] and (spec["name"], spec["version"]) == (name, version):
+            found.append(int(entry))
+    return found
+
+
+def test_a_request_whose_version_retires_while_its_body_arrives_goes_to_the_new_one(
+    server: Server, tmp_path: Path
+) -> None:
+    """KEEP_VERSIONS=1: v2 becoming ready retires v1 while a request routed to v1 is still
+    sending its body; it is answered by v2, not cut."""
+    url, headers, _ = _deploy_versions(server, tmp_path, "rerouted", 1)
+    release = threading.Event()
+
+    def body() -> Iterator[bytes]:
+        yield b'{"part": '
+        release.wait(120)
+        yield b'"two"}'
+
+    answer: list[httpx.Response] = []
+    sender = threading.Thread(
+        target=lambda: answer.append(
+            httpx.post(
+                url,
+                content=body(),
+                headers={**headers, "content-type": "application/json"},
+                timeout=120,
+            )
+        ),
+        daemon=True,
+    )
+    sender.start()
+    _poll(lambda: _version_workers(server.home, "rerouted", 1), "v1's worker")
+    folder = model_dir(tmp_path / "rerouted-2", "rerouted", "echo.py")
+    result = server.deploy(folder, "traffic", "rerouted")
+    assert result["status"] == 200 and result["version"] == 2, result
+    _poll(lambda: not _version_workers(server.home, "rerouted", 1), "v1's worker gone")
+    release.set()
+    sender.join(120)
+    assert answer, "no answer"
+    r = answer[0]
+    assert r.status_code == 200, r.text
+    assert r.json() == {"part": "two"} and r.headers["x-prt-model-version"] == "2"

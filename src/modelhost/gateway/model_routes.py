@@ -126,7 +126,7 @@ class ModelRoutes:
                 body = await bodies.read_rest(receive, message, self.limit)
             if encoding:
                 body = bodies.decode(body, encoding.decode("latin-1"), self.limit)
-            replica, channel = _still_ready(entry, workers, replica, channel)
+            workers, replica, channel = _repick(match, scope, workers, replica, channel)
             fut = channel.request(
                 scope["method"],
                 match.subpath,
@@ -310,11 +310,15 @@ def _ready_replica(entry: ModelEntry, workers: VersionWorkers) -> tuple[Replica,
     return replica, replica.channel
 
 
-def _still_ready(
-    entry: ModelEntry, workers: VersionWorkers, replica: Replica, channel: WorkerChannel
-) -> tuple[Replica, WorkerChannel]:
-    """A replica scaled away while the request's body arrived: another one answers."""
-    return (replica, channel) if not replica.retired else _ready_replica(entry, workers)
+def _repick(
+    match: Match, scope: Scope, workers: VersionWorkers, replica: Replica, channel: WorkerChannel
+) -> tuple[VersionWorkers, Replica, WorkerChannel]:
+    """The replica was scaled away, or its version retired, while the request's body
+    arrived: it goes where a new request would."""
+    if not replica.retired:
+        return workers, replica, channel
+    workers = _pick_version(match, scope)
+    return (workers, *_ready_replica(match.entry, workers))
 
 
 def _queue_full(entry: ModelEntry, workers: VersionWorkers) -> QueueFull:

@@ -74,7 +74,8 @@ class WorkerLimits:
 @dataclass
 class Replica:
     index: int
-    retired: bool = False  # taken away by a scale-down: draining, never restarted
+    # out of routing for good (a scale-down, its version retired): draining, never restarted
+    retired: bool = False
     channel: WorkerChannel | None = None
     proc: asyncio.subprocess.Process | None = None
     state: str = "loading"
@@ -182,11 +183,16 @@ class VersionWorkers:
     async def start(self) -> None:
         await asyncio.gather(*(self._spawn(r) for r in self.replicas))
 
-    async def stop(self, drain_s: float | None = None) -> None:
+    async def stop(self, drain_s: float | None = None, reroute: bool = True) -> None:
         """Drain, then stop: no new requests are routed here from now on, the in-flight ones
-        get `drain_s` (default `drain_timeout_s`) to finish, then the workers stop."""
+        get `drain_s` (default `drain_timeout_s`) to finish, then the workers stop. With
+        `reroute`, requests that picked a replica but were still reading their body pick
+        again (the version is retired or deleted; not when the whole server stops)."""
         self._stopping = True
         self.ready, self.ready_replicas = [], []
+        if reroute:
+            for replica in self.replicas:
+                replica.retired = True
         self._changed()
         timeout = self.settings.drain_timeout_s if drain_s is None else drain_s
         await self._drain(self.replicas, timeout)
@@ -498,5 +504,5 @@ class Supervisor:
 
     async def shutdown(self, drain_s: float | None = None) -> None:
         """Every version drains (at most `drain_s`, default `drain_timeout_s`), then stops."""
-        await asyncio.gather(*(w.stop(drain_s) for w in self.versions.values()))
+        await asyncio.gather(*(w.stop(drain_s, reroute=False) for w in self.versions.values()))
         self.versions.clear()
