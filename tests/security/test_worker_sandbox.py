@@ -177,7 +177,7 @@ def test_model_json_env_may_not_set_reserved_names(server: Server, tmp_path: Pat
     assert "AWS_SECRET_ACCESS_KEY" in result["error"]["message"]
 
 
-def test_worker_environment_is_an_allow_list() -> None:
+def test_worker_environment_is_an_allow_list(tmp_path: Path) -> None:
     from modelhost.runtime.worker_env import worker_environ
 
     gateway = {
@@ -191,20 +191,34 @@ def test_worker_environment_is_an_allow_list() -> None:
         "HOME": "/root",
         "MY_LICENSE_SERVER": "lic:1234",
     }
-    env = worker_environ(gateway, "MY_LICENSE_SERVER", {"env": {"MODE": "fast"}}, "/w/home")
+    home = tmp_path / "home"
+    (home / "prometheus").mkdir(parents=True)
+    (home / "prometheus" / "counter_123.db").write_bytes(b"a dead worker's values")
+    env = worker_environ(gateway, "MY_LICENSE_SERVER", {"env": {"MODE": "fast"}}, str(home))
     assert env == {
         "PATH": "/usr/bin",
         "LC_ALL": "C.UTF-8",
         "OMP_NUM_THREADS": "2",
         "MY_LICENSE_SERVER": "lic:1234",
         "MODE": "fast",
-        "HOME": "/w/home",
+        "HOME": str(home),
+        # its prometheus_client files, inside its HOME (writable in the sandbox), emptied
+        "PROMETHEUS_MULTIPROC_DIR": str(home / "prometheus"),
     }
+    assert list((home / "prometheus").iterdir()) == []
 
 
 @pytest.mark.parametrize(
     "env",
-    [["A"], {"MODELHOST_URL": "x"}, {"aws_region": "x"}, {"A": 1}, {"1A": "x"}, {"A=B": "x"}],
+    [
+        ["A"],
+        {"MODELHOST_URL": "x"},
+        {"aws_region": "x"},
+        {"PROMETHEUS_MULTIPROC_DIR": "/tmp"},
+        {"A": 1},
+        {"1A": "x"},
+        {"A=B": "x"},
+    ],
 )
 def test_model_json_env_is_checked(env: object) -> None:
     from modelhost.errors import InvalidModelFolder

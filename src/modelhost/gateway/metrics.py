@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -153,20 +154,99 @@ class RouteCollector(Collector):
             requests.add_metric([e.prefix, e.name], e.requests)
             errors.add_metric([e.prefix, e.name], e.errors)
             busy = 0
-            for number, workers in e.versions.items():
-                ready.add_metric([e.prefix, e.name, str(number)], len(workers.ready))
-                busy += sum(c.inflight for c in workers.ready)
+            for number, workers in getattr(e, "versions", {}).items():
+                channels = getattr(workers, "ready", ())
+                ready.add_metric([e.prefix, e.name, str(number)], len(channels))
+                busy += sum(getattr(c, "inflight", 0) for c in channels)
             inflight.add_metric([e.prefix, e.name], busy)
         yield from (requests, errors, ready, inflight)
 
 
+VERSION_STATES = ("loading", "ready", "failed", "stopped")
+
+
+class VersionCollector(Collector):
+    """Per version: state, replicas, queue depth; per replica: restarts and last exit.
+
+    Read at scrape time from the supervisor's objects, attribute by attribute with
+    defaults: they are the supervisor's, and a field it drops must not break `/metrics`.
+    """
+
+    def __init__(self, routes: RouteTable) -> None:
+        self.routes = routes
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["prefix", "model", "version"]
+        per_replica = [*labels, "replica"]
+        state = GaugeMetricFamily(
+            "modelhost_version_state",
+            "1 for the state each loaded version is in (loading, ready, failed, stopped), "
+            "0 for the others.",
+            labels=[*labels, "state"],
+        )
+        replicas = GaugeMetricFamily(
+            "modelhost_replicas", "Worker replicas of the version (any state).", labels=labels
+        )
+        queue = GaugeMetricFamily(
+            "modelhost_queue_depth",
+            "Requests sent to the version's workers and not answered yet (running in the "
+            "worker or waiting there for a slot).",
+            labels=labels,
+        )
+        restarts = CounterMetricFamily(
+            "modelhost_worker_restarts",
+            "Restarts of the replica's worker process since the server started.",
+            labels=per_replica,
+        )
+        last_exit = GaugeMetricFamily(
+            "modelhost_worker_last_exit_info",
+            "How the replica's last worker process ended (1, with the reason as a label).",
+            labels=[*per_replica, "reason"],
+        )
+        for values, workers in _versions(self.routes):
+            current = str(getattr(workers, "state", ""))
+            for name in dict.fromkeys((*VERSION_STATES, current)):
+                if name:
+                    state.add_metric([*values, name], 1.0 if name == current else 0.0)
+            members = list(getattr(workers, "replicas", ()))
+            replicas.add_metric(values, len(members))
+            queue.add_metric(values, sum(_inflight(r) for r in members))
+            for position, replica in enumerate(members):
+                index = str(getattr(replica, "index", position))
+                restarts.add_metric([*values, index], getattr(replica, "restarts", 0))
+                reason = getattr(replica, "last_exit", "")
+                if reason:
+                    last_exit.add_metric([*values, index, str(reason)], 1.0)
+        yield from (state, replicas, queue, restarts, last_exit)
+
+
+def _versions(routes: RouteTable) -> Iterator[tuple[list[str], VersionWorkers]]:
+    for entry in routes.entries():
+        for number, workers in sorted(getattr(entry, "versions", {}).items()):
+            yield [entry.prefix, entry.name, str(number)], workers
+
+
+def _inflight(replica: object) -> int:
+    channel = getattr(replica, "channel", None)
+    return int(getattr(channel, "inflight", 0) or 0) if channel is not None else 0
+
+
 def metrics_registry(
-    routes: RouteTable, latency: LatencyRecorder | None = None
+    routes: RouteTable,
+    latency: LatencyRecorder | None = None,
+    workers_dir: Path | None = None,
 ) -> CollectorRegistry:
+    """The gateway's collectors; with `workers_dir`, also the workers' own metrics
+    (`model_metrics.py`)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RouteCollector(routes))
+    registry.register(VersionCollector(routes))
     if latency is not None:
         registry.register(LatencyCollector(latency))
+    if workers_dir is not None:
+        from modelhost.gateway.model_metrics import ModelMetricsCollector
+
+        registry.register(ModelMetricsCollector(routes, workers_dir))
     return registry
 
 

@@ -94,6 +94,11 @@ class LLMEngine:
         return stream
 
     @property
+    def kv_cache_usage(self) -> float:
+        """Share of the KV cache in use, 0..1 (read unlocked: a gauge, llm/metrics.py)."""
+        return self._scheduler._slots.kv_tokens() / max(1, self.backend.kv_capacity)
+
+    @property
     def stats(self) -> EngineStats:
         counters = self._scheduler.counters
         running, waiting = self._scheduler.load

@@ -15,6 +15,7 @@ from typing import Any
 
 from modelhost.errors import MethodNotAllowed, ModelhostError, NotFound
 from modelhost.llm.engine_base import GenerationEngine
+from modelhost.llm.metrics import LLMMetrics, MeteredEngine
 from modelhost.llm.protocols import openai, practicus
 from modelhost.llm.protocols.common import collect
 from modelhost.llm.protocols.openai import GenerationRequest, ResponseHeader
@@ -27,8 +28,10 @@ Handler = Callable[[Any], Awaitable[LLMResult]]
 
 class LLMService:
     def __init__(self, engine: GenerationEngine, model_name: str) -> None:
-        self.engine = engine
         self.model_name = model_name
+        # vLLM's metric names (llm/metrics.py): every stream the engine returns is metered.
+        self.metrics = LLMMetrics(model_name, engine)
+        self.engine = MeteredEngine(engine, self.metrics)
         self._created = int(time.time())
         openai_routes: dict[str, tuple[str, Handler]] = {
             "chat/completions": ("POST", self._chat),
@@ -40,6 +43,12 @@ class LLMService:
         self._routes = {**openai_routes, **{f"v1/{k}": v for k, v in openai_routes.items()}}
 
     async def handle(self, method: str, subpath: str, body: dict[str, Any] | None) -> LLMResult:
+        result = await self._route(method, subpath, body)
+        if isinstance(result, JSONResult) and result.status >= 400:
+            self.metrics.error(result.status, _error_type(result.body))  # errors are values
+        return result
+
+    async def _route(self, method: str, subpath: str, body: dict[str, Any] | None) -> LLMResult:
         path = subpath.strip("/")
         if not path:
             return await self._guard(self._practicus, body, openai_errors=False)
@@ -108,6 +117,13 @@ class LLMService:
     def _chat_tokens(self, messages: list[dict[str, str]]) -> list[int]:
         backend = self.engine.backend
         return backend.tokenize(backend.render_chat(messages))
+
+
+def _error_type(body: dict[str, Any]) -> str:
+    error = body.get("error")
+    if not isinstance(error, dict):
+        return "error"
+    return str(error.get("type") or error.get("code") or "error")
 
 
 def _openai_error(exc: ModelhostError) -> JSONResult:

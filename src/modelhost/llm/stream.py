@@ -11,7 +11,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 FinishReason = Literal["stop", "length"]
 
@@ -70,7 +70,7 @@ class TokenStream:
     cancels the request: the engine frees its slot before its next step.
     """
 
-    __slots__ = ("__weakref__", "_channel", "_done", "_on_cancel", "_on_done")
+    __slots__ = ("__weakref__", "_channel", "_done", "_on_cancel", "_on_done", "meter")
 
     def __init__(
         self, channel: Channel, on_cancel: Callable[[], None], on_done: Callable[[], None]
@@ -79,6 +79,8 @@ class TokenStream:
         self._on_cancel = on_cancel
         self._on_done = on_done
         self._done = False
+        # llm/metrics.RequestMeter, set by the service: told of each item and of an abort.
+        self.meter: Any = None
 
     def __aiter__(self) -> TokenStream:
         return self
@@ -91,6 +93,8 @@ class TokenStream:
         except BaseException:
             self._abort()
             raise
+        if self.meter is not None:
+            self.meter.item(item)
         if isinstance(item, BaseException):
             self._finish()
             raise item
@@ -122,5 +126,7 @@ class TokenStream:
     def _abort(self) -> None:
         if not self._done:
             self._done = True
+            if self.meter is not None:
+                self.meter.aborted()
             self._on_cancel()
             self._on_done()

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from modelhost import logs
 from modelhost.errors import ModelhostError, ModelNotReady, PredictTimeout
 from modelhost.runtime.protocol import FrameProtocol, Kind, encode
 from modelhost.runtime.runner import Reply, Runner, StreamReply, WorkRequest
@@ -395,10 +396,7 @@ def start_child(argv: list[str] | None) -> WorkerSpec:
     up and the parent-death signal armed (no orphan outlives the gateway)."""
     args = sys.argv[1:] if argv is None else argv
     spec = WorkerSpec.load(Path(args[0]))
-    logging.basicConfig(
-        level=spec.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s [{spec.pod_name}] %(name)s: %(message)s",
-    )
+    logs.setup(spec.log_level, spec.log_format, pod=spec.pod_name)
     die_with_parent()
     return spec
 

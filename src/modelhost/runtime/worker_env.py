@@ -4,12 +4,19 @@ The gateway's environment holds the admin password, the database URL and the obj
 credentials (AWS_*); model code must see none of them. A worker gets only what the Python
 interpreter and the usual numeric/ML libraries read, the names an operator lists in
 MODELHOST_WORKER_ENV_PASSTHROUGH, and the model's own `"env"` object from model.json.
+
+It also gets `PROMETHEUS_MULTIPROC_DIR`: a folder inside its own HOME (so writable inside its
+sandbox), emptied at every start. prometheus_client then keeps every metric the process
+makes (the model's own, the LLM engine's `vllm:*`) in memory-mapped files there, which the
+gateway merges into its `/metrics` at scrape time (`gateway/model_metrics.py`).
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from modelhost.errors import InvalidModelFolder
@@ -53,7 +60,8 @@ ALLOWED = frozenset(
     }
 )
 ALLOWED_PREFIXES = ("LC_", "MKL_", "OPENBLAS_")
-FORBIDDEN_PREFIXES = ("MODELHOST_", "AWS_")
+FORBIDDEN_PREFIXES = ("MODELHOST_", "AWS_", "PROMETHEUS_MULTIPROC")
+METRICS_SUBDIR = "prometheus"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -76,7 +84,8 @@ def model_env(model_json: Mapping[str, Any]) -> dict[str, str]:
             raise InvalidModelFolder(f'model.json: "env" value of {name} must be a string')
         if name.upper().startswith(FORBIDDEN_PREFIXES):
             raise InvalidModelFolder(
-                f'model.json: "env" may not set {name} (MODELHOST_* and AWS_* are reserved)'
+                f'model.json: "env" may not set {name} '
+                "(MODELHOST_*, AWS_* and PROMETHEUS_MULTIPROC_DIR are reserved)"
             )
     return dict(env)
 
@@ -96,4 +105,24 @@ def worker_environ(
     }
     env.update(model_env(model_json))
     env["HOME"] = home
+    env["PROMETHEUS_MULTIPROC_DIR"] = str(fresh_metrics_dir(home))
     return env
+
+
+def replica_home(workers_dir: Path, version_id: int, index: int) -> Path:
+    """The HOME of replica `index` of a version (the supervisor names it the same way)."""
+    return workers_dir / f"w{version_id}-{index}"
+
+
+def metrics_dir(home: str | Path) -> Path:
+    """Where a worker whose HOME is `home` keeps its prometheus_client files."""
+    return Path(home) / METRICS_SUBDIR
+
+
+def fresh_metrics_dir(home: str | Path) -> Path:
+    """The metrics folder of a worker about to start, emptied: the files of the process it
+    replaces (a restart, an earlier server run) must not be added to the new one's."""
+    path = metrics_dir(home)
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
