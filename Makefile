@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench bench-install bench-overhead bench-llm clean
+.PHONY: install run test lint bench bench-install bench-overhead bench-llm soak clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ bench-overhead: bench-install
 
 bench-llm: bench-install
 	$(BIN)/python -m bench.llm
+
+# Not part of `make test`: ~5 min of mixed traffic with kill -9 and redeploys injected; exits
+# non-zero unless no request was lost and no process or fd leaked (bench/soak.py says how).
+SOAK_S ?= 300
+soak: install
+	$(BIN)/python -m bench.soak --duration $(SOAK_S)
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .mypy_cache .ruff_cache
