@@ -23,9 +23,16 @@ It also bounds what a slow or abusive client can hold (settings in `configured`)
   after the connection opened) is answered 408 and closed; a new connection that sent
   nothing is closed silently. The same single timer per connection checks this: it never
   sleeps longer than the header timeout, and a head in progress costs one clock read.
+- A request body of which no byte arrived for `body_timeout_s` (after its head or its last
+  byte, as nginx's `client_body_timeout`) is answered 408 and the connection closed, by the
+  same timer (not while this side stopped reading, nor once the app started answering).
 - Beyond `max_connections` open connections a new one is answered 503 and closed; the
   open ones keep working. (uvicorn's `limit_concurrency` counts the connection itself and
   running requests, so at the limit every connection's requests would get 503.)
+
+And it lets the app abort a response: the ASGI message `ABORT` closes the connection
+without ending the response (no terminating chunk), which clients and proxies see as a
+failed response; what was sent before it still goes out.
 """
 
 from __future__ import annotations
@@ -49,6 +56,10 @@ from uvicorn.protocols.http.httptools_impl import (
 MAX_HELD = 64 * 1024
 # The connection timer's shortest sleep.
 MIN_CHECK_S = 0.1
+# Sent by the app after `http.response.start`: close the connection, the response unfinished
+# (a stream whose source failed must not end like a whole response).
+ABORT_TYPE = "modelhost.response.abort"
+ABORT = {"type": ABORT_TYPE}
 
 
 def error_response(
@@ -136,6 +147,9 @@ class Cycle(RequestResponseCycle):
             or self.access_log
             or self.flow.write_paused
         ):
+            if message["type"] == ABORT_TYPE:
+                self.abort()
+                return
             await super().send(message)
             return
         self.response_started = True
@@ -173,6 +187,15 @@ class Cycle(RequestResponseCycle):
         content.append(b"\r\n")
         self.transport.write(b"".join(content))
 
+    def abort(self) -> None:
+        """Close the connection with the response unfinished: what was written goes out
+        (the transport flushes on close), the end of the response never does. The cycle
+        counts as disconnected from now on, so uvicorn logs nothing and later sends drop."""
+        self.keep_alive = False
+        self.disconnected = True
+        self.message_event.set()
+        self.transport.close()
+
 
 class HttpProtocol(HttpToolsProtocol):
     """HttpToolsProtocol writing through a `CoalescingTransport`, answering with `Cycle`,
@@ -182,6 +205,7 @@ class HttpProtocol(HttpToolsProtocol):
     # Limits (the defaults of the settings); `configured` makes a subclass with others.
     max_header_bytes: int = 64 * 1024
     header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
     max_connections: int = 0  # 0 = unlimited
 
     _idle_since: float | None = None  # None while a request is being read or answered
@@ -191,15 +215,24 @@ class HttpProtocol(HttpToolsProtocol):
     # When the head being read started (its first byte; on a new connection, the
     # connection's opening); None when no head is being read.
     _head_since: float | None = None
+    # When the body being read last made progress (end of its head, or its last bytes);
+    # None when no body is being read.
+    _body_since: float | None = None
 
     @classmethod
     def configured(
-        cls, *, max_header_bytes: int, header_timeout_s: float, max_connections: int
+        cls,
+        *,
+        max_header_bytes: int,
+        header_timeout_s: float,
+        max_connections: int,
+        body_timeout_s: float = body_timeout_s,
     ) -> type[HttpProtocol]:
-        """This protocol with the given limits (header_timeout_s <= 0: no header deadline)."""
+        """This protocol with the given limits (a timeout <= 0: no such deadline)."""
         limits = {
             "max_header_bytes": max_header_bytes,
             "header_timeout_s": header_timeout_s if header_timeout_s > 0 else math.inf,
+            "body_timeout_s": body_timeout_s if body_timeout_s > 0 else math.inf,
             "max_connections": max(0, max_connections),
         }
         return cast("type[HttpProtocol]", type(cls.__name__, (cls,), limits))
@@ -234,6 +267,8 @@ class HttpProtocol(HttpToolsProtocol):
                 self._head_over_cap(data, head - len(data))
                 return
             self._head_bytes = head
+        elif self._body_since is not None:  # a body in progress: it moved
+            self._body_since = self.loop.time()
         # uvicorn's data_received, inlined (one call less per request on the hot path).
         self._idle_since = None  # busy: what `_unset_keepalive_if_required` does
         try:
@@ -280,6 +315,7 @@ class HttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_bytes = None
         self._head_since = None
+        self._body_since = self.loop.time()
         super().on_headers_complete()
         # uvicorn names its cycle class inside this method; the subclass only replaces
         # `send`, adds no state, and the request's task has not run a step yet.
@@ -289,6 +325,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._head_bytes = 0  # what comes next is the next request's head
+        self._body_since = None
         # uvicorn's on_message_complete, inlined (no extra call per request).
         cycle = self.cycle
         if (self.parser.should_upgrade() and self._should_upgrade()) or cycle.response_complete:
@@ -330,7 +367,10 @@ class HttpProtocol(HttpToolsProtocol):
         # The timer never sleeps longer than this, so a head that starts at any moment is
         # seen before its deadline (and then checked exactly at it). The floor keeps a zero
         # keep-alive from turning the timer into a busy loop.
-        return max(MIN_CHECK_S, min(float(self.timeout_keep_alive), self.header_timeout_s))
+        return max(
+            MIN_CHECK_S,
+            min(float(self.timeout_keep_alive), self.header_timeout_s, self.body_timeout_s),
+        )
 
     def _check_idle(self) -> None:
         """The connection's one timer: header deadline, then keep-alive idle timeout."""
@@ -346,6 +386,11 @@ class HttpProtocol(HttpToolsProtocol):
                 return
         elif self._idle_since is None:  # busy now; the response completing marks idle again
             delay = every
+            if self._body_since is not None:  # reading a body
+                delay = self._body_delay()
+                if delay <= 0:
+                    self._body_timeout()
+                    return
         else:
             delay = self._idle_since + self.timeout_keep_alive - self.loop.time()
             if delay <= 0:
@@ -354,6 +399,38 @@ class HttpProtocol(HttpToolsProtocol):
         self.timeout_keep_alive_task = self.loop.call_later(
             min(max(delay, 0.0) or every, every), self._check_idle
         )
+
+    def _body_delay(self) -> float:
+        """Seconds left before the body being read is late. Its clock restarts while the
+        wait is not the client's doing: reading paused here (the app has not taken what
+        came), a `100-continue` not yet sent, or the app answering already."""
+        now = self.loop.time()
+        cycle = self.cycle
+        if (
+            self.flow.read_paused
+            or cycle is None
+            or cycle.response_started
+            or cycle.waiting_for_100_continue
+        ):
+            self._body_since = now
+        assert self._body_since is not None
+        return self._body_since + self.body_timeout_s - now
+
+    def _body_timeout(self) -> None:
+        self.logger.debug("Request body stalled for %g s; answering 408.", self.body_timeout_s)
+        self._body_since = None
+        cycle = self.cycle
+        message = (
+            f"no byte of the request body arrived for {self.body_timeout_s:g} s; send the "
+            "body at once, or raise MODELHOST_BODY_TIMEOUT_S"
+        )
+        self.transport.write(
+            error_response(408, "body_timeout", message, self.server_state.default_headers)
+        )
+        if isinstance(cycle, Cycle):
+            cycle.abort()  # the app reading the body sees the client gone
+        else:
+            self.transport.close()
 
     def _head_timeout(self) -> None:
         if not self._head_bytes:  # a new connection that never sent a byte: just close

@@ -53,8 +53,9 @@ class HttpRequest:
     """What a ``predict(http_request, ...)`` gets (a Starlette ``Request`` in Practicus).
 
     ``url`` is the path under this server (``/{prefix}/{model}/{sub_path}?{query}``; the
-    worker does not see the host), ``headers`` those the worker receives (content type and
-    length), ``body()`` the request body after the gateway decompressed it.
+    worker does not see the host), ``headers`` the client's request headers (less
+    ``authorization`` and ``cookie``; content type and length those of the body given here),
+    ``body()`` the request body after the gateway decompressed it.
     """
 
     def __init__(
@@ -151,7 +152,7 @@ class _Inputs:
         url = f"/{self.meta.prefix.strip('/')}/{self.meta.name}/{req.subpath.lstrip('/')}"
         if req.query:
             url += "?" + req.query
-        headers = {"content-length": str(len(req.body))}
+        headers = {**req.headers, "content-length": str(len(req.body))}
         if req.content_type:
             headers["content-type"] = req.content_type
         return HttpRequest(req.method, url, headers, req.body, req.subpath)

@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from modelhost.errors import ModelhostError, PredictTimeout, WorkerUnavailable, from_wire
-from modelhost.runtime.protocol import FrameProtocol, Kind, encode, encode_raw
+from modelhost.runtime.protocol import CREDIT_EVERY, FrameProtocol, Kind, encode, encode_raw
 
 
 @dataclass(slots=True)
@@ -32,7 +32,12 @@ class Head:
 
 
 class Stream:
-    """Chunks of a streamed reply; iterate it, or `close()` it to cancel the request."""
+    """Chunks of a streamed reply; iterate it, or `close()` it to cancel the request.
+
+    Bounded: the worker sends at most `STREAM_WINDOW` bytes beyond what was iterated here
+    (passed on to the client); every `CREDIT_EVERY` bytes iterated are reported to it (a
+    CREDIT frame), so a slow client pauses the model's generator instead of filling memory.
+    """
 
     def __init__(self, head: Head, channel: WorkerChannel, rid: int) -> None:
         self.head = head
@@ -40,6 +45,8 @@ class Stream:
         self._rid = rid
         self._queue: asyncio.Queue[bytes | ModelhostError | None] = asyncio.Queue()
         self.done = False
+        self.passed = 0  # bytes iterated (handed to the client)
+        self._credited = 0  # the last `passed` reported to the worker
 
     def _put(self, item: bytes | ModelhostError | None) -> None:
         self._queue.put_nowait(item)
@@ -54,6 +61,12 @@ class Stream:
                 self.done = True
                 raise item
             yield item
+            # The consumer is back: the chunk was sent (or is held by a flow-controlled
+            # transport). One add and one compare per chunk on the fast path.
+            self.passed += len(item)
+            if self.passed - self._credited >= CREDIT_EVERY:
+                self._credited = self.passed
+                self._channel.credit(self._rid, self.passed)
 
     def close(self) -> None:
         if not self.done:
@@ -112,8 +125,16 @@ class WorkerChannel:
             self._proto.transport.close()
 
     def request(
-        self, method: str, subpath: str, query: str, content_type: str, body: bytes
+        self,
+        method: str,
+        subpath: str,
+        query: str,
+        content_type: str,
+        body: bytes,
+        headers: bytes = b"",
     ) -> asyncio.Future[Reply | Stream]:
+        """Send one request; `headers` = the client's headers to pass on, a JSON object
+        (already encoded) or b"" for none."""
         proto = self._proto
         if proto is None or not self.connected:
             raise WorkerUnavailable("the model's worker is not connected; it may be restarting")
@@ -129,6 +150,8 @@ class WorkerChannel:
             head = orjson.dumps({"m": method, "p": subpath, "q": query, "ct": content_type})
             if len(self._heads) < 1024:
                 self._heads[key] = head
+        if headers:  # the cached head, with "h" spliced in before its closing brace
+            head = b'%s,"h":%s}' % (head[:-1], headers)
         proto.send(encode_raw(Kind.REQUEST, rid, head, body))
         return fut
 
@@ -192,6 +215,11 @@ class WorkerChannel:
         if self._proto is not None:
             self._proto.send(encode(Kind.CANCEL, rid))
 
+    def credit(self, rid: int, passed: int) -> None:
+        """Tell the worker that `passed` bytes of stream `rid` went on to the client."""
+        if self._proto is not None and rid in self._streams:
+            self._proto.send(encode_raw(Kind.CREDIT, rid, b"%d" % passed))
+
     def _on_frame(self, kind: Kind, rid: int, header: Any, body: bytes) -> None:
         if kind is Kind.RESPONSE:
             fut = self._pending.pop(rid, None)
@@ -201,12 +229,19 @@ class WorkerChannel:
             stream = self._streams.get(rid)
             if stream is not None:
                 stream._put(body)
-        elif kind is Kind.STREAM_START:
+        elif kind is Kind.STATE:
+            self._state(header)
+        else:
+            self._on_other(kind, rid, header)
+
+    def _on_other(self, kind: Kind, rid: int, header: Any) -> None:
+        """A stream's start or end, or an error."""
+        if kind is Kind.STREAM_START:
             fut = self._pending.pop(rid, None)
             if fut is not None and not fut.done():
-                stream = Stream(Head(header["s"], header["ct"], header.get("h")), self, rid)
-                self._streams[rid] = stream
-                fut.set_result(stream)
+                started = Stream(Head(header["s"], header["ct"], header.get("h")), self, rid)
+                self._streams[rid] = started
+                fut.set_result(started)
         elif kind is Kind.STREAM_END:
             stream = self._streams.pop(rid, None)
             if stream is not None:
@@ -215,8 +250,10 @@ class WorkerChannel:
             fut = self._pending.pop(rid, None)
             if fut is not None and not fut.done():
                 fut.set_exception(from_wire(header))
-        elif kind is Kind.STATE:
-            self._state(header)
+                return
+            stream = self._streams.pop(rid, None)  # a failure after STREAM_START ends it
+            if stream is not None:
+                stream._put(from_wire(header))
 
     def _state(self, header: dict[str, Any]) -> None:
         deadline = header.get("deadline")

@@ -38,6 +38,16 @@ class Kind(IntEnum):
     ERROR = 6  # worker -> gateway: header {type, message}
     CANCEL = 7  # gateway -> worker: the client went away
     STATE = 8  # worker -> gateway: header {state, reason, hooks, pod}
+    CREDIT = 9  # gateway -> worker: header = bytes of a stream passed on to its client so far
+
+
+# Flow control of a stream (credit-based): a worker sends at most this many bytes of one
+# stream (plus the chunk that crosses it) beyond what the gateway reported passed on to its
+# client, so a slow client holds at most about this much in the gateway, and the model's
+# generator waits. The gateway reports after every `CREDIT_EVERY` bytes it passes on: a fast
+# stream flows without a pause, and a token stream under the window sends no CREDIT at all.
+STREAM_WINDOW = 1 << 20
+CREDIT_EVERY = STREAM_WINDOW // 4
 
 
 def encode(kind: Kind, rid: int, header: Any = None, body: bytes = b"") -> bytes:

@@ -29,6 +29,10 @@ class WorkRequest:
     query: str
     content_type: str
     body: bytes
+    # The client's request headers, names lower-case (repeated ones joined with ", "), less
+    # its credentials (authorization, cookie) and the body's framing (content-length,
+    # content-encoding: the body here is already decoded).
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +108,7 @@ class PythonModelRunner:
         if is_response(result):  # a Starlette/FastAPI response: status and headers kept
             return to_reply(result)
         try:
-            body, content_type = encode_result(result, csv=is_csv(request.content_type))
+            body, content_type = encode_result(result, csv=_wants_csv(request))
         except TypeError as exc:
             raise PredictFailed(str(exc)) from exc
         return Reply(body, content_type)
@@ -144,6 +148,14 @@ def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) ->
     """From a pool thread: run `callback` on the worker's loop (unless it is closed)."""
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(callback)
+
+
+def _wants_csv(request: WorkRequest) -> bool:
+    """A DataFrame answers as CSV to a CSV request, or to one that accepts CSV first."""
+    if is_csv(request.content_type):
+        return True
+    accept = request.headers.get("accept")
+    return accept is not None and is_csv(accept.split(",", 1)[0])
 
 
 def _kind(fn: Callable[..., Any]) -> str:

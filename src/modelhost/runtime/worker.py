@@ -23,7 +23,7 @@ from typing import Any
 
 from modelhost import logs
 from modelhost.errors import ModelhostError, ModelNotReady, PredictTimeout
-from modelhost.runtime.protocol import FrameProtocol, Kind, encode
+from modelhost.runtime.protocol import STREAM_WINDOW, FrameProtocol, Kind, encode
 from modelhost.runtime.runner import Reply, Runner, StreamReply, WorkRequest
 from modelhost.runtime.sandbox import (
     MODES,
@@ -166,6 +166,8 @@ class _Conn(FrameProtocol):
         self.started: dict[int, float] = {}
         self.expired: set[int] = set()
         self._sweeper: asyncio.TimerHandle | None = None
+        # Streams being sent: what the gateway passed on of each (CREDIT frames).
+        self.windows: dict[int, _Window] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -198,6 +200,10 @@ class _Conn(FrameProtocol):
                 self.started[rid] = loop.time()
                 if self._sweeper is None:
                     self._sweeper = loop.call_later(self._tick(), self._sweep)
+        elif kind is Kind.CREDIT:
+            window = self.windows.get(rid)
+            if window is not None:
+                window.grant(int(header))
         elif kind is Kind.CANCEL:
             running = self.tasks.get(rid)
             if running is not None:
@@ -255,7 +261,12 @@ class _Conn(FrameProtocol):
                     f"model is {server.state}" + (f": {server.reason}" if server.reason else "")
                 )
             request = WorkRequest(
-                header["m"], header.get("p", ""), header.get("q", ""), header.get("ct", ""), body
+                header["m"],
+                header.get("p", ""),
+                header.get("q", ""),
+                header.get("ct", ""),
+                body,
+                header.get("h") or {},
             )
             reply = await server.runner.handle(request)
             if isinstance(reply, Reply):
@@ -292,17 +303,56 @@ class _Conn(FrameProtocol):
                 first = await anext(chunks)
         self.started.pop(rid, None)
         self.send(encode(Kind.STREAM_START, rid, _head(reply)))
-        if first:
-            self.send(encode(Kind.CHUNK, rid, None, first))
+        window = self.windows[rid] = _Window()
         try:
+            if first:
+                self.send(encode(Kind.CHUNK, rid, None, first))
+                window.sent = len(first)
             async for chunk in chunks:
                 if chunk:
                     self.send(encode(Kind.CHUNK, rid, None, chunk))
-        except ModelhostError as exc:
-            log.error("stream failed: %s", exc.message, exc_info=exc.__cause__)
-            self.send(encode(Kind.STREAM_END, rid, exc.to_wire()))
+                    window.sent += len(chunk)
+                    if window.sent - window.passed > STREAM_WINDOW:  # a slow client
+                        await window.wait()
+        except Exception as exc:
+            # After STREAM_START: the gateway aborts the response (it must not look whole).
+            error = exc if isinstance(exc, ModelhostError) else _unexpected(exc)
+            log.error("stream failed: %s", error.message, exc_info=exc.__cause__ or exc)
+            self.send(encode(Kind.STREAM_END, rid, error.to_wire()))
             return
+        finally:
+            del self.windows[rid]
         self.send(encode(Kind.STREAM_END, rid))
+
+
+class _Window:
+    """One stream's flow control: bytes sent, and bytes the gateway passed on (CREDIT)."""
+
+    __slots__ = ("passed", "sent", "waiter")
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.passed = 0
+        self.waiter: asyncio.Future[None] | None = None
+
+    async def wait(self) -> None:
+        """Until the gateway has passed on enough that less than a window is outstanding."""
+        while self.sent - self.passed > STREAM_WINDOW:
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+
+    def grant(self, passed: int) -> None:
+        self.passed = max(self.passed, passed)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done() and self.sent - self.passed <= STREAM_WINDOW:
+            waiter.set_result(None)
+
+
+def _unexpected(exc: Exception) -> ModelhostError:
+    return ModelhostError(f"{type(exc).__name__}: {exc}")
 
 
 def _head(reply: Reply | StreamReply) -> dict[str, Any]:
