@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from e2e.harness import Server, bearer, free_port
+from e2e.harness import Server, bearer, free_port, poll
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +67,10 @@ def test_pages_and_files_need_no_token_and_name_no_model(
         assert r.status_code == 200 and r.headers["content-type"].startswith(kind), name
         assert len(r.content) > 1000 or name.endswith("modelhost-docs.js")
     assert httpx.get(srv.url + "/team-docs/docs/openapi.json").status_code == 401
+    head = httpx.head(srv.url + "/team-docs/redoc/redoc.standalone.js")
+    assert head.status_code == 200 and head.content == b"" and int(head.headers["content-length"])
+    post = httpx.post(srv.url + "/team-docs/docs/", json={})
+    assert post.status_code == 405 and post.headers["allow"] == "GET, HEAD"
 
 
 def test_openapi_lists_the_models_the_token_may_use(
@@ -118,9 +122,7 @@ def test_swagger_ui_and_redoc_render_the_prefix_models(
             page.screenshot(path=str(srv.home / "docs.png"))
 
             page.goto(f"{srv.url}/team-docs/redoc/")  # same tab: the token is remembered
-            page.wait_for_function(
-                "document.body.innerText.includes('/team-docs/echo/')", timeout=30_000
-            )
+            poll(lambda: "/team-docs/echo/" in page.inner_text("body"), "ReDoc rendered", 30)
             assert "Ice cream" in page.inner_text("body")
             page.screenshot(path=str(srv.home / "redoc.png"))
             assert errors == []

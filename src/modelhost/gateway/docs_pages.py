@@ -27,7 +27,7 @@ from pathlib import Path
 
 import orjson
 
-from modelhost.errors import ModelhostError, NotFound
+from modelhost.errors import MethodNotAllowed, ModelhostError, NotFound
 from modelhost.gateway.auth import MODEL_KINDS, Authenticator
 from modelhost.gateway.http_errors import error_body, error_headers, status_of
 from modelhost.gateway.model_openapi import document
@@ -71,22 +71,29 @@ class DocsPages:
         self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        parts = split(scope["path"])
+        head = scope["method"] == "HEAD"
         try:
-            if parts is None or scope["method"] not in ("GET", "HEAD"):
+            if scope["method"] not in ("GET", "HEAD"):
+                raise MethodNotAllowed("docs pages answer GET", allow="GET, HEAD")
+            parts = split(scope["path"])
+            if parts is None:  # not claimed: the gateway does not send it here
                 raise NotFound("no such docs page; open /<prefix>/docs/ or /<prefix>/redoc/")
             where, page, name = parts
-            if name == "openapi.json":
-                await _send(send, 200, await self._openapi(scope, where), b"application/json")
-            elif name in _VENDORED:
-                await _send(send, 200, _vendored(name), _VENDORED[name].encode(), cache=True)
-            elif name == "modelhost-docs.js":
-                await _send(send, 200, _script(), b"text/javascript; charset=utf-8", cache=True)
-            else:
-                await _send(send, 200, _html(page), b"text/html; charset=utf-8", csp=True)
+            body, content_type = await self._file(scope, where, page, name)
+            cache = name in _VENDORED or name == "modelhost-docs.js"
+            await _send(send, 200, body, content_type, cache=cache, csp=not name, head=head)
         except ModelhostError as exc:
             extra = [(k, v) for k, v in error_headers(exc) if k != b"content-type"]
             await _send(send, status_of(exc), error_body(exc), b"application/json", extra=extra)
+
+    async def _file(self, scope: Scope, where: str, page: str, name: str) -> tuple[bytes, bytes]:
+        if name == "openapi.json":
+            return await self._openapi(scope, where), b"application/json"
+        if name in _VENDORED:
+            return _vendored(name), _VENDORED[name].encode()
+        if name == "modelhost-docs.js":
+            return _script(), b"text/javascript; charset=utf-8"
+        return _html(page), b"text/html; charset=utf-8"
 
     async def _openapi(self, scope: Scope, where: str) -> bytes:
         authorization = next((v for k, v in scope["headers"] if k == b"authorization"), None)
@@ -121,6 +128,7 @@ async def _send(
     cache: bool = False,
     csp: bool = False,
     extra: list[tuple[bytes, bytes]] | None = None,
+    head: bool = False,
 ) -> None:
     headers = [
         (b"content-type", content_type),
@@ -132,7 +140,7 @@ async def _send(
     if csp:
         headers.append((b"content-security-policy", _CSP))
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": b"" if head else body})
 
 
 @cache
