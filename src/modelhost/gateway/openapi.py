@@ -67,6 +67,7 @@ ANY: Json = {}
 NULL_STR: Json = {"type": "string", "nullable": True}
 NULL_INT: Json = {"type": "integer", "nullable": True}
 ID: Json = {"type": "integer", "minimum": 0}
+SEGMENT: Json = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"}  # of a model URL
 
 REPLICAS: Json = {"type": "integer", "minimum": 1, "maximum": 64}
 # Per-deployment limits (registry.DEPLOYMENT_LIMITS); null = the server's setting.
@@ -561,9 +562,8 @@ def _model_op(summary: str, with_body: bool) -> Json:
 
 
 def _model_paths() -> Json:
-    segment = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"}
     version = {"type": "string", "pattern": "^[vV]?[0-9]+$"}
-    base = [_path("prefix", segment), _path("model", segment)]
+    base = [_path("prefix", SEGMENT), _path("model", SEGMENT)]
     return {
         "/{prefix}/{model}/": {
             "parameters": base,
@@ -578,6 +578,28 @@ def _model_paths() -> Json:
     }
 
 
+def _docs_paths() -> Json:
+    """The docs pages (`docs_pages`): claimed by path shape, the pages need no token."""
+    prefix = [_path("prefix", SEGMENT)]
+
+    def page(name: str) -> Json:
+        summary = f"{name} of the models below the prefix (no token: it names no model)"
+        return _op("docs pages", summary, {**_ok(STR, media="text/html"), **_refs(405)}, auth=False)
+
+    return {
+        "/{prefix}/docs/": {"parameters": prefix, "get": page("Swagger UI")},
+        "/{prefix}/redoc/": {"parameters": prefix, "get": page("ReDoc")},
+        "/{prefix}/docs/openapi.json": {
+            "parameters": prefix,
+            "get": _op(
+                "docs pages",
+                "The OpenAPI document of the models below the prefix that the token may use",
+                {**_ok({"type": "object"}), **_refs(401, 403, 405)},
+            ),
+        },
+    }
+
+
 def openapi_document() -> Json:
     """The document (a fresh dict: callers may change their copy)."""
     paths = {
@@ -586,6 +608,7 @@ def openapi_document() -> Json:
         **_model_console_paths(),
         **_admin_paths(),
         **_version_admin_paths(),
+        **_docs_paths(),
         **_model_paths(),
     }
     return {
