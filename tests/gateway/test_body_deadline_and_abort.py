@@ -151,3 +151,19 @@ async def test_abort_ends_the_stream_without_its_last_chunk(port: int) -> None:
     assert body == b"5\r\npiece\r\n", body  # what was sent, and no "0\r\n\r\n"
     assert seen == ["aborted"]
     writer.close()
+
+
+async def test_a_client_gone_before_or_while_its_body_is_read_is_not_an_empty_body() -> None:
+    from modelhost.gateway import body as bodies
+
+    gone = {"type": "http.disconnect"}
+    with pytest.raises(bodies.ClientDisconnected):
+        bodies.first_part(gone, 100, None)  # not b"": predict must not run on it
+
+    async def receive() -> dict[str, Any]:
+        return gone
+
+    first = {"type": "http.request", "body": b"{", "more_body": True}
+    assert bodies.first_part(first, 100, 100) is None
+    with pytest.raises(bodies.ClientDisconnected):
+        await bodies.read_rest(receive, first, 100)

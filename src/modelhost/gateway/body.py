@@ -18,10 +18,17 @@ from modelhost.types import Message, Receive
 ENCODINGS = ("gzip", "deflate", "zlib", "lz4")
 
 
+class ClientDisconnected(Exception):
+    """The client went away before its body was read (or its body stalled past
+    MODELHOST_BODY_TIMEOUT_S, which the HTTP protocol answered with 408): nobody to answer."""
+
+
 def first_part(message: Message, limit: int, declared: int | None) -> bytes | None:
     """The whole body when it came in one message (the common case), else None."""
     if declared is not None and declared > limit:
         raise _too_large(limit)
+    if message["type"] == "http.disconnect":  # not an empty body: nobody is there
+        raise ClientDisconnected
     body: bytes = message.get("body", b"")
     if message.get("more_body", False):
         return None
@@ -38,7 +45,7 @@ async def read_rest(receive: Receive, first: Message, limit: int) -> bytes:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise BadRequest("the client disconnected while sending the body")
+            raise ClientDisconnected
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:

@@ -151,8 +151,8 @@ class ModelRoutes:
                 entry.errors += 1
             status = status_of(exc)
             await _send_error(send, exc, request_id)
-        except _ClientGone:
-            status = 499  # nobody to answer; the worker was told to cancel
+        except (_ClientGone, bodies.ClientDisconnected):
+            status = 499  # nobody to answer (a predict sent already was told to cancel)
         finally:
             latency.in_flight -= 1
             latency.observe(entry, workers, status, perf_counter() - started)
