@@ -21,7 +21,7 @@ PASS when all of these hold (exit status 1 otherwise):
   4. no leaked file descriptor: the server's open fds at most `--fd-tolerance` above the
      count after the warm-up;
   5. SIGTERM ends the server with exit status 0, and no worker outlives it.
-Prints a summary table and writes bench/results/soak.json.
+Prints a summary table and writes bench/results/soak.json (`--results` elsewhere).
 """
 
 from __future__ import annotations
@@ -297,16 +297,21 @@ KINDS = ["plain"] * 4 + ["slow"] * 2 + ["stream"] * 3 + ["meta", "console"]
 
 
 async def client_loop(server: Soaked, tally: Tally, stop: asyncio.Event, deadline: float) -> None:
-    timeout = httpx.Timeout(deadline)
-    async with httpx.AsyncClient(timeout=timeout) as client:
+    """Requests one after another until `stop`; each must be over within `deadline` seconds
+    in all (httpx's timeouts alone bound each read, not a whole trickling answer)."""
+    async with httpx.AsyncClient(timeout=httpx.Timeout(deadline)) as client:
         while not stop.is_set():
             kind = random.choice(KINDS)
-            if kind == "stream":
-                await _stream(client, server, tally)
-            elif kind == "console":
-                await _console(client, server, tally)
-            else:
-                await _unary(client, server, tally, kind)
+            try:
+                async with asyncio.timeout(deadline):
+                    if kind == "stream":
+                        await _stream(client, server, tally)
+                    elif kind == "console":
+                        await _console(client, server, tally)
+                    else:
+                        await _unary(client, server, tally, kind)
+            except TimeoutError:
+                tally.add(kind, "LOST: no answer within the deadline", deadline)
 
 
 # --- faults -----------------------------------------------------------------------------
@@ -537,8 +542,8 @@ def run(args: argparse.Namespace) -> bool:
         result = report(tally, checks, counts, args.duration, fd_change)
         if not result["passed"]:
             print(f"\nserver log (tail):\n{(home / 'serve.log').read_text()[-4000:]}")
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "soak.json").write_text(json.dumps(result, indent=1) + "\n")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(result, indent=1) + "\n")
     return bool(result["passed"])
 
 
@@ -554,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=float, default=4, help="seconds between faults")
     parser.add_argument("--deadline", type=float, default=30, help="seconds per request")
     parser.add_argument("--fd-tolerance", type=int, default=12)
+    parser.add_argument("--results", type=Path, default=RESULTS / "soak.json", help="JSON out")
     return 0 if run(parser.parse_args(argv)) else 1
 
 
