@@ -52,6 +52,7 @@ def test_a_worker_over_its_memory_bound_is_killed_and_restarted(
     r = _post(hog, hog_auth, {"mb": 300, "hold_s": 30})
     assert r.status_code == 503, r.text  # killed while answering, not after 30 s
     assert r.headers.get("retry-after"), r.headers
+    assert REASON in r.json()["error"]["message"], r.text  # the request that did it learns why
 
     # While it restarts, the 503s say why; the other model answers all along.
     messages: list[str] = []

@@ -89,6 +89,9 @@ class WorkerChannel:
         self._streams: dict[int, Stream] = {}
         self._heads: dict[tuple[str, str, str, str], bytes] = {}  # request headers, encoded
         self.connected = False
+        # Why the worker is about to go, when this side knows (its memory bound): said to
+        # the requests it cuts.
+        self.lost_because = ""
         # The backstop: the worker's predict deadline (from its STATE frames; 0 = none) and,
         # instead of a timer per request, one sweep while requests wait, with marks of
         # (loop time, last request id issued by then): ids only grow, so every pending id at
@@ -263,7 +266,10 @@ class WorkerChannel:
 
     def _on_lost(self, exc: Exception | None) -> None:
         self.connected = False
-        error = WorkerUnavailable("the model's worker process exited while handling the request")
+        error = WorkerUnavailable(
+            "the model's worker process exited while handling the request"
+            + (f": {self.lost_because}" if self.lost_because else "")
+        )
         for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(error)

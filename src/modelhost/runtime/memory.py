@@ -21,6 +21,8 @@ import logging
 import os
 import signal
 
+from modelhost.runtime.channel import WorkerChannel
+
 log = logging.getLogger("modelhost.supervisor")
 POLL_S = 0.5
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -39,12 +41,20 @@ def resident_mb(pid: int) -> int | None:
 
 class MemoryGuard:
     """Polls one worker process while it runs; past `limit_mb` it is killed (SIGKILL: it
-    may be stuck) and `exceeded` says why, for the supervisor's exit reason."""
+    may be stuck) and `exceeded` says why, for the supervisor's exit reason and for the
+    requests in flight on its `channel`."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, limit_mb: int, name: str = "") -> None:
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        limit_mb: int,
+        name: str = "",
+        channel: WorkerChannel | None = None,
+    ) -> None:
         self.proc = proc
         self.limit_mb = limit_mb
         self.name = name
+        self.channel = channel
         self.exceeded = ""  # why it was killed ("" = it was not)
         self._timer: asyncio.TimerHandle | None = None
         if limit_mb > 0:
@@ -64,6 +74,8 @@ class MemoryGuard:
                 f"{used} MB resident; killed"
             )
             log.error("worker %s %s", self.name or proc.pid, self.exceeded)
+            if self.channel is not None:
+                self.channel.lost_because = f"it {self.exceeded}"
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGKILL)
             return

@@ -326,7 +326,7 @@ class VersionWorkers:
             lambda h: self._on_state(replica, h) if replica.channel is channel else None,
         )
         replica.channel = channel
-        guard = MemoryGuard(replica.proc, spec.memory_mb, spec.pod_name)  # runtime/memory.py
+        guard = MemoryGuard(replica.proc, spec.memory_mb, spec.pod_name, channel)  # memory.py
         asyncio.get_running_loop().create_task(self._watch(replica, replica.proc, guard))
         try:
             await channel.connect(timeout=60)
