@@ -5,9 +5,9 @@ space, and torch, CUDA and llama.cpp reserve or map far more than they touch (a 
 mmapped whole), so a useful bound breaks them at import; cgroup v2 ``memory.max`` needs a
 delegated, writable cgroup, which containers and plain user services usually lack (this
 machine: cgroup v1, not writable). Reading ``/proc/<pid>/statm`` from the gateway works
-everywhere, costs about 20 µs per worker per poll, cannot be disabled by model code, and
-still acts when the worker's own threads are stuck (a C call holding the GIL). The price: a
-worker may exceed its bound for up to one poll period before it is killed.
+everywhere, costs about 13 µs per worker per poll (measured), cannot be turned off by model
+code, and still acts when the worker's own threads are stuck (a C call holding the GIL). The
+price: a worker may exceed its bound for up to one poll period before it is killed.
 
 What counts is the resident set (VmRSS, what ``ps`` and ``top`` show), file pages mapped
 by the worker included: weights mmapped from a file count once resident.
