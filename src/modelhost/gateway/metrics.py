@@ -6,6 +6,11 @@ bisect, two additions); the collectors turn them into counter, gauge and histogr
 when Prometheus asks, so observing costs no lock and no label lookup. (prometheus-client's
 own `Histogram.labels(...).observe` takes a lock and builds the label key per call: several
 times the cost, on every request.)
+
+Versions and workers (state, replicas, queue depth, restarts, last exit) are read from the
+supervisor's objects when Prometheus asks (`VersionCollector`); the workers' own metrics
+(a model's prometheus_client metrics, the LLM engine's `vllm:*`) come from their
+multiprocess files (`model_metrics.py`). The list of families is in docs/architecture.md.
 """
 
 from __future__ import annotations
