@@ -9,12 +9,14 @@ import base64
 import importlib.util
 import json
 import math
+import re
 import shutil
 import struct
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -151,40 +153,37 @@ def test_langchain_practicus_embeddings(engine: tuple[Server, str, str]) -> None
         assert got == pytest.approx(want, abs=1e-5)
 
 
-def test_embeddings_tutorial_model_py(engine: tuple[Server, str, str], tmp_path: Path) -> None:
-    """The tutorial's embeddings model.py byte for byte, with its client code."""
-    model_py = REFERENCE / "generative-ai" / "model-serving" / "custom" / "embeddings" / "model.py"
-    if not model_py.is_file():
-        pytest.skip(f"{model_py} is not there (../shared/reference/practicus/)")
-    import requests
-    from openai import OpenAI
-
-    from practicuscore.gen_ai import PrtEmbeddingsRequest, PrtEmbeddingsResponse
-
+def test_embeddings_tutorial_notebook(
+    engine: tuple[Server, str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The embeddings build tutorial's notebook cells as written (parameters filled in, the
+    shell cell left out): region lists, `prt.models.deploy` of its model.py byte for byte from
+    the current folder, a session token, `requests` and `OpenAI(base_url=api_url)`."""
+    folder = REFERENCE / "generative-ai" / "model-serving" / "custom" / "embeddings"
+    if not (folder / "build.md").is_file():
+        pytest.skip(f"{folder} is not there (../shared/reference/practicus/)")
     srv = engine[0]
-    folder = tmp_path / "openai-embedding-proxy"
-    folder.mkdir()
-    shutil.copyfile(model_py, folder / "model.py")
-    result = srv.deploy(folder, "compat", "openai-embedding-proxy")
-    assert result["status"] == 200, result
-    api_url = result["api_url"]
-    token = srv.session_token(api_url)
+    notebook = tmp_path / "notebook"
+    notebook.mkdir()
+    shutil.copyfile(folder / "model.py", notebook / "model.py")
+    monkeypatch.chdir(notebook)
+    cells = re.findall(r"```python\n(.*?)```", (folder / "build.md").read_text(), flags=re.S)
+    cells = cells[: next(i for i, c in enumerate(cells) if "async def predict" in c)]
+    out: list[str] = []
+    scope: dict[str, Any] = {"print": lambda *a, **_k: out.append(" ".join(map(str, a)))}
+    with srv.sdk_credentials():
+        for cell in cells:
+            if cell.lstrip().startswith("!"):
+                continue  # ! pip install openai
+            if "model_deployment_key = None" in cell:
+                cell = 'model_deployment_key = "test-depl"\nmodel_prefix = "compat"\n'
+            exec(cell, scope)
 
-    sample_request = PrtEmbeddingsRequest(
-        input=["This is a text to create embeddings of.", "This is another text to do the same."],
-    )
-    request_json = sample_request.model_dump_json(indent=2)
-    headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
-    r = requests.post(api_url, headers=headers, data=request_json, timeout=60)
-    assert r.ok, r.text
-    resp_object = PrtEmbeddingsResponse.model_validate(r.json())
-    assert resp_object.data[0].embedding == [0.123, 0.345, 0.567, 0.789]
-
-    client = OpenAI(base_url=api_url, api_key=token)
-    response = client.embeddings.create(
-        model="some-model-id", input=["Testing embedding SDK compatibility."]
-    )
-    assert response.data[0].embedding[:5] == [0.123, 0.345, 0.567, 0.789]
+    text = "\n".join(out)
+    assert "An error occurred" not in text, text
+    assert scope["api_url"] == scope["expected_api_url"]
+    assert scope["resp_object"].data[0].embedding == [0.123, 0.345, 0.567, 0.789]
+    assert scope["response"].data[0].embedding[:5] == [0.123, 0.345, 0.567, 0.789]
 
 
 def test_gguf_embedding_model_through_llama_cpp(
