@@ -3,7 +3,8 @@
 Every bearer credential becomes a `Principal` of one kind:
 
 - ``user``: a console access JWT (after a password login); acts with the user's own rights
-  (admin, or the grants of the user and their groups). Console only.
+  (admin, or the grants of the user and their groups). The console, and a model's
+  ``?get_meta=true`` (model_routes: Practicus' REST flow reads the model id there).
 - ``scoped``: a long-lived ``mh_`` access token for a prefix or one model. It is its own
   principal: it may call models inside its scope and mint session tokens for them, and
   nothing else — never its creator's rights, never an admin endpoint.
