@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelhost.gateway.metrics import metrics_registry, render
 from modelhost.gateway.routes import RouteTable
-from modelhost.runtime.worker_env import fresh_metrics_dir, replica_home
+from modelhost.runtime.worker_env import fresh_metrics_dir, remove_metrics_dir, replica_home
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -148,3 +148,6 @@ def test_stopped_versions_and_exited_workers(tmp_path: Path) -> None:
     fresh_metrics_dir(replica_home(tmp_path, 1, 0))
     ready = _Routes(_entry("p", "a", v1=_version(1, "ready", _replica(0))))
     assert "hits_total" not in _scrape(ready, tmp_path)
+    # a version stopped for good: the supervisor removes its replicas' folders
+    remove_metrics_dir(replica_home(tmp_path, 1, 0))
+    assert not (replica_home(tmp_path, 1, 0) / "prometheus").exists()

@@ -40,7 +40,7 @@ from modelhost.errors import ModelhostError
 from modelhost.runtime.channel import WorkerChannel
 from modelhost.runtime.memory import MemoryGuard
 from modelhost.runtime.spec import WorkerSpec
-from modelhost.runtime.worker_env import worker_environ
+from modelhost.runtime.worker_env import remove_metrics_dir, replica_home, worker_environ
 from modelhost.settings import Settings
 
 log = logging.getLogger("modelhost.supervisor")
@@ -197,6 +197,9 @@ class VersionWorkers:
         timeout = self.settings.drain_timeout_s if drain_s is None else drain_s
         await self._drain(self.replicas, timeout)
         await asyncio.gather(*(self._terminate(r) for r in self.replicas))
+        workers_dir, version_id = self.settings.workers_dir, self.info.version_id
+        for replica in self.replicas:  # its prometheus_client files (worker_env.py)
+            remove_metrics_dir(replica_home(workers_dir, version_id, replica.index))
 
     async def scale(self, replicas: int) -> None:
         """Run `replicas` worker processes from now on: new ones start beside the running

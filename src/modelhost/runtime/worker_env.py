@@ -119,6 +119,11 @@ def metrics_dir(home: str | Path) -> Path:
     return Path(home) / METRICS_SUBDIR
 
 
+def remove_metrics_dir(home: str | Path) -> None:
+    """A stopped worker's metrics folder: nothing renders it any more."""
+    shutil.rmtree(metrics_dir(home), ignore_errors=True)
+
+
 def fresh_metrics_dir(home: str | Path) -> Path:
     """The metrics folder of a worker about to start, emptied: the files of the process it
     replaces (a restart, an earlier server run) must not be added to the new one's."""
