@@ -92,6 +92,9 @@ class VLLMEngine:
             dtype=dtype,
             max_num_seqs=self.max_seqs,
             max_model_len=seq_ctx,  # None: vLLM's own choice from the config
+            # modelhost records the vllm:* metrics itself (llm/metrics.py); vLLM's own
+            # would land in the same multiprocess files and count every request twice
+            disable_log_stats=True,
             **extra,
         )
         self._engine = AsyncLLMEngine.from_engine_args(args)
