@@ -36,12 +36,18 @@ bench: bench-overhead bench-llm
 
 bench-install: install
 	$(BIN)/pip install -q -e '.[bench]'
+	@# cmake and a C++ compiler build llama.cpp's llama-server, the LLM peer (bench/llama_server_build.py)
+	@(command -v cmake >/dev/null && command -v c++ >/dev/null) || \
+		apt-get install -y -q cmake build-essential || \
+		(apt-get update -q && apt-get install -y -q cmake build-essential)
 
 bench-overhead: bench-install
 	@command -v wrk >/dev/null || (apt-get install -y -q wrk || (apt-get update -q && apt-get install -y -q wrk))
 	$(BIN)/python -m bench.overhead
 
+# First run: builds llama-server and llama-batched-bench into .cache/ (~6 min on 2 cores).
 bench-llm: bench-install
+	$(BIN)/python -m bench.llama_server_build
 	$(BIN)/python -m bench.llm
 
 # Not part of `make test`: ~5 min of mixed traffic with kill -9 and redeploys injected; exits

@@ -11,7 +11,13 @@ SGLang's serving benchmarks define them:
 
 Output tokens come from the server's ``usage`` (``stream_options.include_usage``) when it
 sends one, else from the number of streamed content chunks (one per token for these
-servers); both are kept so the JSON shows whether they agree.
+servers); both are kept so the JSON shows whether they agree. Prompt tokens, and the prompt
+tokens a server took from its prefix cache, come from the same ``usage``
+(``prompt_tokens_details.cached_tokens``, OpenAI's name, which llama-server also sends) or
+llama-server's ``timings.cache_n``; None where a server reports neither.
+
+`run_level` is the closed loop of one workload; `run_mixed` runs short-chat clients while a
+few long-prompt clients keep the server busy with prefill, and keeps the two apart.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ class RequestResult:
     itl: list[float] = field(default_factory=list)
     chunks: int = 0
     usage_tokens: int | None = None
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None  # prompt tokens the server reused from its prefix cache
     fixed_tokens: int | None = None  # seed: no stream, no usage: counted from its answer text
     error: str | None = None
 
@@ -77,10 +85,12 @@ class RequestResult:
 class Workload:
     prompts: Sequence[str]
     max_tokens: int = 128
+    system: str | None = None  # one system prompt shared by every request
 
     def openai_body(self, question: str, extra: dict[str, Any]) -> dict[str, Any]:
+        messages = [{"role": "system", "content": self.system}] if self.system else []
         return {
-            "messages": [{"role": "user", "content": question}],
+            "messages": [*messages, {"role": "user", "content": question}],
             "temperature": 0.0,
             "max_tokens": self.max_tokens,
             "stream": True,
@@ -124,9 +134,7 @@ async def _openai_request(
                 if "error" in chunk:
                     res.error = f"stream error: {str(chunk['error'])[:300]}"
                     return res
-                usage = chunk.get("usage")
-                if isinstance(usage, dict) and "completion_tokens" in usage:
-                    res.usage_tokens = int(usage["completion_tokens"])
+                _read_usage(res, chunk)
                 choices = chunk.get("choices") or []
                 if not choices or not (choices[0].get("delta") or {}).get("content"):
                     continue
@@ -148,6 +156,21 @@ async def _openai_request(
     if not done:
         res.error = "the stream ended without [DONE]"
     return res
+
+
+def _read_usage(res: RequestResult, chunk: dict[str, Any]) -> None:
+    usage = chunk.get("usage")
+    if isinstance(usage, dict):
+        if "completion_tokens" in usage:
+            res.usage_tokens = int(usage["completion_tokens"])
+        if usage.get("prompt_tokens") is not None:
+            res.prompt_tokens = int(usage["prompt_tokens"])
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict) and details.get("cached_tokens") is not None:
+            res.cached_tokens = int(details["cached_tokens"])
+    timings = chunk.get("timings")  # llama-server
+    if isinstance(timings, dict) and res.cached_tokens is None and "cache_n" in timings:
+        res.cached_tokens = int(timings["cache_n"])
 
 
 async def _seed_request(
@@ -215,6 +238,38 @@ async def run_level(
     return results, time.perf_counter() - started
 
 
+async def run_mixed(
+    client: httpx.AsyncClient,
+    target: Target,
+    short: Workload,
+    long: Workload,
+    clients: tuple[int, int],
+    requests_per_client: int,
+) -> tuple[list[RequestResult], list[RequestResult], float]:
+    """``clients[0]`` closed-loop short-chat clients (``requests_per_client`` each) while
+    ``clients[1]`` clients send long prompts one after the other until the short ones are
+    done (their last request is waited for). Returns (short results, long results, wall time
+    of the short clients)."""
+    done = asyncio.Event()
+    long_results: list[RequestResult] = []
+    turn = itertools.count()
+
+    async def long_client() -> None:
+        while not done.is_set():
+            prompt = long.prompts[next(turn) % len(long.prompts)]
+            body = long.openai_body(prompt, target.extra_body)
+            long_results.append(await _openai_request(client, target, body))
+
+    loaders = [asyncio.create_task(long_client()) for _ in range(clients[1])]
+    await asyncio.sleep(0.5)  # the long prompts are in prefill when the short chats start
+    try:
+        results, wall = await run_level(client, target, short, clients[0], requests_per_client)
+    finally:
+        done.set()
+        await asyncio.gather(*loaders)
+    return results, long_results, wall
+
+
 def _describe(exc: BaseException) -> str:
     cause = exc.__cause__ or exc.__context__
     text = f"{type(exc).__name__}: {exc}"
@@ -240,6 +295,8 @@ def summarise(
     tpot = [t for r in ok if (t := r.tpot) is not None]
     e2e = [r.e2e for r in ok]
     with_usage = [r for r in ok if r.usage_tokens is not None]
+    prompts = [r.prompt_tokens for r in ok if r.prompt_tokens is not None]
+    cached = [r.cached_tokens for r in ok if r.cached_tokens is not None]
     errors = [r.error for r in results if not r.ok and r.error]
     return {
         "system": system,
@@ -269,4 +326,8 @@ def summarise(
             else "stream chunks"
         ),
         "chunks_differ_from_usage": sum(1 for r in with_usage if r.chunks != r.usage_tokens),
+        "prompt_tokens": sum(prompts) if prompts else None,
+        "prompt_tokens_p50": int(np.percentile(prompts, 50)) if prompts else None,
+        # prompt tokens the server took from its prefix cache (None: it does not say)
+        "cached_prompt_tokens": sum(cached) if cached and len(cached) == len(ok) else None,
     }

@@ -153,7 +153,23 @@ def _check(resp: httpx.Response, what: str) -> Any:
     return resp.json()
 
 
-def _deploy_llm(url: str, home: Path, env: dict[str, str], log: Path) -> tuple[str, str]:
+@dataclass(frozen=True)
+class Slots:
+    """Sequence slots and KV context given alike to modelhost's engine and llama-server:
+    ``seq_ctx`` tokens per sequence, ``slots * seq_ctx`` KV cells in all (modelhost's
+    ``kv_capacity``, llama-server's ``-c``, which it splits into ``-np`` equal parts)."""
+
+    slots: int = MAX_SEQS
+    seq_ctx: int = 512
+
+    @property
+    def kv_cells(self) -> int:
+        return self.slots * self.seq_ctx
+
+
+def _deploy_llm(
+    url: str, home: Path, env: dict[str, str], log: Path, slots: Slots
+) -> tuple[str, str]:
     """Upload the GGUF, deploy the no-code LLM folder; return (api_url, session token)."""
     weights = home / "bench-weights"
     weights.mkdir()
@@ -175,7 +191,12 @@ def _deploy_llm(url: str, home: Path, env: dict[str, str], log: Path) -> tuple[s
     folder = home / "bench-llm"
     folder.mkdir()
     model_json = {
-        "llm": {"model": GGUF_NAME, "max_seqs": MAX_SEQS},
+        "llm": {
+            "model": GGUF_NAME,
+            "max_seqs": slots.slots,
+            "kv_capacity": slots.kv_cells,
+            "seq_ctx": slots.seq_ctx,
+        },
         "download_files_from": DEMO_KEY,
     }
     (folder / "model.json").write_text(json.dumps(model_json))
@@ -197,7 +218,7 @@ def _deploy_llm(url: str, home: Path, env: dict[str, str], log: Path) -> tuple[s
 
 
 @contextmanager
-def start_modelhost(workdir: Path) -> Iterator[Running]:
+def start_modelhost(workdir: Path, slots: Slots | None = None) -> Iterator[Running]:
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="modelhost-bench-") as tmp:
         home = Path(tmp)
@@ -215,12 +236,43 @@ def start_modelhost(workdir: Path) -> Iterator[Running]:
         with server_process(cmd, log=log, env=env) as proc:
             url = f"http://127.0.0.1:{port}"
             _wait_ready(url + "/healthz", proc, log, timeout=120)
-            api_url, token = _deploy_llm(url, home, env, log)
+            api_url, token = _deploy_llm(url, home, env, log, slots or Slots())
             headers = {"authorization": f"Bearer {token}"}
             models = httpx.get(api_url + "v1/models", headers=headers, trust_env=False)
             _check(models, f"GET {api_url}v1/models\n{_log_tail(log)}")
             target = Target("modelhost", api_url + "v1/chat/completions", headers=headers)
             yield Running(target, lambda: peak_rss(proc.pid, ("gateway", "workers")), log)
+
+
+# --- llama.cpp's own C++ server ----------------------------------------------------------------
+
+
+@contextmanager
+def start_llama_server(
+    workdir: Path, slots: Slots | None = None, threads: int | None = None
+) -> Iterator[Running]:
+    """``llama-server`` built from the llama.cpp of llama-cpp-python's pinned sdist
+    (bench/llama_server_build.py; the first use builds it), on the same GGUF: ``-np`` slots,
+    ``-c`` = slots x per-sequence context (split per slot, its default with an explicit
+    ``-np``), ``-t`` = cores, otherwise its defaults (prompt cache, flash attention auto)."""
+    from bench.llama_server_build import BuildError, ensure_built, runtime_flags
+
+    try:
+        binary = ensure_built()["llama-server"]
+    except BuildError as exc:
+        raise SystemFailed(str(exc)) from None
+    slots = slots or Slots()
+    cores = threads or os.cpu_count() or 1
+    port = free_port()
+    cmd = [str(binary), "-m", str(demo_gguf()), "-np", str(slots.slots)]
+    cmd += ["-c", str(slots.kv_cells), "-t", str(cores), "-tb", str(cores)]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), *runtime_flags()]
+    log = workdir / f"llama-server-{slots.slots}.log"
+    with server_process(cmd, log=log) as proc:
+        base = f"http://127.0.0.1:{port}"
+        _wait_ready(base + "/health", proc, log, timeout=120)
+        target = Target("llama-server", base + "/v1/chat/completions")
+        yield Running(target, lambda: peak_rss(proc.pid), log)
 
 
 # --- llama-cpp-python's OpenAI server --------------------------------------------------------
