@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -158,7 +159,7 @@ def test_openai_sdk_with_base_url_at_the_model_url(llm: tuple[Server, str, str, 
         client.chat.completions.create(
             model="smol",
             messages=question,
-            logit_bias={"1": 5},
+            logit_bias={"1": 500},  # biases are -100..100
         )
     assert info.value.status_code == 400 and "logit_bias" in str(info.value.body)
 
@@ -247,6 +248,117 @@ def test_langchain_chat_model(llm: tuple[Server, str, str, Path]) -> None:
     assert answer.content
     assert "".join(c.content for c in chat.stream("Who is Einstein?")) == answer.content
     assert len(chat.batch(["Hi", "Name a color"])) == 2
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_openai_sdk_tool_calls_streamed_and_not_then_a_final_answer(
+    llm: tuple[Server, str, str, Path],
+) -> None:
+    """SmolLM2-135M does not call tools on its own (measured: prose with "auto"); a
+    required call is forced by grammar and parsed back into ``tool_calls``."""
+    from openai import OpenAI
+
+    _, url, token, _ = llm
+    client = OpenAI(base_url=url + "v1", api_key=token)
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    common: dict[str, Any] = {"model": "smol", "tools": [WEATHER_TOOL], "temperature": 0,
+                              "max_tokens": 40, "tool_choice": "required"}  # fmt: skip
+    answer = client.chat.completions.create(messages=ask, **common)
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather"
+    assert "city" in json.loads(call.function.arguments)
+    stream = client.chat.completions.create(messages=ask, stream=True, **common)
+    names, arguments, finish = [], "", None
+    for chunk in stream:
+        for delta in chunk.choices[0].delta.tool_calls or []:
+            names += [delta.function.name] if delta.function.name else []
+            arguments += delta.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert names == ["get_weather"] and finish == "tool_calls"
+    assert arguments == call.function.arguments
+    history = [
+        *ask,
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": '{"temperature_c": 21}'},
+    ]
+    final = client.chat.completions.create(
+        model="smol", messages=history, tools=[WEATHER_TOOL], max_tokens=24, temperature=0
+    )
+    assert final.choices[0].message.content
+
+
+def test_openai_sdk_structured_output_logprobs_and_n(llm: tuple[Server, str, str, Path]) -> None:
+    from openai import OpenAI
+
+    _, url, token, _ = llm
+    client = OpenAI(base_url=url + "v1", api_key=token)
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}},
+              "required": ["city"]}  # fmt: skip
+    answer = client.chat.completions.create(
+        model="smol",
+        messages=[{"role": "user", "content": "Name a city in JSON."}],
+        response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+        max_tokens=32,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+        n=3,
+    )
+    assert len(answer.choices) == 3
+    for choice in answer.choices:
+        assert isinstance(json.loads(choice.message.content or "")["city"], str)
+        assert choice.logprobs is not None and choice.logprobs.content
+    usage = answer.usage
+    assert usage is not None
+    assert usage.completion_tokens == sum(len(c.logprobs.content) for c in answer.choices)
+    tokens = httpx.post(
+        url + "tokenize", json={"content": "Hello"}, headers={"authorization": f"Bearer {token}"}
+    ).json()["tokens"]
+    text = httpx.post(
+        url + "detokenize", json={"tokens": tokens}, headers={"authorization": f"Bearer {token}"}
+    ).json()["content"]
+    assert text == "Hello"
+
+
+def test_langchain_bind_tools_and_structured_output(llm: tuple[Server, str, str, Path]) -> None:
+    from pydantic import BaseModel
+
+    from langchain_practicus import ChatPracticus
+
+    _, url, token, _ = llm
+    chat = ChatPracticus(
+        endpoint_url=url, api_token=token, model_id="smol", max_tokens=40, temperature=0
+    )
+
+    def get_weather(city: str) -> str:
+        """Current weather in a city."""
+        return "sunny"
+
+    message = chat.bind_tools([get_weather], tool_choice="any").invoke("Weather in Paris?")
+    (call,) = message.tool_calls
+    assert call["name"] == "get_weather" and isinstance(call["args"]["city"], str)
+
+    class Person(BaseModel):
+        name: str
+        age: int
+
+    person = chat.with_structured_output(Person).invoke("Invent a person.")
+    assert isinstance(person, Person)
 
 
 def test_disconnect_frees_the_slot_and_queue_limit_answers_429(

@@ -62,18 +62,21 @@ def test_off_values_and_harmless_fields_are_accepted(fields: dict[str, Any]) -> 
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("logit_bias", {"50256": -100}),
-        ("logprobs", True),
-        ("top_logprobs", 3),
-        ("tools", [{"type": "function", "function": {"name": "f"}}]),
-        ("tool_choice", "auto"),
-        ("response_format", {"type": "json_object"}),
+        ("logit_bias", {"x": -100}),
+        ("logit_bias", {"5": 101}),
+        ("top_logprobs", 3),  # without logprobs: true
+        ("top_logprobs", 21),
+        ("tools", [{"type": "function", "function": {}}]),
+        ("tool_choice", "required"),  # without tools
+        ("response_format", {"type": "xml"}),
+        ("functions", [{"name": "f"}]),
         ("audio", {"voice": "alloy"}),
         ("reasoning_effort", "high"),
         ("prediction", {"type": "content", "content": "x"}),
         ("echo", True),  # a completions field: unknown on chat
         ("made_up_option", 1),
-        ("n", 2),
+        ("n", 17),
+        ("n", 0),
         ("n", True),
     ],
 )
@@ -87,12 +90,12 @@ def test_unsupported_chat_fields_are_400_naming_them(field: str, value: object) 
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("logit_bias", {"50256": -100}),
+        ("logit_bias", {"-1": 1}),
         ("echo", True),
         ("best_of", 3),
         ("suffix", "end"),
-        ("logprobs", 0),
-        ("logprobs", 2),
+        ("logprobs", True),
+        ("logprobs", 21),
     ],
 )
 def test_unsupported_completion_fields_are_400_naming_them(field: str, value: object) -> None:
@@ -103,3 +106,25 @@ def test_unsupported_completion_fields_are_400_naming_them(field: str, value: ob
 
 def test_completion_off_values_are_accepted() -> None:
     parse_completion({"prompt": "a", "echo": False, "best_of": 1, "suffix": "", "logit_bias": {}})
+
+
+def test_supported_fields_are_parsed() -> None:
+    chat = parse_chat(
+        {
+            "messages": MESSAGES,
+            "logprobs": True,
+            "top_logprobs": 3,
+            "logit_bias": {"5": -100, "7": 2.5},
+            "n": 3,
+            "response_format": {"type": "json_object"},
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "tool_choice": "auto",
+        }
+    )
+    assert chat.params.logprobs == 3 and chat.n == 3
+    assert chat.params.logit_bias == {5: -100.0, 7: 2.5}
+    assert chat.params.grammar is not None and "root ::=" in chat.params.grammar
+    assert chat.tools is not None and chat.tools.choice == "auto"
+    assert parse_chat({"messages": MESSAGES, "logprobs": True}).params.logprobs == 0
+    assert parse_completion({"prompt": "a", "logprobs": 0}).params.logprobs == 0
+    assert parse_completion({"prompt": "a", "logprobs": 2, "n": 2}).n == 2

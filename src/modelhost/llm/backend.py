@@ -16,6 +16,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from modelhost.llm.sampling import Constraint
+
 Logits = npt.NDArray[np.float32]
 
 
@@ -70,8 +72,19 @@ class Backend(Protocol):
         """The bytes a token stands for (special tokens render as empty)."""
         ...
 
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of ``tokens``, control tokens written out."""
+        ...
+
+    @property
+    def chat_template(self) -> str: ...
+
     def render_chat(
-        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> str:
         """The prompt text for a chat, through the model's chat template."""
         ...
@@ -96,6 +109,11 @@ class Backend(Protocol):
 
     def seq_copy(self, src: int, dst: int, length: int) -> None:
         """Make ``dst`` share ``src``'s KV for positions ``0 .. length - 1``."""
+        ...
+
+    def grammar(self, gbnf: str) -> Constraint:
+        """A new grammar constraint (its own parse state) for one sequence; `BadRequest`
+        when the grammar does not parse."""
         ...
 
     def close(self) -> None: ...

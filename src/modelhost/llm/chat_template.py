@@ -57,15 +57,26 @@ class ChatTemplate:
         self._bos_token = bos_token
         self._eos_token = eos_token
 
+    @property
+    def takes_tools(self) -> bool:
+        """Whether the template itself renders a ``tools`` list."""
+        return "tools" in self.source
+
     def render(
-        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> str:
+        extra = {"tools": [dict(t) for t in tools]} if tools else {}
         try:
             return self._template.render(
                 messages=[dict(m) for m in messages],
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self._bos_token,
                 eos_token=self._eos_token,
+                **extra,
             )
         except TemplateError as exc:
             raise BadRequest(f"messages: chat template failed: {exc}", param="messages") from exc

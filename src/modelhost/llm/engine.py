@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from functools import partial
 
 from modelhost.llm.backend import Backend
-from modelhost.llm.engine_base import Admission, max_new_tokens
+from modelhost.llm.engine_base import Admission, check_token_ids, choice_params, max_new_tokens
 from modelhost.llm.params import SamplingParams
+from modelhost.llm.sampling import Constraint
 from modelhost.llm.scheduler import Scheduler
 from modelhost.llm.sequence import Sequence
 from modelhost.llm.stream import Channel, TokenStream
@@ -81,17 +82,35 @@ class LLMEngine:
         self, prompt_tokens: Seq[int], params: SamplingParams | None = None
     ) -> TokenStream:
         """Queue one request; iterate the returned stream for its tokens."""
-        params = params or SamplingParams()
+        (stream,) = await self.generate_many(prompt_tokens, params or SamplingParams(), 1)
+        return stream
+
+    async def generate_many(
+        self, prompt_tokens: Seq[int], params: SamplingParams, n: int
+    ) -> list[TokenStream]:
+        """``n`` completions of one prompt (OpenAI's ``n``), computing the prompt once:
+        the others copy its KV. With a ``seed``, choice ``i`` samples with ``seed + i``."""
         prompt = list(prompt_tokens)
         max_new = max_new_tokens(prompt, params, self.backend.seq_ctx)
-        self._admission.reserve()
-        channel = Channel(asyncio.get_running_loop())
-        seq = Sequence(prompt, params, channel, max_new)
-        stream = TokenStream(
-            channel, on_cancel=partial(self._scheduler.cancel, seq), on_done=self._admission.release
-        )
-        self._scheduler.submit(seq)
-        return stream
+        check_token_ids(params.logit_bias, self.backend.vocab_size, "logit_bias")
+        constraints = [self._constraint(params) for _ in range(n)]
+        self._admission.reserve(n)
+        loop = asyncio.get_running_loop()
+        streams, first = [], None
+        for i, constraint in enumerate(constraints):
+            seq = Sequence(
+                prompt, choice_params(params, i), Channel(loop), max_new, constraint, first
+            )
+            first = first or seq
+            on_cancel = partial(self._scheduler.cancel, seq)
+            streams.append(TokenStream(seq.channel, on_cancel, self._admission.release))
+            self._scheduler.submit(seq)
+        return streams
+
+    def _constraint(self, params: SamplingParams) -> Constraint | None:
+        if params.grammar is None:
+            return None
+        return self.backend.grammar(params.grammar)
 
     @property
     def kv_cache_usage(self) -> float:

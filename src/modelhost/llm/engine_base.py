@@ -8,7 +8,8 @@ waiting requests reach the engine's limit, so the HTTP layer can answer 429 befo
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from modelhost.errors import BadRequest, ModelNotReady, TooManyRequests
@@ -25,10 +26,22 @@ class TextBackend(Protocol):
     @property
     def seq_ctx(self) -> int: ...
 
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def chat_template(self) -> str: ...
+
     def tokenize(self, text: str, *, special: bool = True) -> list[int]: ...
 
+    def detokenize(self, tokens: Sequence[int]) -> str: ...
+
     def render_chat(
-        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> str: ...
 
 
@@ -43,6 +56,10 @@ class GenerationEngine(Protocol):
     async def generate(
         self, prompt_tokens: Sequence[int], params: SamplingParams | None = None
     ) -> TokenStream: ...
+
+    async def generate_many(
+        self, prompt_tokens: Sequence[int], params: SamplingParams, n: int
+    ) -> list[TokenStream]: ...
 
     def close(self) -> None: ...
 
@@ -62,16 +79,17 @@ class Admission:
     def in_flight(self) -> int:
         return self._in_flight
 
-    def reserve(self) -> None:
+    def reserve(self, n: int = 1) -> None:
+        """Count ``n`` sequences in (one request with ``n`` choices), all or none."""
         with self._lock:
             if self._closed:
                 raise ModelNotReady("the LLM engine is stopped")
-            if self._in_flight >= self.limit:
+            if self._in_flight + n > max(self.limit, n):
                 raise TooManyRequests(
                     f"{self._in_flight} requests are running or queued; try again shortly",
                     retry_after=1.0,
                 )
-            self._in_flight += 1
+            self._in_flight += n
 
     def release(self) -> None:
         with self._lock:
@@ -95,11 +113,39 @@ def max_new_tokens(prompt: Sequence[int], params: SamplingParams, seq_ctx: int) 
     return min(room, params.max_tokens or room)
 
 
-def check_token_ids(prompt: Sequence[int], vocab_size: int) -> None:
+def check_token_ids(tokens: Iterable[int], vocab_size: int, param: str = "prompt") -> None:
     """Token ids given by a client (completions accept arrays) must exist in the model."""
-    bad = next((t for t in prompt if not 0 <= t < vocab_size), None)
+    bad = next((t for t in tokens if not 0 <= t < vocab_size), None)
     if bad is not None:
         raise BadRequest(
-            f"prompt: token id {bad} is outside this model's vocabulary (0..{vocab_size - 1})",
-            param="prompt",
+            f"{param}: token id {bad} is outside this model's vocabulary (0..{vocab_size - 1})",
+            param=param,
+        )
+
+
+def choice_params(params: SamplingParams, index: int) -> SamplingParams:
+    """Choice ``index`` of an ``n > 1`` request: with a seed, each choice gets its own."""
+    if index == 0 or params.seed is None:
+        return params
+    return replace(params, seed=(params.seed + index) % (1 << 64))
+
+
+UNSUPPORTED_BY_BATCH_LOOPS = {
+    "logprobs": "logprobs",
+    "logit_bias": "logit_bias",
+    "grammar": "response_format",
+}
+
+
+def refuse_unsupported(params: SamplingParams, backend: str) -> None:
+    """Backends without grammar, logit bias or logprobs refuse them by name (400)."""
+    for name, field_name in UNSUPPORTED_BY_BATCH_LOOPS.items():
+        if getattr(params, name):
+            raise BadRequest(
+                f"{field_name}: not supported by the {backend} backend (use llamacpp)",
+                param=field_name,
+            )
+    if params.logprobs == 0:
+        raise BadRequest(
+            f"logprobs: not supported by the {backend} backend (use llamacpp)", param="logprobs"
         )

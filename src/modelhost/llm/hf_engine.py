@@ -24,7 +24,13 @@ from typing import Any
 
 import torch
 
-from modelhost.llm.engine_base import Admission, check_token_ids, max_new_tokens
+from modelhost.llm.engine_base import (
+    Admission,
+    check_token_ids,
+    choice_params,
+    max_new_tokens,
+    refuse_unsupported,
+)
 from modelhost.llm.hf_loop import BatchLoop, HFSequence
 from modelhost.llm.hf_text import HFTextBackend
 from modelhost.llm.params import SamplingParams
@@ -87,6 +93,7 @@ class TransformersEngine:
     ) -> TokenStream:
         """Queue one request; iterate the returned stream for its tokens."""
         params = params or SamplingParams()
+        refuse_unsupported(params, "transformers")
         prompt = list(prompt_tokens)
         max_new = max_new_tokens(prompt, params, self.backend.seq_ctx)
         check_token_ids(prompt, min(self._embeddings, self.backend.vocab_size))
@@ -98,6 +105,12 @@ class TransformersEngine:
         )
         self._loop.submit(seq)
         return stream
+
+    async def generate_many(
+        self, prompt_tokens: Sequence[int], params: SamplingParams, n: int
+    ) -> list[TokenStream]:
+        """``n`` independent completions of one prompt (no KV sharing on this backend)."""
+        return [await self.generate(prompt_tokens, choice_params(params, i)) for i in range(n)]
 
     @property
     def stats(self) -> HFEngineStats:

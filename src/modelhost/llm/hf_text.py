@@ -68,17 +68,32 @@ class HFTextBackend:
         ids = self.tokenizer.encode(text, add_special_tokens=add, split_special_tokens=not special)
         return [int(t) for t in ids]
 
+    @property
+    def chat_template(self) -> str:
+        template = self.tokenizer.chat_template
+        return template if isinstance(template, str) else self._chatml().source
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(tokens), skip_special_tokens=False))
+
     def render_chat(
-        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> str:
         """The prompt text for a chat, through the tokenizer's chat template (ChatML when
         the folder has none)."""
         chat = [dict(m) for m in messages]
         if not self.tokenizer.chat_template:
-            return self._chatml().render(chat, add_generation_prompt=add_generation_prompt)
+            return self._chatml().render(
+                chat, add_generation_prompt=add_generation_prompt, tools=tools
+            )
+        extra = {"tools": [dict(t) for t in tools]} if tools else {}
         try:
             text = self.tokenizer.apply_chat_template(
-                chat, tokenize=False, add_generation_prompt=add_generation_prompt
+                chat, tokenize=False, add_generation_prompt=add_generation_prompt, **extra
             )
         except Exception as exc:  # jinja2 TemplateError, ValueError from the tokenizer
             raise BadRequest(f"messages: chat template failed: {exc}", param="messages") from exc

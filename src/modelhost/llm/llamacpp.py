@@ -21,6 +21,7 @@ import numpy as np
 from modelhost.llm.backend import BackendError, KVCacheFull, Logits
 from modelhost.llm.chat_template import ChatTemplate
 from modelhost.llm.llamacpp_batch import NumpyBatch
+from modelhost.llm.llamacpp_grammar import GrammarCompiler, GrammarConstraint
 
 DEFAULT_KV_CAPACITY = 16384
 DEFAULT_SEQ_CTX = 2048
@@ -111,6 +112,7 @@ class LlamaCppBackend:
             t for t in range(self._n_vocab) if lc.llama_vocab_is_eog(self._vocab, t)
         )
         self._bos = int(lc.llama_vocab_bos(self._vocab))
+        self._grammars = GrammarCompiler(self._vocab, self._n_vocab)
         self._template = ChatTemplate(
             _meta_string(self._model, "tokenizer.chat_template"),
             bos_token=self._special_text(self._bos),
@@ -191,10 +193,27 @@ class LlamaCppBackend:
     def token_bytes(self, token: int) -> bytes:
         return self._pieces[token]
 
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """Text of ``tokens``, control tokens written out (as llama-server does)."""
+        data = b"".join(
+            self._pieces[t] or _piece(self._vocab, t, True) for t in tokens if t != self._bos
+        )
+        return data.decode("utf-8", errors="replace")
+
     def render_chat(
-        self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> str:
-        return self._template.render(messages, add_generation_prompt=add_generation_prompt)
+        return self._template.render(
+            messages, add_generation_prompt=add_generation_prompt, tools=tools
+        )
+
+    def grammar(self, gbnf: str) -> GrammarConstraint:
+        """A fresh constraint (its own parse state) for one sequence; 400 on a bad grammar."""
+        return self._grammars.compile(gbnf)
 
     # --- compute ------------------------------------------------------------------------
 

@@ -12,6 +12,11 @@ extensions (vLLM / llama.cpp names), accepted by every LLM protocol:
 - ``min_p`` (0..1, 0 = off): drop tokens less likely than ``min_p`` times the top token;
 - ``repetition_penalty`` (0.01..100, 1 = off): CTRL's multiplicative penalty;
 - ``ignore_eos`` (bool): keep generating past end-of-sequence up to ``max_tokens``.
+
+Set by the protocols rather than sent as such: ``logprobs`` (None = off, k >= 0 = the
+sampled token's log-probability plus the k most likely alternatives), ``logit_bias``
+(token id → bias added to that token's logit before sampling) and ``grammar`` (GBNF text
+the output must match, from ``response_format`` or a forced tool call).
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from modelhost.errors import BadRequest
 VENDOR_EXTENSIONS = ("top_k", "min_p", "repetition_penalty", "ignore_eos")
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 256
+MAX_TOP_LOGPROBS = 20
+PROTOCOL_SET = frozenset({"logprobs", "grammar"})
+"""Fields a protocol derives from its own request shape, never copied from a body as is."""
 
 
 def _bad(param: str, message: str) -> BadRequest:
@@ -64,6 +72,22 @@ def _stop_list(value: object) -> list[str]:
     return stops
 
 
+def _logit_bias(value: object) -> dict[int, float]:
+    """``{"token id": bias}`` (JSON keys are strings) → ``{id: bias}``, biases in -100..100."""
+    if not isinstance(value, Mapping):
+        raise _bad("logit_bias", "must be an object mapping token ids to biases")
+    out: dict[int, float] = {}
+    for key, bias in value.items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise _bad("logit_bias", f"key {key!r} is not a token id") from None
+        if token < 0:
+            raise _bad("logit_bias", f"token id {token} is negative")
+        out[token] = _number("logit_bias", bias, -100.0, 100.0)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     """How one request samples. ``temperature == 0`` means greedy.
@@ -84,6 +108,9 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     ignore_eos: bool = False
+    logprobs: int | None = None
+    logit_bias: Mapping[int, float] = field(default_factory=dict)
+    grammar: str | None = None
 
     def __post_init__(self) -> None:
         _number("temperature", self.temperature, 0.0, 100.0)
@@ -102,6 +129,9 @@ class SamplingParams:
         _number("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
         if not isinstance(self.ignore_eos, bool):
             raise _bad("ignore_eos", "must be a boolean")
+        if self.logprobs is not None:
+            _integer("top_logprobs", self.logprobs, 0, MAX_TOP_LOGPROBS)
+        object.__setattr__(self, "logit_bias", _logit_bias(self.logit_bias))
 
     @property
     def greedy(self) -> bool:
@@ -115,13 +145,24 @@ class SamplingParams:
             or self.frequency_penalty != 0.0
         )
 
+    @property
+    def simple_greedy(self) -> bool:
+        """True when the batch-wide argmax of the raw logits is this request's choice."""
+        return (
+            self.greedy
+            and not self.has_penalties
+            and not self.logit_bias
+            and self.grammar is None
+            and self.logprobs is None
+        )
+
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], **defaults: Any) -> SamplingParams:
         """Build from a request body, ignoring unknown keys and ``None`` values.
 
         ``defaults`` fill fields the body leaves out (e.g. the protocol's own defaults).
         """
-        names = cls.__dataclass_fields__
+        names = cls.__dataclass_fields__.keys() - PROTOCOL_SET
         values = {k: v for k, v in defaults.items() if v is not None}
         values.update({k: v for k, v in data.items() if k in names and v is not None})
         return cls(**values)

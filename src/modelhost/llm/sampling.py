@@ -9,6 +9,9 @@ which leaves a small candidate set for top-k / min-p / top-p and the final draw.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Protocol
+
 import numpy as np
 import numpy.typing as npt
 
@@ -24,31 +27,94 @@ Probs = npt.NDArray[np.float32]
 Ids = npt.NDArray[np.intp]
 
 
+class Constraint(Protocol):
+    """What the next token may be (a grammar), per sequence."""
+
+    def allows(self, token: int) -> bool: ...
+
+    def mask(self, row: Row) -> None: ...
+
+    def accept(self, token: int) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprobs:
+    """The sampled token's log-probability under the model (raw logits, before penalties,
+    biases and grammar, as vLLM reports them) and the ``k`` most likely tokens'."""
+
+    logprob: float
+    top: tuple[tuple[int, float], ...]
+
+
 class TokenSampler:
-    """The sampling state of one sequence: its params, random generator, token counts."""
+    """The sampling state of one sequence: its params, random generator, token counts,
+    logit biases and grammar."""
 
-    __slots__ = ("_counts", "_params", "_rng", "simple_greedy")
+    __slots__ = ("_bias", "_counts", "_params", "_rng", "constraint", "simple_greedy")
 
-    def __init__(self, params: SamplingParams) -> None:
+    def __init__(self, params: SamplingParams, constraint: Constraint | None = None) -> None:
         self._params = params
         self._rng = None if params.greedy else np.random.default_rng(_seed(params.seed))
         self._counts: dict[int, int] | None = {} if params.has_penalties else None
-        self.simple_greedy = params.greedy and not params.has_penalties
+        bias = params.logit_bias
+        self._bias = (
+            (np.fromiter(bias.keys(), np.int64), np.fromiter(bias.values(), np.float32))
+            if bias
+            else None
+        )
+        self.constraint = constraint
+        self.simple_greedy = params.simple_greedy and constraint is None
         """True when the batch-wide argmax already is this sequence's choice."""
 
     def accept(self, token: int) -> None:
-        """Record a generated token (for the penalties)."""
+        """Record a generated token (penalties, grammar state)."""
         counts = self._counts
         if counts is not None:
             counts[token] = counts.get(token, 0) + 1
+        if self.constraint is not None:
+            self.constraint.accept(token)
+
+    def choose(self, row: Row) -> tuple[int, TokenLogprobs | None]:
+        """The next token, and its logprobs when the request asked for them."""
+        k = self._params.logprobs
+        if k is None:
+            return self.sample(row), None
+        raw = row.copy()
+        token = self.sample(row)
+        return token, logprobs_of(raw, token, k) if token >= 0 else None
 
     def sample(self, row: Row) -> int:
-        """Choose from one logits row; the row may be modified in place."""
+        """Choose from one logits row (modified in place); -1 when a grammar allows no
+        token at all."""
+        if self._bias is not None:
+            ids, values = self._bias
+            row[ids] += values
         if self._counts:
             _penalize(row, self._counts, self._params)
+        token = self._pick(row)
+        constraint = self.constraint
+        if constraint is None or constraint.allows(token):
+            return token
+        constraint.mask(row)
+        token = self._pick(row)
+        return token if constraint.allows(token) else -1
+
+    def _pick(self, row: Row) -> int:
         if self._rng is None:
             return int(row.argmax())
         return _draw(row, self._params, self._rng)
+
+
+def logprobs_of(row: Row, token: int, k: int) -> TokenLogprobs:
+    """Log-softmax of ``row`` at ``token`` and at its ``k`` best entries (best first)."""
+    top = row.max()
+    lse = float(top) + float(np.log(np.exp(row - top, dtype=np.float64).sum()))
+    best: tuple[tuple[int, float], ...] = ()
+    if k:
+        ids = _top_k(row, k) if k < row.size else np.arange(row.size)
+        ids = ids[np.argsort(-row[ids], kind="stable")]
+        best = tuple((int(i), float(row[i]) - lse) for i in ids)
+    return TokenLogprobs(float(row[token]) - lse, best)
 
 
 def greedy_choices(logits: npt.NDArray[np.float32]) -> list[int]:

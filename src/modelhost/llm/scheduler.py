@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 
 from modelhost.errors import ModelNotReady, PredictFailed
 from modelhost.llm.backend import Backend, BackendError, KVCacheFull, Logits
-from modelhost.llm.sampling import greedy_choices
+from modelhost.llm.sampling import TokenLogprobs, greedy_choices
 from modelhost.llm.sequence import Sequence
 from modelhost.llm.slots import PrefixStats, SlotTable
-from modelhost.llm.stream import Channel, Item, deliver
+from modelhost.llm.stream import Channel, Item, Logprob, deliver
 
 _log = logging.getLogger(__name__)
 
@@ -146,14 +146,23 @@ class Scheduler:
         return True
 
     def _admit(self) -> None:
-        waiting = self._waiting
+        """Admit waiting requests in order while slots are free; choices 2..n of an
+        ``n > 1`` request wait (without holding up the others) for the first one's
+        prompt KV, which they then share."""
+        waiting, kept = self._waiting, deque[Sequence]()
         while waiting:
-            if waiting[0].finished:
-                waiting.popleft()
-            elif self._slots.acquire(waiting[0]):
-                self._active.append(waiting.popleft())
+            seq = waiting.popleft()
+            if seq.finished:
+                continue
+            if seq.blocked:
+                kept.append(seq)
+            elif self._slots.acquire(seq):
+                self._active.append(seq)
             else:
+                kept.append(seq)
                 break
+        kept.extend(waiting)
+        self._waiting = kept
 
     def _plan(self) -> StepPlan:
         plan = StepPlan()
@@ -197,13 +206,24 @@ class Scheduler:
         greedy = greedy_choices(logits) if plan.sampled else []
         outbox: list[tuple[Channel, Item]] = []
         for row, seq in enumerate(plan.sampled):
-            token = greedy[row] if seq.sampler.simple_greedy else seq.sampler.sample(logits[row])
-            event = seq.accept(token, self._pieces(token), token in self._eog)
+            if seq.sampler.simple_greedy:
+                token, logprobs = greedy[row], None
+            else:
+                token, logprobs = seq.sampler.choose(logits[row])
+            if token < 0:  # the grammar allows nothing more: end here
+                event = seq.finish(seq.generated[-1] if seq.generated else -1, "", "stop")
+            else:
+                lp = self._logprob(token, logprobs) if logprobs is not None else None
+                event = seq.accept(token, self._pieces(token), token in self._eog, lp)
             outbox.append((seq.channel, event))
         self.counters.generated_tokens += len(plan.sampled)
         if any(seq.finished for seq in plan.sampled):
             self._retire_finished()
         return outbox
+
+    def _logprob(self, token: int, found: TokenLogprobs) -> Logprob:
+        top = tuple((self._pieces(t), lp) for t, lp in found.top)
+        return Logprob(self._pieces(token), found.logprob, top)
 
     def _retire_finished(self) -> None:
         running: list[Sequence] = []

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from modelhost.llm.params import SamplingParams
-from modelhost.llm.sampling import TokenSampler
-from modelhost.llm.stream import Channel, FinishReason, TokenEvent
+from modelhost.llm.sampling import Constraint, TokenSampler
+from modelhost.llm.stream import Channel, FinishReason, Logprob, TokenEvent
 from modelhost.llm.text import TextAssembler
 
 
@@ -12,9 +12,13 @@ class Sequence:
     """Owned by the engine thread once submitted (only ``channel`` is shared).
 
     KV positions ``0 .. n_past - 1`` of slot ``slot`` hold ``history()[:n_past]``.
+    ``after``: for the 2nd..nth choice of an ``n > 1`` request, the first one; this one is
+    admitted once that one's prompt is in KV, and copies it (``seq_copy``) instead of
+    computing it again.
     """
 
     __slots__ = (
+        "after",
         "channel",
         "finish_reason",
         "generated",
@@ -28,7 +32,13 @@ class Sequence:
     )
 
     def __init__(
-        self, prompt: list[int], params: SamplingParams, channel: Channel, max_new: int
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        channel: Channel,
+        max_new: int,
+        constraint: Constraint | None = None,
+        after: Sequence | None = None,
     ) -> None:
         self.prompt = prompt
         self.params = params
@@ -37,13 +47,20 @@ class Sequence:
         self.slot = -1
         self.n_past = 0
         self.generated: list[int] = []
-        self.sampler = TokenSampler(params)
+        self.sampler = TokenSampler(params, constraint)
+        self.after = after
         self.text = TextAssembler(params.stop)
         self.finish_reason: FinishReason | None = None
 
     @property
     def prefilling(self) -> bool:
         return self.n_past < len(self.prompt)
+
+    @property
+    def blocked(self) -> bool:
+        """Waiting for the sequence whose prompt KV it will share."""
+        first = self.after
+        return first is not None and first.prefilling and not first.finished
 
     @property
     def finished(self) -> bool:
@@ -55,19 +72,23 @@ class Sequence:
             return self.prompt[: self.n_past]
         return self.prompt + self.generated[: self.n_past - len(self.prompt)]
 
-    def accept(self, token: int, piece: bytes, is_eog: bool) -> TokenEvent:
+    def accept(
+        self, token: int, piece: bytes, is_eog: bool, logprob: Logprob | None = None
+    ) -> TokenEvent:
         """Take a sampled token; returns the event for the consumer."""
         self.generated.append(token)
-        self.sampler.accept(token)
         if is_eog and not self.params.ignore_eos:
-            return self.finish(token, self.text.flush(), "stop")
+            return self.finish(token, self.text.flush(), "stop", logprob)
+        self.sampler.accept(token)
         text, hit_stop = self.text.feed(piece)
         if hit_stop:
-            return self.finish(token, text, "stop")
+            return self.finish(token, text, "stop", logprob)
         if len(self.generated) >= self.max_new:
-            return self.finish(token, text + self.text.flush(), "length")
-        return TokenEvent(text, token, None, len(self.prompt), len(self.generated))
+            return self.finish(token, text + self.text.flush(), "length", logprob)
+        return TokenEvent(text, token, None, len(self.prompt), len(self.generated), logprob)
 
-    def finish(self, token: int, text: str, reason: FinishReason) -> TokenEvent:
+    def finish(
+        self, token: int, text: str, reason: FinishReason, logprob: Logprob | None = None
+    ) -> TokenEvent:
         self.finish_reason = reason
-        return TokenEvent(text, token, reason, len(self.prompt), len(self.generated))
+        return TokenEvent(text, token, reason, len(self.prompt), len(self.generated), logprob)

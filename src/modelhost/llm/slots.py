@@ -66,7 +66,9 @@ class SlotTable:
         free = [s for s in self._slots if s.owner is None]
         if not free:
             return False
-        source, reuse = self._best_prefix(seq.prompt)
+        # choices 2..n of one request share the first one's prompt however short it is
+        min_reuse = 1 if seq.after is not None else self._min_reuse
+        source, reuse = self._best_prefix(seq.prompt, min_reuse)
         if source is not None and source.owner is None:
             target = source
         else:
@@ -115,7 +117,7 @@ class SlotTable:
         """Cells in use, counting shared prefixes once per slot (an upper bound)."""
         return sum(s.owner.n_past if s.owner is not None else len(s.cached) for s in self._slots)
 
-    def _best_prefix(self, prompt: list[int]) -> tuple[Slot | None, int]:
+    def _best_prefix(self, prompt: list[int], min_reuse: int) -> tuple[Slot | None, int]:
         best: Slot | None = None
         best_len = 0
         for slot in self._slots:
@@ -124,7 +126,7 @@ class SlotTable:
                 best, best_len = slot, length
         # at least the prompt's last token is computed, to get its logits
         best_len = min(best_len, len(prompt) - 1)
-        if best is None or best_len < self._min_reuse:
+        if best is None or best_len < min_reuse:
             return None, 0
         return best, best_len
 

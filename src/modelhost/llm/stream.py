@@ -17,14 +17,27 @@ FinishReason = Literal["stop", "length"]
 
 
 @dataclass(slots=True, frozen=True)
+class Logprob:
+    """A generated token's bytes and log-probability, and its best alternatives'."""
+
+    token: bytes
+    logprob: float
+    top: tuple[tuple[bytes, float], ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
 class TokenEvent:
-    """One generated token. ``text`` may be empty (partial character, held-back text)."""
+    """One generated token. ``text`` may be empty (partial character, held-back text).
+
+    ``logprob`` is set when the request asked for logprobs (None on a final event that
+    carries no new token, e.g. a grammar that allowed nothing more)."""
 
     text: str
     token_id: int
     finish_reason: FinishReason | None
     prompt_tokens: int
     completion_tokens: int
+    logprob: Logprob | None = None
 
 
 Item = TokenEvent | BaseException

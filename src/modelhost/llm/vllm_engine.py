@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from modelhost.errors import InvalidModelFolder, PredictFailed
-from modelhost.llm.engine_base import Admission, check_token_ids, max_new_tokens
+from modelhost.llm.engine_base import (
+    Admission,
+    check_token_ids,
+    choice_params,
+    max_new_tokens,
+    refuse_unsupported,
+)
 from modelhost.llm.hf_text import HFTextBackend
 from modelhost.llm.params import SamplingParams
 from modelhost.llm.stream import Channel, FinishReason, TokenEvent, TokenStream
@@ -105,6 +111,7 @@ class VLLMEngine:
     ) -> TokenStream:
         """Start one request; iterate the returned stream for its tokens."""
         params = params or SamplingParams()
+        refuse_unsupported(params, "vllm")
         prompt = list(prompt_tokens)
         max_new = max_new_tokens(prompt, params, self.backend.seq_ctx)
         check_token_ids(prompt, self.backend.vocab_size)
@@ -118,6 +125,12 @@ class VLLMEngine:
                 loop.call_soon_threadsafe(task.cancel)
 
         return TokenStream(channel, on_cancel=cancel, on_done=self._admission.release)
+
+    async def generate_many(
+        self, prompt_tokens: Sequence[int], params: SamplingParams, n: int
+    ) -> list[TokenStream]:
+        """``n`` independent completions of one prompt (no KV sharing on this backend)."""
+        return [await self.generate(prompt_tokens, choice_params(params, i)) for i in range(n)]
 
     async def _pump(self, prompt: list[int], sampling: Any, channel: Channel) -> None:
         """vLLM's outputs -> the channel. Cancelling this task aborts the vLLM request."""

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from modelhost.errors import BadRequest
-from modelhost.llm.stream import FinishReason, TokenStream
+from modelhost.llm.stream import FinishReason, Logprob, TokenStream
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +16,9 @@ class Completion:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    pieces: list[str] = field(default_factory=list)
+    """The text deltas in order (what a stream would have shown)."""
+    logprobs: list[Logprob] = field(default_factory=list)
 
     @property
     def total_tokens(self) -> int:
@@ -25,15 +28,20 @@ class Completion:
 async def collect(stream: TokenStream) -> Completion:
     """Read a stream to its end."""
     parts: list[str] = []
+    logprobs: list[Logprob] = []
     try:
         async for event in stream:
             parts.append(event.text)
+            if event.logprob is not None:
+                logprobs.append(event.logprob)
             if event.finish_reason is not None:
                 return Completion(
                     "".join(parts),
                     event.finish_reason,
                     event.prompt_tokens,
                     event.completion_tokens,
+                    parts,
+                    logprobs,
                 )
     finally:
         await stream.aclose()

@@ -6,16 +6,18 @@ Covers ``chat/completions``, ``completions`` and ``models`` (under the model URL
 - ``null`` means the field's default, for every optional field;
 - used: ``messages`` / ``prompt``, ``temperature``, ``top_p``, ``max_tokens``,
   ``max_completion_tokens``, ``stop``, ``seed``, ``presence_penalty``,
-  ``frequency_penalty``, ``stream``, ``stream_options.include_usage``, ``n`` (1 only);
+  ``frequency_penalty``, ``stream``, ``stream_options.include_usage``, ``n``,
+  ``logprobs`` / ``top_logprobs`` (chat: bool + 0..20; completions: 0..20),
+  ``logit_bias``, ``response_format`` (text, json_object, json_schema: grammar-enforced),
+  ``tools`` / ``tool_choice`` (chat);
 - vendor extensions (vLLM / llama.cpp names, see `modelhost.llm.params`): ``top_k``,
   ``min_p``, ``repetition_penalty``, ``ignore_eos``;
 - accepted and ignored because they cannot change the answer: ``model`` (one model per URL),
   ``user``, ``metadata``, ``store``, ``service_tier``, ``safety_identifier``,
   ``prompt_cache_key``, ``parallel_tool_calls``;
-- accepted only at the value that turns them off (`OFF_VALUES`): ``logprobs``,
-  ``top_logprobs``, ``logit_bias``, ``tools``, ``tool_choice``, ``functions``,
-  ``function_call``, ``response_format``, ``modalities`` and, on ``completions``,
-  ``best_of``, ``echo``, ``suffix``;
+- accepted only at the value that turns them off (`OFF_VALUES`): ``functions``,
+  ``function_call``, ``modalities`` and, on ``completions``, ``best_of``, ``echo``,
+  ``suffix``;
 - anything else (``audio``, ``prediction``, ``reasoning_effort``, an unknown name, ...) is
   refused with 400 naming the field, never dropped silently.
 """
@@ -33,11 +35,14 @@ import orjson
 from modelhost import errors
 from modelhost.gateway.http_errors import error_headers as http_error_headers
 from modelhost.gateway.http_errors import status_of
-from modelhost.llm.params import VENDOR_EXTENSIONS, SamplingParams
-from modelhost.llm.protocols.common import Completion, message_text, require_body
+from modelhost.llm.params import MAX_TOP_LOGPROBS, VENDOR_EXTENSIONS, SamplingParams
+from modelhost.llm.protocols.common import require_body
+from modelhost.llm.protocols.openai_tools import ToolRequest, chat_message, parse_tools
+from modelhost.llm.structured import response_format_grammar
 
 SSE_DONE = b"data: [DONE]\n\n"
 DEFAULT_COMPLETIONS_MAX_TOKENS = 16  # OpenAI's default for the legacy endpoint
+MAX_N = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +53,9 @@ class GenerationRequest:
     params: SamplingParams
     stream: bool = False
     include_usage: bool = False
-    messages: list[dict[str, str]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    n: int = 1
+    tools: ToolRequest | None = None
 
 
 # --- requests ---------------------------------------------------------------------------
@@ -67,6 +74,9 @@ SAMPLING_FIELDS = frozenset(
         "stream",
         "stream_options",
         "n",
+        "logprobs",
+        "logit_bias",
+        "response_format",
         *VENDOR_EXTENSIONS,
     }
 )
@@ -83,24 +93,20 @@ IGNORED_FIELDS = frozenset(
     }
 )
 OFF_VALUES: dict[str, tuple[object, ...]] = {
-    "logprobs": (False,),
-    "top_logprobs": (0,),
-    "logit_bias": ({},),
-    "tools": ([],),
-    "tool_choice": ("none",),
     "functions": ([],),
     "function_call": ("none",),
-    "response_format": ({"type": "text"},),
     "modalities": (["text"],),
 }
 COMPLETIONS_OFF_VALUES: dict[str, tuple[object, ...]] = {
-    "logprobs": (),  # null only: 0 still asks for the sampled token's logprob
-    "logit_bias": ({},),
     "best_of": (1,),
     "echo": (False,),
     "suffix": ("",),
 }
-CHAT_FIELDS = frozenset({"messages"}) | SAMPLING_FIELDS | IGNORED_FIELDS
+CHAT_FIELDS = (
+    frozenset({"messages", "top_logprobs", "tools", "tool_choice"})
+    | SAMPLING_FIELDS
+    | IGNORED_FIELDS
+)
 COMPLETIONS_FIELDS = frozenset({"prompt"}) | SAMPLING_FIELDS | IGNORED_FIELDS
 
 
@@ -130,45 +136,76 @@ def parse_chat(body: object) -> GenerationRequest:
     return GenerationRequest(
         prompt="",
         messages=_messages(data.get("messages")),
-        params=sampling(data, default_max_tokens=None),
+        params=sampling(data, None, _chat_logprobs(data)),
         stream=_flag(data, "stream"),
         include_usage=_include_usage(data),
+        n=_n(data),
+        tools=parse_tools(data.get("tools"), data.get("tool_choice")),
     )
 
 
 def parse_completion(body: object) -> GenerationRequest:
     data = require_body(body)
     check_fields(data, COMPLETIONS_FIELDS, COMPLETIONS_OFF_VALUES)
+    logprobs = data.get("logprobs")
+    if logprobs is not None and (
+        type(logprobs) is not int or not 0 <= logprobs <= MAX_TOP_LOGPROBS
+    ):
+        raise errors.BadRequest(
+            f"logprobs: must be an integer from 0 to {MAX_TOP_LOGPROBS}", param="logprobs"
+        )
     return GenerationRequest(
         prompt=_prompt(data.get("prompt")),
-        params=sampling(data, default_max_tokens=DEFAULT_COMPLETIONS_MAX_TOKENS),
+        params=sampling(data, DEFAULT_COMPLETIONS_MAX_TOKENS, logprobs),
         stream=_flag(data, "stream"),
         include_usage=_include_usage(data),
+        n=_n(data),
     )
 
 
-def sampling(data: Mapping[str, Any], default_max_tokens: int | None) -> SamplingParams:
-    if data.get("n") not in (None, 1) or isinstance(data.get("n"), bool):
-        raise errors.BadRequest("n: only n=1 is supported", param="n")
+def sampling(
+    data: Mapping[str, Any], default_max_tokens: int | None, logprobs: int | None = None
+) -> SamplingParams:
     max_tokens = data.get("max_completion_tokens")
     if max_tokens is None:
         max_tokens = data.get("max_tokens")
     if max_tokens is None:
         max_tokens = default_max_tokens
-    return SamplingParams.from_mapping({**data, "max_tokens": max_tokens})
+    grammar = response_format_grammar(data.get("response_format"))
+    return SamplingParams.from_mapping(
+        {**data, "max_tokens": max_tokens}, logprobs=logprobs, grammar=grammar
+    )
 
 
-def _messages(value: object) -> list[dict[str, str]]:
+def _n(data: Mapping[str, Any]) -> int:
+    n = data.get("n")
+    if n is None:
+        return 1
+    if type(n) is not int or not 1 <= n <= MAX_N:
+        raise errors.BadRequest(f"n: must be an integer from 1 to {MAX_N}", param="n")
+    return n
+
+
+def _chat_logprobs(data: Mapping[str, Any]) -> int | None:
+    """Chat's ``logprobs: true`` + ``top_logprobs: k`` → the engine's k (None: off)."""
+    wanted, top = _flag(data, "logprobs"), data.get("top_logprobs")
+    if top is None:
+        return 0 if wanted else None
+    if type(top) is not int or not 0 <= top <= MAX_TOP_LOGPROBS:
+        raise errors.BadRequest(
+            f"top_logprobs: must be an integer from 0 to {MAX_TOP_LOGPROBS}", param="top_logprobs"
+        )
+    if not wanted:
+        if top == 0:
+            return None
+        raise errors.BadRequest("top_logprobs: needs logprobs: true", param="top_logprobs")
+    return top
+
+
+def _messages(value: object) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value:
         raise errors.BadRequest("messages: must be a non-empty list", param="messages")
-    out: list[dict[str, str]] = []
-    for i, message in enumerate(value):
-        param = f"messages[{i}]"
-        if not isinstance(message, Mapping) or not isinstance(message.get("role"), str):
-            raise errors.BadRequest(f"{param}: must be an object with a role", param=param)
-        content = message_text(message.get("content"), f"{param}.content")
-        out.append({"role": message["role"], "content": content})
-    return out
+    return [chat_message(message, i) for i, message in enumerate(value)]
 
 
 def _prompt(value: object) -> str | list[int]:
@@ -225,36 +262,56 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def chat_response(head: ResponseHeader, done: Completion) -> dict[str, Any]:
-    choice = {
-        "index": 0,
-        "message": {"role": "assistant", "content": done.text},
-        "logprobs": None,
-        "finish_reason": done.finish_reason,
+def chat_response(
+    head: ResponseHeader, choices: list[dict[str, Any]], use: dict[str, int]
+) -> dict[str, Any]:
+    return _body(head, "chat.completion", choices, use)
+
+
+def chat_choice(
+    index: int, message: dict[str, Any], finish_reason: str | None, logprobs: Any = None
+) -> dict[str, Any]:
+    return {
+        "index": index,
+        "message": message,
+        "logprobs": logprobs,
+        "finish_reason": finish_reason,
     }
-    return _body(
-        head, "chat.completion", [choice], usage(done.prompt_tokens, done.completion_tokens)
-    )
 
 
-def completion_response(head: ResponseHeader, done: Completion) -> dict[str, Any]:
-    choice = {"index": 0, "text": done.text, "logprobs": None, "finish_reason": done.finish_reason}
-    return _body(
-        head, "text_completion", [choice], usage(done.prompt_tokens, done.completion_tokens)
-    )
+def completion_response(
+    head: ResponseHeader, choices: list[dict[str, Any]], use: dict[str, int]
+) -> dict[str, Any]:
+    return _body(head, "text_completion", choices, use)
+
+
+def completion_choice(
+    index: int, text: str, finish_reason: str | None, logprobs: Any = None
+) -> dict[str, Any]:
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
 def chat_chunk(
-    head: ResponseHeader, delta: dict[str, str], finish_reason: str | None, with_usage: bool
+    head: ResponseHeader,
+    delta: dict[str, Any],
+    finish_reason: str | None,
+    with_usage: bool,
+    index: int = 0,
+    logprobs: Any = None,
 ) -> dict[str, Any]:
-    choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
     return _chunk(head, "chat.completion.chunk", [choice], with_usage)
 
 
 def completion_chunk(
-    head: ResponseHeader, text: str, finish_reason: str | None, with_usage: bool
+    head: ResponseHeader,
+    text: str,
+    finish_reason: str | None,
+    with_usage: bool,
+    index: int = 0,
+    logprobs: Any = None,
 ) -> dict[str, Any]:
-    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+    choice = completion_choice(index, text, finish_reason, logprobs)
     return _chunk(head, "text_completion", [choice], with_usage)
 
 

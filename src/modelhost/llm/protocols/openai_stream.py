@@ -1,75 +1,150 @@
-"""OpenAI streaming: a token stream as server-sent events.
+"""OpenAI streaming: token streams as server-sent events.
 
-Chat: an opening chunk with the role, one chunk per non-empty text delta, the last one
-carrying ``finish_reason``; with ``stream_options.include_usage`` every chunk has
-``"usage": null`` and a final chunk with no choices carries the usage; then ``[DONE]``.
+Chat: an opening chunk with the role per choice, one chunk per non-empty delta
+(``content``, ``reasoning_content``, with that step's ``logprobs``), tool calls as
+``tool_calls[i]`` deltas (id and name, then the arguments), the last chunk of a choice
+carrying ``finish_reason``; with ``n > 1`` the choices' chunks interleave, told apart by
+``index``. With ``stream_options.include_usage`` every chunk has ``"usage": null`` and a
+final chunk with no choices carries the usage (prompt once, completions summed); then
+``[DONE]``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from modelhost.errors import ModelhostError
 from modelhost.llm.protocols import openai
 from modelhost.llm.protocols.openai import ResponseHeader
+from modelhost.llm.protocols.openai_choices import (
+    ChoiceState,
+    Piece,
+    chat_delta,
+    chat_logprobs,
+    completion_logprobs,
+    tool_call_deltas,
+)
 from modelhost.llm.stream import TokenEvent, TokenStream
 
 
 class ChunkShape(Protocol):
     object: str
 
-    def opening(self) -> dict[str, Any] | None: ...
+    def opening(self, index: int) -> dict[str, Any] | None: ...
 
-    def content(self, text: str, finish_reason: str | None) -> dict[str, Any]: ...
+    def chunks(self, index: int, piece: Piece) -> list[dict[str, Any]]: ...
 
 
 class ChatChunks:
     object = "chat.completion.chunk"
 
-    def __init__(self, head: ResponseHeader, with_usage: bool) -> None:
-        self._head, self._with_usage = head, with_usage
+    def __init__(self, head: ResponseHeader, with_usage: bool, logprobs: bool = False) -> None:
+        self._head, self._with_usage, self._logprobs = head, with_usage, logprobs
 
-    def opening(self) -> dict[str, Any] | None:
+    def opening(self, index: int) -> dict[str, Any] | None:
         role = {"role": "assistant", "content": ""}
-        return openai.chat_chunk(self._head, role, None, self._with_usage)
+        return self._chunk(index, role, None, None)
 
-    def content(self, text: str, finish_reason: str | None) -> dict[str, Any]:
-        delta = {"content": text} if text else {}
-        return openai.chat_chunk(self._head, delta, finish_reason, self._with_usage)
+    def chunks(self, index: int, piece: Piece) -> list[dict[str, Any]]:
+        logprobs = chat_logprobs(piece.logprobs) if self._logprobs else None
+        out = [self._chunk(index, d, None, None) for d in tool_call_deltas(piece.tool_calls)]
+        out.append(self._chunk(index, chat_delta(piece.delta), piece.finish_reason, logprobs))
+        return out
+
+    def _chunk(
+        self, index: int, delta: dict[str, Any], finish: str | None, logprobs: Any
+    ) -> dict[str, Any]:
+        return openai.chat_chunk(self._head, delta, finish, self._with_usage, index, logprobs)
 
 
 class CompletionChunks:
     object = "text_completion"
 
-    def __init__(self, head: ResponseHeader, with_usage: bool) -> None:
-        self._head, self._with_usage = head, with_usage
+    def __init__(self, head: ResponseHeader, with_usage: bool, logprobs: int | None = None) -> None:
+        self._head, self._with_usage, self._logprobs = head, with_usage, logprobs
+        self._offsets: dict[int, int] = {}
 
-    def opening(self) -> dict[str, Any] | None:
+    def opening(self, index: int) -> dict[str, Any] | None:
         return None
 
-    def content(self, text: str, finish_reason: str | None) -> dict[str, Any]:
-        return openai.completion_chunk(self._head, text, finish_reason, self._with_usage)
+    def chunks(self, index: int, piece: Piece) -> list[dict[str, Any]]:
+        text = piece.delta.content
+        logprobs = None
+        if self._logprobs is not None:
+            offset = self._offsets.get(index, 0)
+            logprobs = completion_logprobs(piece.logprobs, offset, self._logprobs > 0)
+            self._offsets[index] = offset + sum(len(t) for t in logprobs["tokens"])
+        return [
+            openai.completion_chunk(
+                self._head, text, piece.finish_reason, self._with_usage, index, logprobs
+            )
+        ]
 
 
 async def sse_events(
-    stream: TokenStream, shape: ChunkShape, head: ResponseHeader, include_usage: bool
+    streams: list[TokenStream],
+    states: list[ChoiceState],
+    shape: ChunkShape,
+    head: ResponseHeader,
+    include_usage: bool,
 ) -> AsyncIterator[bytes]:
     """The whole SSE body; closing this iterator cancels the generation."""
     try:
-        opening = shape.opening()
-        if opening is not None:
-            yield openai.sse(opening)
-        last: TokenEvent | None = None
-        async for event in stream:
-            if event.text or event.finish_reason is not None:
-                yield openai.sse(shape.content(event.text, event.finish_reason))
-            last = event
-        if include_usage and last is not None:
-            use = openai.usage_chunk(head, shape.object, last.prompt_tokens, last.completion_tokens)
+        for state in states:
+            opening = shape.opening(state.index)
+            if opening is not None:
+                yield openai.sse(opening)
+        prompt_tokens = 0
+        async for index, event in _events(streams):
+            prompt_tokens = event.prompt_tokens
+            piece = states[index].feed(event)
+            if piece:
+                for chunk in shape.chunks(index, piece):
+                    yield openai.sse(chunk)
+        if include_usage:
+            completion = sum(s.completion_tokens for s in states)
+            use = openai.usage_chunk(head, shape.object, prompt_tokens, completion)
             yield openai.sse(use)
-    except ModelhostError as exc:
-        yield openai.sse(openai.error_object(exc))
+    # A failure once streaming raises out (no [DONE]): the gateway sends `event: error` with
+    # OpenAI's error object and aborts the response, as when the worker dies mid-stream.
     finally:
-        await stream.aclose()
+        for stream in streams:
+            await stream.aclose()
     yield openai.SSE_DONE
+
+
+async def _events(streams: list[TokenStream]) -> AsyncIterator[tuple[int, TokenEvent]]:
+    """Every stream's events, as they come, tagged with the stream's index."""
+    if len(streams) == 1:
+        async for event in streams[0]:
+            yield 0, event
+        return
+    queue: asyncio.Queue[tuple[int, TokenEvent | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: TokenStream) -> None:
+        try:
+            async for event in stream:
+                queue.put_nowait((index, event))
+        except Exception as exc:
+            queue.put_nowait((index, exc))
+        queue.put_nowait((index, None))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        running = len(tasks)
+        while running:
+            index, item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

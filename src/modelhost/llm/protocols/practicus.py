@@ -20,6 +20,7 @@ from modelhost.gen_ai import PrtLangRequest, PrtLangResponse
 from modelhost.llm.params import SamplingParams
 from modelhost.llm.protocols.common import Completion, require_body
 from modelhost.llm.stream import TokenStream
+from modelhost.llm.structured import response_format_grammar
 
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 PROMPT_DEFAULTS: dict[str, Any] = {"temperature": 0.5, "max_tokens": 512}
@@ -62,8 +63,12 @@ def _lang_request(data: Mapping[str, Any]) -> PracticusRequest:
     ]
     if not messages:
         raise BadRequest("messages: must not be empty", param="messages")
+    kwargs = req.lang_model_kwargs  # the OpenAI sampling fields, logit_bias, response_format
     params = SamplingParams.from_mapping(
-        req.lang_model_kwargs, temperature=req.temperature, max_tokens=req.max_tokens
+        kwargs,
+        temperature=req.temperature,
+        max_tokens=req.max_tokens,
+        grammar=response_format_grammar(kwargs.get("response_format")),
     )
     return PracticusRequest(messages, params, True, req.streaming, req.lang_model)
 
