@@ -69,7 +69,8 @@ def build_service(model_path: Path, name: str, options: dict[str, Any]) -> Any:
 
     builders = {"llamacpp": _llamacpp, "transformers": _transformers, "vllm": _vllm}
     engine = builders[backend_name(model_path, options)](model_path, options)
-    return LLMService(engine, name)
+    # "reasoning": false keeps <think>...</think> in the content (no reasoning_content split)
+    return LLMService(engine, name, reasoning=options.get("reasoning") is not False)
 
 
 def _int_options(options: dict[str, Any], keys: tuple[str, ...]) -> dict[str, int]:
