@@ -60,6 +60,8 @@ _client: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
 START_TIMEOUT_S = 600.0
 TIMEOUT = httpx.Timeout(10.0, read=600.0)
 _FORWARDED = ("content-type", "accept")
+# Keywords the worker passes to hooks; never part of a request forwarded by serve(**kwargs).
+_HOOK_KEYWORDS = frozenset({"model_meta", "df", "http_request", "sub_path", "payload_dict"})
 _NOT_COPIED = frozenset(
     {
         "content-length",
@@ -182,6 +184,10 @@ async def serve(
         base, token = _server.base_url, None
     else:
         raise ModelNotReady("the model server is not running: call start_serving() in init()")
+    if http_request is None and payload_dict is None:
+        # serve(**payload_dict): the request's fields given as keywords (model_meta and the
+        # like, which a serve hook may pass along, are not part of it)
+        payload_dict = {k: v for k, v in _kwargs.items() if k not in _HOOK_KEYWORDS} or None
     request = await _Outgoing.of(http_request, sub_path, payload_dict)
     return await _forward(base, token, request)
 

@@ -41,7 +41,7 @@ def test_deploy_signature_matches_practicus() -> None:
     assert list(params)[:4] == ["deployment_key", "prefix", "model_name", "model_dir"]
     assert params["model_dir"].default is None
     token_params = inspect.signature(prt.models.get_session_token).parameters
-    assert list(token_params) == ["api_url", "token"]
+    assert list(token_params) == ["api_url", "token", "for_upload"]
 
 
 def test_imports_stay_light() -> None:
