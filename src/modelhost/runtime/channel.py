@@ -208,7 +208,8 @@ class WorkerChannel:
     def _late(self) -> PredictTimeout:
         return PredictTimeout(
             f"the model's worker did not answer within the predict deadline of "
-            f"{self.deadline:g} s (MODELHOST_PREDICT_TIMEOUT_S) plus a margin "
+            f"{self.deadline:g} s (MODELHOST_PREDICT_TIMEOUT_S, or the deployment's "
+            "predict_timeout_s) plus a margin "
             f"({self.backstop:g} s in all); it may be blocked (a blocking call inside an "
             "async def predict stops its event loop); the request was cancelled"
         )

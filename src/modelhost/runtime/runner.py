@@ -121,7 +121,8 @@ class PythonModelRunner:
             return ""
         return (
             f"all {self.threads} predict threads are stuck in calls abandoned past their "
-            "deadline (MODELHOST_PREDICT_TIMEOUT_S) or by their clients"
+            "deadline (MODELHOST_PREDICT_TIMEOUT_S, or the deployment's predict_timeout_s) "
+            "or by their clients"
         )
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -240,7 +240,8 @@ class _Conn(FrameProtocol):
     def _timed_out(self) -> PredictTimeout:
         message = (
             f"predict did not answer within its deadline of {self.deadline:g} s "
-            "(MODELHOST_PREDICT_TIMEOUT_S) and was cancelled; a stream must send its first "
+            "(MODELHOST_PREDICT_TIMEOUT_S, or the deployment's predict_timeout_s) and was "
+            "cancelled; a stream must send its first "
             "chunk within it"
         )
         runner = self.server.runner

@@ -102,7 +102,10 @@ async def text_chunks(stream: TokenStream) -> AsyncIterator[bytes]:
         async for event in stream:
             if event.text:
                 yield event.text.encode("utf-8")
-    except ModelhostError as exc:  # a plain text stream has no way to flag it
+    except ModelhostError as exc:
+        # A plain text stream has no error event: the worker turns the raise into an aborted
+        # response, so a client never takes a cut answer for a whole one.
         _log.warning("streamed generation failed: %s", exc)
+        raise
     finally:
         await stream.aclose()
