@@ -53,6 +53,7 @@ import httpx
 from starlette.responses import Response, StreamingResponse
 
 from modelhost.errors import BadRequest, ModelNotReady
+from modelhost.runtime.responses import GATEWAY_OWN_HEADERS
 
 initialized = False  # Practicus' flag: start_serving succeeded and stop() was not called
 _server: _Local | _ProxyMode | None = None
@@ -62,18 +63,6 @@ TIMEOUT = httpx.Timeout(10.0, read=600.0)
 _FORWARDED = ("content-type", "accept")
 # Keywords the worker passes to hooks; never part of a request forwarded by serve(**kwargs).
 _HOOK_KEYWORDS = frozenset({"model_meta", "df", "http_request", "sub_path", "payload_dict"})
-_NOT_COPIED = frozenset(
-    {
-        "content-length",
-        "content-type",
-        "content-encoding",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "date",
-        "server",
-    }
-)
 
 
 @dataclass
@@ -225,7 +214,7 @@ async def _forward(base: str, token: str | None, req: _Outgoing) -> Response:
         client.build_request(req.method, url, headers=headers, content=req.body), stream=True
     )
     content_type = upstream.headers.get("content-type", "application/octet-stream")
-    kept = {k: v for k, v in upstream.headers.items() if k.lower() not in _NOT_COPIED}
+    kept = {k: v for k, v in upstream.headers.items() if k.lower() not in GATEWAY_OWN_HEADERS}
     if content_type.startswith("text/event-stream"):
         return StreamingResponse(
             _relay(upstream), upstream.status_code, kept, media_type=content_type

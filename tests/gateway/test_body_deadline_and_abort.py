@@ -5,14 +5,13 @@ and the ABORT message ends a streamed response without its terminating chunk."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import uvicorn
 
-from modelhost.gateway.http_protocol import ABORT, HttpProtocol
+from modelhost.gateway.http_protocol import ABORT
+from protocol_server import protocol_server
 
 pytestmark = pytest.mark.anyio
 
@@ -52,32 +51,14 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
     seen.clear()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
+    async with protocol_server(
         app,
-        http=HttpProtocol.configured(
-            max_header_bytes=4096,
-            header_timeout_s=5,
-            max_connections=0,
-            body_timeout_s=BODY_TIMEOUT_S,
-        ),
-        ws="none",
-        lifespan="off",
-        log_level="critical",
-        timeout_keep_alive=5,
-        date_header=False,
-        access_log=False,
-    )
-    srv = uvicorn.Server(config)
-    task = asyncio.create_task(srv.serve(sockets=[sock]))
-    while not srv.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        srv.should_exit = True
-        await task
+        max_header_bytes=4096,
+        header_timeout_s=5,
+        max_connections=0,
+        body_timeout_s=BODY_TIMEOUT_S,
+    ) as bound:
+        yield bound
 
 
 async def _open(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from modelhost.gateway.http_protocol import HttpProtocol
+from protocol_server import protocol_server
 
 pytestmark = pytest.mark.anyio
 
@@ -46,31 +46,14 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
+    async with protocol_server(
         app,
-        http=HttpProtocol.configured(
-            max_header_bytes=CAP,
-            header_timeout_s=HEADER_TIMEOUT_S,
-            max_connections=MAX_CONNECTIONS,
-        ),
-        ws="none",
-        lifespan="off",
-        log_level="critical",
-        timeout_keep_alive=KEEP_ALIVE_S,
-        date_header=False,
-        access_log=False,
-    )
-    srv = uvicorn.Server(config)
-    task = asyncio.create_task(srv.serve(sockets=[sock]))
-    while not srv.started:
-        await asyncio.sleep(0.01)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        srv.should_exit = True
-        await task
+        keep_alive_s=KEEP_ALIVE_S,
+        max_header_bytes=CAP,
+        header_timeout_s=HEADER_TIMEOUT_S,
+        max_connections=MAX_CONNECTIONS,
+    ) as bound:
+        yield bound
 
 
 class Conn:

@@ -17,7 +17,8 @@ from modelhost.errors import PredictFailed
 if TYPE_CHECKING:
     from modelhost.runtime.runner import Reply, StreamReply
 
-_GATEWAY_OWN = frozenset(
+# Framing and hop-by-hop headers: set by whoever sends the bytes, never copied from a response.
+GATEWAY_OWN_HEADERS = frozenset(
     {
         "content-length",
         "content-type",
@@ -43,7 +44,7 @@ def to_reply(response: Response) -> Reply | StreamReply:
     headers = {
         k.decode("latin-1"): v.decode("latin-1")
         for k, v in response.raw_headers
-        if k.decode("latin-1").lower() not in _GATEWAY_OWN
+        if k.decode("latin-1").lower() not in GATEWAY_OWN_HEADERS
     }
     if isinstance(response, StreamingResponse):
         chunks = _bytes(response.body_iterator)
