@@ -244,7 +244,8 @@ class VersionWorkers:
     def _spec_for(self, replica: Replica) -> WorkerSpec:
         info, s = self.info, self.settings
         run = private_dir(s.run_dir)
-        worker = f"w{info.version_id}-{replica.index}"
+        home = replica_home(s.workers_dir, info.version_id, replica.index)
+        worker = home.name
         pod = f"{info.deployment}-{socket.gethostname()}-v{info.version_id}-{replica.index}"
         return WorkerSpec(
             socket_path=str(run / f"{worker}.sock"),
@@ -266,7 +267,7 @@ class VersionWorkers:
             memory_mb=self.limits.memory_mb,
             sandbox=s.worker_sandbox,
             hide_paths=control_plane_paths(s),
-            work_dir=str(private_dir(s.workers_dir / worker)),
+            work_dir=str(private_dir(home)),
         )
 
     async def _fetch(self, replica: Replica, spec_path: Path) -> bool:
