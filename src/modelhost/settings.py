@@ -77,7 +77,6 @@ class Settings:
     # Requests in flight per model version at the gateway; one more gets 429 + Retry-After.
     # 0 = no bound. A deployment's own max_queue (admin API) overrides it.
     max_queue: int = 0
-    default_replicas: int = 1
     # Versions of one model kept loaded: when a new version is ready, older ones beyond the
     # newest N stop their workers (their URLs then answer 404 naming this). 0 = keep all.
     keep_versions: int = 2

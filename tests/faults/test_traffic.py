@@ -365,11 +365,12 @@ def test_deployment_settings_validated(admin: Admin) -> None:
     admin.call("POST", "/deployments/", {"key": "bad", "max_queue": -1}, status=400)
     admin.call("POST", "/deployments/", {"key": "bad", "replicas": 0}, status=400)
     admin.call("PATCH", "/deployments/missing/", {"replicas": 2}, status=404)
-    admin.call("PATCH", "/deployments/test-depl/", {}, status=400)
-    admin.call("PATCH", "/deployments/test-depl/", {"memory_mb": "lots"}, status=400)
-    row = admin.call("PATCH", "/deployments/test-depl/", {"memory_mb": 512})
+    admin.call("POST", "/deployments/", {"key": "limits"}, status=201)
+    admin.call("PATCH", "/deployments/limits/", {}, status=400)
+    admin.call("PATCH", "/deployments/limits/", {"memory_mb": "lots"}, status=400)
+    row = admin.call("PATCH", "/deployments/limits/", {"memory_mb": 512})
     assert row["memory_mb"] == 512
-    row = admin.call("PATCH", "/deployments/test-depl/", {"clear": ["memory_mb"]})
+    row = admin.call("PATCH", "/deployments/limits/", {"clear": ["memory_mb"]})
     assert row["memory_mb"] is None
 
 
