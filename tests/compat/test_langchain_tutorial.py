@@ -14,20 +14,12 @@ from typing import Any
 
 import pytest
 
+from compat.reference import REFERENCE
 from e2e.harness import Server, free_port
 
 pytestmark = pytest.mark.slow
 
-TUTORIAL = (
-    Path(__file__).resolve().parents[3]
-    / "shared"
-    / "reference"
-    / "practicus"
-    / "generative-ai"
-    / "model-serving"
-    / "custom"
-    / "langchain"
-)
+TUTORIAL = REFERENCE / "generative-ai" / "model-serving" / "custom" / "langchain"
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from compat.reference import REFERENCE
 from e2e.harness import Server, free_port
 
 pd = pytest.importorskip(
@@ -20,16 +21,7 @@ pd = pytest.importorskip(
 )
 pytestmark = pytest.mark.slow
 
-PAGE = (
-    Path(__file__).resolve().parents[3]
-    / "shared"
-    / "reference"
-    / "practicus"
-    / "extras"
-    / "modeling"
-    / "xgboost"
-    / "xgboost.md"
-)
+PAGE = REFERENCE / "extras" / "modeling" / "xgboost" / "xgboost.md"
 DF = pd.DataFrame(
     {
         "age": [19, 33],

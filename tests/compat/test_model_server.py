@@ -19,12 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
+from compat.reference import REFERENCE
 from e2e.harness import Server, bearer, free_port, poll
 from modelhost.llm.demo import demo_model_path
 
 pytestmark = pytest.mark.slow
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "practicus"
 LLM = REFERENCE / "generative-ai" / "model-serving" / "llm"
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from compat.reference import REFERENCE
 from e2e.harness import ADMIN_EMAIL, ADMIN_PASSWORD, Server, bearer, free_port
 
 pd = pytest.importorskip(
@@ -21,14 +22,7 @@ pd = pytest.importorskip(
 )
 pytestmark = pytest.mark.slow
 
-PAGE = (
-    Path(__file__).resolve().parents[3]
-    / "shared"
-    / "reference"
-    / "practicus"
-    / "how-to"
-    / "model-tokens.md"
-)
+PAGE = REFERENCE / "how-to" / "model-tokens.md"
 ECHO = "def predict(payload_dict, **kwargs):\n    return {'echo': payload_dict}\n"
 
 
