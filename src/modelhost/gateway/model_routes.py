@@ -98,7 +98,9 @@ class ModelRoutes:
         try:
             # Who first: an anonymous or bad token learns nothing about which models exist.
             auth = self.auth
-            kinds = META_KINDS if wants_meta(scope["query_string"]) else MODEL_KINDS
+            query = scope["query_string"]
+            meta = bool(query) and wants_meta(query)
+            kinds = META_KINDS if meta else MODEL_KINDS
             principal = auth.cached(authorization, kinds) or await auth.authenticate(
                 authorization, kinds
             )
@@ -114,8 +116,7 @@ class ModelRoutes:
             ):
                 raise _refused(scope["method"], content_type)
             workers = _pick_version(match, scope)
-            query = scope["query_string"]
-            if query and wants_meta(query):
+            if meta:
                 await self._send_meta(send, entry, workers, request_id)
                 status = 200
                 return
@@ -130,7 +131,7 @@ class ModelRoutes:
             fut = channel.request(
                 scope["method"],
                 match.subpath,
-                scope["query_string"].decode("latin-1"),
+                query.decode("latin-1"),
                 content_type.decode("latin-1") if content_type else "",
                 body,
                 _forwarded(scope["headers"]),
