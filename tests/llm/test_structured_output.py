@@ -61,7 +61,7 @@ def body(question: str, **extra: Any) -> dict[str, Any]:
         "response_format": FORMAT,
         "temperature": 0.7,
         "seed": 1,
-        "max_tokens": 48,
+        "max_tokens": 200,  # above the grammar's longest answer: never cut by length
         **extra,
     }
 
@@ -160,7 +160,7 @@ async def test_practicus_request_takes_response_format_in_kwargs(engine: LLMEngi
     request = {
         "messages": [{"role": "human", "content": "Describe a teacher as JSON."}],
         "temperature": 0,
-        "max_tokens": 48,
+        "max_tokens": 200,  # above the grammar's longest answer: never cut by length
         "lang_model_kwargs": {"response_format": FORMAT},
     }
     result = await service.handle("POST", "", request)
