@@ -1,5 +1,5 @@
 """Domain errors, raised anywhere in modelhost and mapped to HTTP in one place
-(`modelhost.gateway.http_errors`).
+(`modelhost.http_status`; the gateway's responses in `modelhost.gateway.http_errors`).
 
     ModelhostError            base; `code` is the wire name of the error type
     ├── BadRequest            the request is wrong (400)

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from modelhost.errors import BadRequest
-from modelhost.gateway.http_errors import status_of
 from modelhost.gen_ai import ChatCompletionRequest, ChatMessage
+from modelhost.http_status import status_of
 from modelhost.llm.protocols.openai import parse_chat, parse_completion
 
 MESSAGES = [{"role": "user", "content": "hi"}]

@@ -1,67 +1,25 @@
-"""The one place where domain errors become HTTP answers."""
+"""Domain errors as the gateway's HTTP answers: the JSON body, and the SSE ``error`` event
+of a stream cut short. Status and headers come from the project's one table,
+`modelhost.http_status` (re-exported here for the gateway's modules)."""
 
 from __future__ import annotations
 
 import orjson
 
 from modelhost import errors as e
+from modelhost.http_status import error_for_status, error_headers, status_of
 
-_STATUS: list[tuple[type[e.ModelhostError], int]] = [
-    (e.BadRequest, 400),
-    (e.Unauthorized, 401),
-    (e.Forbidden, 403),
-    (e.NotFound, 404),
-    (e.MethodNotAllowed, 405),
-    (e.Conflict, 409),
-    (e.PayloadTooLarge, 413),
-    (e.UnsupportedMediaType, 415),
-    (e.QueueFull, 429),  # with Retry-After, like every TooManyRequests
-    (e.TooManyRequests, 429),
-    (e.PredictFailed, 500),
-    (e.ModelNotReady, 503),
-    (e.WorkerUnavailable, 503),
-    (e.PredictTimeout, 504),
+__all__ = [
+    "error_body",
+    "error_for_status",
+    "error_headers",
+    "sse_error_event",
+    "status_of",
 ]
-
-
-def status_of(error: e.ModelhostError) -> int:
-    for cls, status in _STATUS:
-        if isinstance(error, cls):
-            return status
-    return 500
-
-
-def error_for_status(status: int, message: str) -> e.ModelhostError:
-    """The domain error this table answers with ``status`` (for a model's own HTTPException).
-
-    A 4xx the table lacks becomes `BadRequest`; anything else `PredictFailed` (500).
-    """
-    for cls, code in _STATUS:
-        if code == status and code < 500:
-            return cls(message)
-    return e.BadRequest(message) if 400 <= status < 500 else e.PredictFailed(message)
 
 
 def error_body(error: e.ModelhostError) -> bytes:
     return orjson.dumps({"error": {"type": error.code, "message": error.message}})
-
-
-# Seconds a client should wait before retrying a 503: a version loading or restarting, or a
-# worker that went away (the supervisor starts another), is usually back within about this.
-RETRY_AFTER_503_S = 1
-
-
-def error_headers(error: e.ModelhostError) -> list[tuple[bytes, bytes]]:
-    headers = [(b"content-type", b"application/json")]
-    if isinstance(error, e.TooManyRequests):
-        headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
-    elif isinstance(error, (e.ModelNotReady, e.WorkerUnavailable)):
-        headers.append((b"retry-after", str(RETRY_AFTER_503_S).encode()))
-    elif isinstance(error, e.MethodNotAllowed):
-        headers.append((b"allow", error.allow.encode("latin-1")))
-    if isinstance(error, e.Unauthorized):
-        headers.append((b"www-authenticate", b'Bearer realm="modelhost"'))
-    return headers
 
 
 # OpenAI's error `type` by status, for the SSE `error` event of a stream cut short (the

@@ -33,8 +33,8 @@ from typing import Any
 import orjson
 
 from modelhost import errors
-from modelhost.gateway.http_errors import error_headers as http_error_headers
-from modelhost.gateway.http_errors import status_of
+from modelhost.http_status import error_headers as http_error_headers
+from modelhost.http_status import status_of
 from modelhost.llm.params import MAX_TOP_LOGPROBS, VENDOR_EXTENSIONS, SamplingParams
 from modelhost.llm.protocols.common import require_body
 from modelhost.llm.protocols.openai_tools import ToolRequest, chat_message, parse_tools
@@ -356,8 +356,8 @@ def sse(payload: Mapping[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
-# OpenAI's error ``type`` for each domain error; the HTTP status comes from the one table in
-# `modelhost.gateway.http_errors`.
+# OpenAI's error ``type`` for each domain error; the HTTP status comes from the project's one
+# table, `modelhost.http_status` (this protocol only chooses its error shape).
 _ERROR_TYPES: list[tuple[type[errors.ModelhostError], str]] = [
     (errors.BadRequest, "invalid_request_error"),
     (errors.Unauthorized, "authentication_error"),
