@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-CHILD_MODULES = ("modelhost.runtime.worker", "modelhost.runtime.fetch")
+CHILD_MODULES = ("modelhost.worker", "modelhost.worker.fetch")
 
 
 @dataclass(frozen=True)

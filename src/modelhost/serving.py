@@ -53,7 +53,7 @@ import httpx
 from starlette.responses import Response, StreamingResponse
 
 from modelhost.errors import BadRequest, ModelNotReady
-from modelhost.runtime.responses import GATEWAY_OWN_HEADERS
+from modelhost.worker.responses import GATEWAY_OWN_HEADERS
 
 initialized = False  # Practicus' flag: start_serving succeeded and stop() was not called
 _server: _Local | _ProxyMode | None = None

@@ -55,7 +55,7 @@ def build_app(service: Any) -> Starlette:
 def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
-    from modelhost.runtime.llm_runner import build_service
+    from modelhost.worker.llm_runner import build_service
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a .gguf file or a model folder")

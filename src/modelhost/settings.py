@@ -90,7 +90,7 @@ class Settings:
     forwarded_allow_ips: str = ""
     # Idle HTTP keep-alive connections are closed after this many seconds.
     keep_alive_s: int = 30
-    # Worker sandbox (runtime/sandbox.py): "auto" hides the control plane from model code where
+    # Worker sandbox (worker/sandbox.py): "auto" hides the control plane from model code where
     # the kernel allows it (else warns), "required" refuses to start a worker without it, "off".
     worker_sandbox: str = "auto"
     # Extra environment variables (comma-separated names) passed on to model workers, whose

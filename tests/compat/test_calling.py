@@ -1,4 +1,4 @@
-"""`predict` calling conventions, read from the signature once (runtime/calling.py)."""
+"""`predict` calling conventions, read from the signature once (worker/calling.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from modelhost.errors import BadRequest, NotFound
-from modelhost.runtime.calling import CallPlan, HttpRequest
-from modelhost.runtime.loader import LoadedModel
-from modelhost.runtime.meta import ModelMeta
-from modelhost.runtime.runner import PythonModelRunner, Reply, WorkRequest
+from modelhost.worker.calling import CallPlan, HttpRequest
+from modelhost.worker.loader import LoadedModel
+from modelhost.worker.meta import ModelMeta
+from modelhost.worker.runner import PythonModelRunner, Reply, WorkRequest
 
 pd = pytest.importorskip(
     "pandas", reason="pandas is the 'classic' extra: pip install -e '.[classic]'"

@@ -177,8 +177,8 @@ class _Upstream:
     def __init__(self) -> None:
         import uvicorn
 
-        from modelhost.runtime.llm_runner import build_service
         from modelhost.serving_app import build_app
+        from modelhost.worker.llm_runner import build_service
 
         self.seen: list[tuple[str, str]] = []
         app = build_app(build_service(_gguf(), "upstream-model", {"max_seqs": 4}))

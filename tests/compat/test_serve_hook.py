@@ -1,5 +1,5 @@
-"""Practicus' ``serve(**kwargs)`` hook (runtime/loader.py) and Starlette responses returned
-by model code (runtime/responses.py), without a server."""
+"""Practicus' ``serve(**kwargs)`` hook (worker/loader.py) and Starlette responses returned
+by model code (worker/responses.py), without a server."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from modelhost.errors import InvalidModelFolder
-from modelhost.runtime.loader import check_folder, load_model
-from modelhost.runtime.meta import ModelMeta
-from modelhost.runtime.runner import PythonModelRunner, Reply, StreamReply, WorkRequest
+from modelhost.wire.model_folder import check_folder
+from modelhost.worker.loader import load_model
+from modelhost.worker.meta import ModelMeta
+from modelhost.worker.runner import PythonModelRunner, Reply, StreamReply, WorkRequest
 
 pytestmark = pytest.mark.anyio
 META = ModelMeta(1, "m", "models/team", 1, "depl", "/tmp/cache", "/tmp/model", "pod", {})

@@ -90,7 +90,7 @@ def _worker_pid(server: Server, url: str, token: str) -> int:
             except OSError:
                 continue
             spec = next((a.decode() for a in argv if a.endswith(b".json")), "")
-            ours = b"modelhost.runtime.worker" in argv and spec.startswith(str(server.home))
+            ours = b"modelhost.worker" in argv and spec.startswith(str(server.home))
             if ours and json.loads(Path(spec).read_text()).get("pod_name") == pod:
                 return int(entry)
     raise AssertionError(f"no worker process for {pod}")

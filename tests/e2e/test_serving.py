@@ -436,7 +436,7 @@ def _running_versions(name: str) -> set[int]:
             args = cmdline.read_bytes().rstrip(b"\0").split(b"\0")
         except OSError:
             continue
-        if b"modelhost.runtime.worker" not in args:
+        if b"modelhost.worker" not in args:
             continue
         try:
             spec = json.loads(Path(args[-1].decode()).read_text())

@@ -199,7 +199,7 @@ def _worker_pids(home: Path, name: str) -> list[int]:
             args = Path(f"/proc/{entry}/cmdline").read_bytes().decode().split("\0")
             state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[-1].split()[0]
             spec = next(a for a in args if a.startswith(run) and a.endswith(".json"))
-            worker = "modelhost.runtime.worker" in args and state != "Z"
+            worker = "modelhost.worker" in args and state != "Z"
             if worker and json.loads(Path(spec).read_text())["name"] == name:
                 pids.append(int(entry))
         except (OSError, StopIteration, ValueError, KeyError):

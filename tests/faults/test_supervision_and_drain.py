@@ -49,7 +49,7 @@ def _children(home: Path) -> dict[int, str]:
         args = [a.decode(errors="replace") for a in argv]
         if stat.rsplit(")", 1)[-1].split()[0] == "Z":
             continue
-        for module in ("modelhost.runtime.worker", "modelhost.runtime.fetch"):
+        for module in ("modelhost.worker", "modelhost.worker.fetch"):
             if module in args and any(a.startswith(run) for a in args):
                 found[int(entry)] = module
     return found
@@ -59,7 +59,7 @@ def _worker_pids(home: Path, name: str) -> list[int]:
     """The worker processes serving model `name` (matched by the name in their spec)."""
     pids = []
     for pid, module in _children(home).items():
-        if module != "modelhost.runtime.worker":
+        if module != "modelhost.worker":
             continue
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")

@@ -450,7 +450,7 @@ def _version_workers(home: Path, name: str, version: int) -> list[int]:
             continue
         try:
             argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            if b"modelhost.runtime.worker" not in argv:
+            if b"modelhost.worker" not in argv:
                 continue
             spec = json.loads(
                 Path(next(a.decode() for a in argv if a.endswith(b".json"))).read_text()

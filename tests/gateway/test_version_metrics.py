@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from modelhost.gateway.metrics import metrics_registry, render
 from modelhost.gateway.routes import RouteTable
-from modelhost.runtime.worker_env import fresh_metrics_dir, remove_metrics_dir, replica_home
+from modelhost.supervision.worker_env import fresh_metrics_dir, remove_metrics_dir, replica_home
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 

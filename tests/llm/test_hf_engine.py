@@ -23,7 +23,7 @@ from modelhost.errors import BadRequest, InvalidModelFolder, TooManyRequests
 from modelhost.llm.params import SamplingParams
 from modelhost.llm.results import JSONResult
 from modelhost.llm.service import LLMService
-from modelhost.runtime.llm_runner import backend_name, build_service
+from modelhost.worker.llm_runner import backend_name, build_service
 
 pytestmark = pytest.mark.anyio
 

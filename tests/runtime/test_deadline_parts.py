@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from modelhost.errors import PredictTimeout
-from modelhost.runtime.channel import WorkerChannel
-from modelhost.runtime.loader import LoadedModel
-from modelhost.runtime.meta import ModelMeta
-from modelhost.runtime.protocol import Kind, encode
-from modelhost.runtime.runner import PythonModelRunner, WorkRequest
+from modelhost.supervision.channel import WorkerChannel
+from modelhost.wire.protocol import Kind, encode
+from modelhost.worker.loader import LoadedModel
+from modelhost.worker.meta import ModelMeta
+from modelhost.worker.runner import PythonModelRunner, WorkRequest
 
 pytestmark = pytest.mark.anyio
 META = ModelMeta(1, "m", "models/team", 1, "depl", "/tmp/cache", "/tmp/model", "pod", {})

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from modelhost.runtime.protocol import MAX_BATCH, FrameProtocol, Kind, encode
+from modelhost.wire.protocol import MAX_BATCH, FrameProtocol, Kind, encode
 
 pytestmark = pytest.mark.anyio
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from modelhost.errors import PredictFailed, WorkerUnavailable
-from modelhost.runtime.channel import Stream, WorkerChannel
-from modelhost.runtime.protocol import CREDIT_EVERY, STREAM_WINDOW, FrameProtocol, Kind, encode
-from modelhost.runtime.worker import _Window
+from modelhost.supervision.channel import Stream, WorkerChannel
+from modelhost.wire.protocol import CREDIT_EVERY, STREAM_WINDOW, FrameProtocol, Kind, encode
+from modelhost.worker.server import _Window
 
 pytestmark = pytest.mark.anyio
 

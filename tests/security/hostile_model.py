@@ -23,7 +23,7 @@ def _try(fn):
 
 
 def _raw_frame(path):
-    from modelhost.runtime.protocol import Kind, encode
+    from modelhost.wire.protocol import Kind, encode
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(5)

@@ -6,7 +6,7 @@
 - `download_files_from` never names the platform's own `_modelhost/...` keys (another
   model's code) and has no '..' segment.
 
-Checked at deploy (`loader.check_folder`, a 400 naming the field) and again in the worker
+Checked at deploy (`model_folder.check_folder`, a 400 naming the field) and again in the worker
 (`prepare.load_runner`, the version fails with the same message before any file is written).
 """
 
@@ -24,12 +24,12 @@ import pytest
 
 from e2e.harness import Server, free_port, model_dir
 from modelhost.errors import InvalidModelFolder
-from modelhost.runtime.llm_runner import _model_path
-from modelhost.runtime.loader import check_folder, check_model_json
-from modelhost.runtime.meta import ModelMeta
-from modelhost.runtime.prepare import load_runner, sync_files
-from modelhost.runtime.spec import WorkerSpec
 from modelhost.store import LocalStore
+from modelhost.wire.model_folder import check_folder, check_model_json
+from modelhost.wire.spec import WorkerSpec
+from modelhost.worker.llm_runner import _model_path
+from modelhost.worker.meta import ModelMeta
+from modelhost.worker.prepare import load_runner, sync_files
 
 DEMO_MODELS = Path(__file__).resolve().parents[2] / "src" / "modelhost" / "demo_models"
 ECHO = "async def predict(payload_dict: dict, **kwargs):\n    return payload_dict\n"

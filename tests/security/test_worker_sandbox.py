@@ -1,4 +1,4 @@
-"""Model code must not get the control plane's rights (runtime/sandbox.py, worker_env.py).
+"""Model code must not get the control plane's rights (worker/sandbox.py, worker_env.py).
 
 A real `modelhost serve` with secrets in its environment serves a victim model and a hostile
 one; the hostile model's `predict` tries to reach the control plane and every attempt must
@@ -21,7 +21,7 @@ import pytest
 
 from e2e.harness import Server, free_port, model_dir
 from e2e.harness import bearer as _auth
-from modelhost.runtime.protocol import Kind, encode
+from modelhost.wire.protocol import Kind, encode
 
 HERE = Path(__file__).parent
 FAKE_AWS_SECRET = "fake-aws-secret-for-the-sandbox-test"
@@ -93,7 +93,7 @@ def _worker_pid(sock: Path) -> int:
             args = cmdline.read_bytes().rstrip(b"\0").split(b"\0")
         except OSError:
             continue
-        if b"modelhost.runtime.worker" in args and args[-1] == spec:
+        if b"modelhost.worker" in args and args[-1] == spec:
             return int(cmdline.parent.name)
     raise AssertionError(f"no worker process for {sock}")
 
@@ -178,7 +178,7 @@ def test_model_json_env_may_not_set_reserved_names(server: Server, tmp_path: Pat
 
 
 def test_worker_environment_is_an_allow_list(tmp_path: Path) -> None:
-    from modelhost.runtime.worker_env import worker_environ
+    from modelhost.supervision.worker_env import worker_environ
 
     gateway = {
         "PATH": "/usr/bin",
@@ -222,7 +222,7 @@ def test_worker_environment_is_an_allow_list(tmp_path: Path) -> None:
 )
 def test_model_json_env_is_checked(env: object) -> None:
     from modelhost.errors import InvalidModelFolder
-    from modelhost.runtime.worker_env import model_env
+    from modelhost.wire.model_folder import model_env
 
     with pytest.raises(InvalidModelFolder):
         model_env({"env": env})
@@ -234,9 +234,9 @@ def test_when_the_kernel_refuses_the_sandbox(
 ) -> None:
     """auto: a warning naming what is NOT isolated, and the model still loads; required (or
     a misspelt mode): the worker refuses to load model code."""
-    from modelhost.runtime import worker
-    from modelhost.runtime.sandbox import SandboxUnavailable
-    from modelhost.runtime.spec import WorkerSpec
+    from modelhost.wire.spec import WorkerSpec
+    from modelhost.worker import server as worker
+    from modelhost.worker.sandbox import SandboxUnavailable
 
     def refuse(plan: object) -> None:
         raise SandboxUnavailable("unshare of a mount namespace refused: Operation not permitted")

@@ -156,7 +156,7 @@ def bootstrap_admin(settings: Settings, registry: Registry) -> None:
 
 
 def build_gateway(settings: Settings) -> Gateway:
-    from modelhost.runtime.sandbox import protect_gateway_process
+    from modelhost.supervision.protect import protect_gateway_process
 
     protect_gateway_process()  # workers may not read /proc/<gateway>/environ, fd, root
     settings.home.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from modelhost.gateway.console_io import principal, read_body, read_json, user_p
 from modelhost.gateway.deployer import Deployer
 from modelhost.gateway.routes import ModelEntry, RouteTable
 from modelhost.registry import Registry
-from modelhost.runtime.supervisor import VersionWorkers
+from modelhost.supervision.supervisor import VersionWorkers
 
 MetaFn = Callable[[ModelEntry, VersionWorkers], dict[str, Any]]
 

@@ -4,7 +4,7 @@ The upload arrives as a gzip tar. `unpack` extracts it itself rather than trusti
 tarfile's extraction filters (bypassable before Python 3.11.13 / 3.12.11, CVE-2025-4517):
 only regular files and folders with plain relative names, each written with O_EXCL and
 O_NOFOLLOW under folders it created, sizes counted while decompressing. It is then checked with
-`runtime.loader.check_folder` (a syntax error fails the deploy naming the line), then copied
+`wire.model_folder.check_folder` (a syntax error fails the deploy naming the line), then copied
 to the object store under its own key. Workers fetch it from there, so a version can start on
 any host. The previous version keeps serving until the new one is ready.
 """
@@ -27,9 +27,9 @@ from typing import Any
 from modelhost.errors import BadRequest, PayloadTooLarge
 from modelhost.gateway.versions import VersionManager
 from modelhost.registry import DeploymentRow, ModelRow, Registry, VersionRow
-from modelhost.runtime.loader import check_folder
 from modelhost.settings import Settings
 from modelhost.store import ObjectStore
+from modelhost.wire.model_folder import check_folder
 
 log = logging.getLogger("modelhost.deploy")
 MAX_FOLDER_BYTES = 512 * 1024 * 1024

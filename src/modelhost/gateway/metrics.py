@@ -31,7 +31,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from modelhost.gateway.routes import ModelEntry, RouteTable
-    from modelhost.runtime.supervisor import VersionWorkers
+    from modelhost.supervision.supervisor import VersionWorkers
 
 # Upper bounds (seconds) of the request-duration buckets: from a sub-millisecond echo to a
 # long LLM stream. `+Inf` is implied.

@@ -1,7 +1,7 @@
 """The workers' own Prometheus metrics in the gateway's `/metrics`.
 
 Each worker runs with `PROMETHEUS_MULTIPROC_DIR` set to a folder in its HOME
-(`runtime/worker_env.py`), so whatever prometheus_client metric its process makes (a
+(`supervision/worker_env.py`), so whatever prometheus_client metric its process makes (a
 `Counter` in model.py, the LLM engine's `vllm:*` metrics from `llm/metrics.py`) is kept in
 memory-mapped files there, with no server, port or frame of its own. At scrape time this
 collector merges each replica's files (prometheus_client's `MultiProcessCollector.merge`)
@@ -29,7 +29,7 @@ from prometheus_client.multiprocess import MultiProcessCollector, mark_process_d
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-from modelhost.runtime.worker_env import metrics_dir, replica_home
+from modelhost.supervision.worker_env import metrics_dir, replica_home
 
 if TYPE_CHECKING:
     from modelhost.gateway.routes import RouteTable

@@ -35,9 +35,9 @@ from modelhost.gateway.routes import Match, ModelEntry, RouteTable
 from modelhost.gateway.traffic import session_key
 from modelhost.gateway.versions import MetaFn
 from modelhost.model_config import described
-from modelhost.runtime.channel import Head, Reply, Stream, WorkerChannel
-from modelhost.runtime.supervisor import Replica, VersionWorkers
 from modelhost.settings import Settings
+from modelhost.supervision.channel import Head, Reply, Stream, WorkerChannel
+from modelhost.supervision.supervisor import Replica, VersionWorkers
 from modelhost.types import Headers, Receive, Scope, Send
 
 access_log = logging.getLogger("modelhost.access")

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from modelhost.gateway.traffic import TrafficSplit
-from modelhost.runtime.supervisor import VersionWorkers
+from modelhost.supervision.supervisor import VersionWorkers
 
 
 @dataclass

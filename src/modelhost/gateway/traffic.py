@@ -15,7 +15,7 @@ from hashlib import blake2b
 from itertools import accumulate
 from random import random
 
-from modelhost.runtime.supervisor import VersionWorkers
+from modelhost.supervision.supervisor import VersionWorkers
 
 SESSION_HEADER = b"x-prt-session-key"
 

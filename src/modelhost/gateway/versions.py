@@ -16,8 +16,8 @@ from typing import Any
 
 from modelhost.gateway.routes import ModelEntry, RouteTable
 from modelhost.registry import DeploymentRow, ModelRow, Registry, VersionRow
-from modelhost.runtime.supervisor import Supervisor, VersionInfo, VersionWorkers, WorkerLimits
 from modelhost.settings import Settings
+from modelhost.supervision.supervisor import Supervisor, VersionInfo, VersionWorkers, WorkerLimits
 
 log = logging.getLogger("modelhost.gateway")
 # A version's meta document (`?get_meta=true`, the console's model list).

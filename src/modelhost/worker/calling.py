@@ -34,11 +34,11 @@ from starlette.datastructures import URL, Headers, QueryParams
 
 from modelhost.errors import BadRequest, InvalidJSON, ModelhostError, PredictFailed
 from modelhost.gateway.http_errors import error_for_status
-from modelhost.runtime.codec import decode_payload
+from modelhost.worker.codec import decode_payload
 
 if TYPE_CHECKING:
-    from modelhost.runtime.meta import ModelMeta
-    from modelhost.runtime.runner import WorkRequest
+    from modelhost.worker.meta import ModelMeta
+    from modelhost.worker.runner import WorkRequest
 
 PANDAS_FIX = "pip install 'modelhost[classic]' (pandas) in the worker's environment"
 KEYWORDS = ("http_request", "df", "payload_dict", "model_meta", "sub_path")

@@ -1,32 +1,25 @@
-"""Loading a user's `model.py`, and checking its contract before anything runs.
+"""A model folder's contract, checked on both sides of the worker seam.
 
-Two checks, both naming the file, the hook and the fix:
-- `check_folder` (at deploy, in the gateway): model.json parses, model.py compiles and
-  defines `predict` — cheap, imports nothing of the user's.
-- `load_model` (in the worker): imports model.py under its own module name and validates
-  the hooks' signatures.
+The gateway checks a folder at deploy (`check_folder`: model.json parses, model.py compiles
+and defines `predict`; cheap, imports nothing of the user's); the worker checks model.json's
+paths again before it touches the filesystem (`WorkerSpec.download_to`, the LLM runner), and
+`worker/loader.py` imports model.py against the same HOOKS and SIGNATURES.
 """
 
 from __future__ import annotations
 
 import ast
-import importlib.util
-import inspect
 import json
 import re
-import sys
-import traceback
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from modelhost.errors import InvalidModelFolder
-from modelhost.runtime.worker_env import model_env
 
 HOOKS = ("init", "predict", "serve", "cleanup")
-_SIGNATURES = {
+SIGNATURES = {
     "init": "async def init(model_meta=None, *args, **kwargs)",
     "predict": "async def predict(payload_dict: dict, **kwargs)",
     "serve": "async def serve(**kwargs)",
@@ -168,17 +161,17 @@ def check_folder(folder: Path) -> FolderCheck:
             return FolderCheck(model_json, [], has_model_py=False)
         raise InvalidModelFolder(
             "the folder has no model.py; add one defining "
-            f'`{_SIGNATURES["predict"]}` (or a model.json with an "llm" section)'
+            f'`{SIGNATURES["predict"]}` (or a model.json with an "llm" section)'
         )
-    hooks = _hooks_in_source(source_path.read_text(encoding="utf-8"), "model.py")
+    hooks = hooks_in_source(source_path.read_text(encoding="utf-8"), "model.py")
     if "predict" not in hooks and "serve" not in hooks and "llm" not in model_json:
         raise InvalidModelFolder(
-            f"model.py defines no `predict` hook; add `{_SIGNATURES['predict']}` at module level"
+            f"model.py defines no `predict` hook; add `{SIGNATURES['predict']}` at module level"
         )
     return FolderCheck(model_json, hooks, has_model_py=True)
 
 
-def _hooks_in_source(source: str, filename: str) -> list[str]:
+def hooks_in_source(source: str, filename: str) -> list[str]:
     try:
         tree = ast.parse(source, filename=filename)
     except SyntaxError as exc:
@@ -196,120 +189,26 @@ def _hooks_in_source(source: str, filename: str) -> list[str]:
     return [h for h in HOOKS if h in names]
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    """The hooks of an imported model.py; `predict` may be sync, async or an async generator."""
-
-    module: ModuleType
-    predict: Callable[..., Any]
-    init: Callable[..., Any] | None
-    cleanup: Callable[..., Any] | None
-    serve: Callable[..., Any] | None = None  # Practicus' serve(**kwargs); predict wraps it
-
-    @property
-    def hooks(self) -> list[str]:
-        return [h for h in HOOKS if getattr(self, h) is not None]
+# model.json's "env" may not set these (the platform's own and the store's credentials).
+FORBIDDEN_ENV_PREFIXES = ("MODELHOST_", "AWS_", "PROMETHEUS_MULTIPROC")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def load_model(folder: Path, module_name: str) -> LoadedModel:
-    """Import `folder/model.py` as `module_name` and validate its hooks."""
-    path = folder / "model.py"
-    if str(folder) not in sys.path:
-        sys.path.insert(0, str(folder))
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise InvalidModelFolder(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except SyntaxError:
-        _hooks_in_source(path.read_text(encoding="utf-8"), "model.py")
-        raise
-    except BaseException as exc:
-        sys.modules.pop(module_name, None)
-        raise InvalidModelFolder(
-            f"model.py failed while importing: {type(exc).__name__}: {exc}{_user_line(exc, path)}; "
-            "fix the import (is the package installed in the worker's environment?)"
-        ) from exc
-    hooks = {name: getattr(module, name, None) for name in HOOKS}
-    for name, fn in hooks.items():
-        if fn is not None and not callable(fn):
+def model_env(model_json: Mapping[str, Any]) -> dict[str, str]:
+    """model.json's optional `"env": {"NAME": "value"}`, checked."""
+    env = model_json.get("env")
+    if env is None:
+        return {}
+    if not isinstance(env, dict):
+        raise InvalidModelFolder('model.json: "env" must be an object of strings')
+    for name, value in env.items():
+        if not isinstance(name, str) or not _ENV_NAME.match(name):
+            raise InvalidModelFolder(f'model.json: "env" has an invalid variable name {name!r}')
+        if not isinstance(value, str):
+            raise InvalidModelFolder(f'model.json: "env" value of {name} must be a string')
+        if name.upper().startswith(FORBIDDEN_ENV_PREFIXES):
             raise InvalidModelFolder(
-                f"model.py: `{name}` is not a function; define `{_SIGNATURES[name]}`"
+                f'model.json: "env" may not set {name} '
+                "(MODELHOST_*, AWS_* and PROMETHEUS_MULTIPROC_DIR are reserved)"
             )
-    predict, serve = hooks["predict"], hooks["serve"]
-    if predict is None:
-        if serve is None:
-            raise InvalidModelFolder(
-                f"model.py defines no `predict` hook; add `{_SIGNATURES['predict']}`"
-            )
-        _check_takes_kwargs(serve)
-        predict = serve_as_predict(serve)
-    _check_takes_payload(predict)
-    for name in ("init", "cleanup"):
-        hook = hooks[name]
-        if hook is not None:
-            _check_takes_model_meta(name, hook)
-    return LoadedModel(module, predict, hooks["init"], hooks["cleanup"], serve)
-
-
-def serve_as_predict(serve: Callable[..., Any]) -> Callable[..., Any]:
-    """Practicus' ``serve(**kwargs)`` hook (used when there is no ``predict``): it gets the
-    request as keywords (``http_request``, ``sub_path``, ``model_meta``) for every path under
-    the model URL, and answers with what it returns (``prt.models.server.serve`` returns a
-    Starlette response, streamed when the upstream streams)."""
-
-    async def predict(http_request: Any, sub_path: str = "", model_meta: Any = None) -> Any:
-        result = serve(http_request=http_request, sub_path=sub_path, model_meta=model_meta)
-        return await result if inspect.isawaitable(result) else result
-
-    return predict
-
-
-def _check_takes_kwargs(fn: Callable[..., Any]) -> None:
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return
-    if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
-        return
-    raise InvalidModelFolder(
-        f"model.py: `serve{sig}` cannot take the request as keywords; "
-        f"define `{_SIGNATURES['serve']}`"
-    )
-
-
-def _check_takes_payload(fn: Callable[..., Any]) -> None:
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return
-    params = list(sig.parameters.values())
-    positional = [
-        p
-        for p in params
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
-    ]
-    if not positional:
-        raise InvalidModelFolder(
-            f"model.py: `predict{sig}` takes no payload argument; define `{_SIGNATURES['predict']}`"
-        )
-
-
-def _check_takes_model_meta(name: str, fn: Callable[..., Any]) -> None:
-    try:
-        sig = inspect.signature(fn)
-    except (TypeError, ValueError):
-        return
-    params = sig.parameters
-    if "model_meta" in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return
-    raise InvalidModelFolder(
-        f"model.py: `{name}{sig}` cannot take model_meta=...; define `{_SIGNATURES[name]}`"
-    )
-
-
-def _user_line(exc: BaseException, path: Path) -> str:
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
-    return f" (model.py, line {frames[-1].lineno})" if frames else ""
+    return dict(env)

@@ -13,13 +13,12 @@ gateway merges into its `/metrics` at scrape time (`gateway/model_metrics.py`).
 
 from __future__ import annotations
 
-import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from modelhost.errors import InvalidModelFolder
+from modelhost.wire.model_folder import model_env
 
 ALLOWED = frozenset(
     {
@@ -60,34 +59,12 @@ ALLOWED = frozenset(
     }
 )
 ALLOWED_PREFIXES = ("LC_", "MKL_", "OPENBLAS_")
-FORBIDDEN_PREFIXES = ("MODELHOST_", "AWS_", "PROMETHEUS_MULTIPROC")
 METRICS_SUBDIR = "prometheus"
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def passthrough_names(setting: str) -> list[str]:
     """MODELHOST_WORKER_ENV_PASSTHROUGH: comma-separated variable names."""
     return [name.strip() for name in setting.split(",") if name.strip()]
-
-
-def model_env(model_json: Mapping[str, Any]) -> dict[str, str]:
-    """model.json's optional `"env": {"NAME": "value"}`, checked."""
-    env = model_json.get("env")
-    if env is None:
-        return {}
-    if not isinstance(env, dict):
-        raise InvalidModelFolder('model.json: "env" must be an object of strings')
-    for name, value in env.items():
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise InvalidModelFolder(f'model.json: "env" has an invalid variable name {name!r}')
-        if not isinstance(value, str):
-            raise InvalidModelFolder(f'model.json: "env" value of {name} must be a string')
-        if name.upper().startswith(FORBIDDEN_PREFIXES):
-            raise InvalidModelFolder(
-                f'model.json: "env" may not set {name} '
-                "(MODELHOST_*, AWS_* and PROMETHEUS_MULTIPROC_DIR are reserved)"
-            )
-    return dict(env)
 
 
 def worker_environ(

@@ -17,8 +17,9 @@ the local object store. Before model.py is imported, `enter` therefore (Linux on
 
 It must run while the process has one thread: namespaces, capabilities and the no-new-privs
 bit are per thread, and threads started earlier would keep the unrestricted view.
-The gateway calls `protect_gateway_process` at start, so that /proc/<gateway>/environ,
-/fd and /root stay unreadable for a worker even where its capabilities could not be dropped.
+The gateway makes itself non-dumpable at start (`supervision/protect.py`), so that
+/proc/<gateway>/environ, /fd and /root stay unreadable for a worker even where its
+capabilities could not be dropped.
 """
 
 from __future__ import annotations
@@ -133,17 +134,6 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
         data.encode() if data else None,
     )
     _check(result, f"mount({source!r} -> {target!r})")
-
-
-def protect_gateway_process() -> None:
-    """Make the gateway non-dumpable: processes of the same user without CAP_SYS_PTRACE (the
-    workers) can then not read /proc/<gateway>/environ, /mem, /fd or /root."""
-    if sys.platform != "linux":
-        return
-    try:
-        _prctl(PR_SET_DUMPABLE, 0)
-    except OSError as exc:  # pragma: no cover - prctl(PR_SET_DUMPABLE) does not fail on Linux
-        log.warning("could not make the gateway process non-dumpable: %s", exc)
 
 
 def _threads() -> int:

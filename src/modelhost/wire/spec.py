@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelhost.runtime.loader import check_download_from, check_download_to, resolve_inside
+from modelhost.wire.model_folder import check_download_from, check_download_to, resolve_inside
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class WorkerSpec:
     memory_mb: int = 0
     log_level: str = "info"
     log_format: str = "text"  # MODELHOST_LOG_FORMAT (modelhost/logs.py)
-    # The worker's sandbox (runtime/sandbox.py): "auto" | "required" | "off", the control
+    # The worker's sandbox (worker/sandbox.py): "auto" | "required" | "off", the control
     # plane's paths it hides, and its own writable folder (HOME, working directory).
     sandbox: str = "auto"
     hide_paths: list[str] = field(default_factory=list)

@@ -4,8 +4,8 @@ Each model version runs in `replicas` worker processes of its own (the deploymen
 many): a crash, a blocking `predict` or a failed `init` in one version never touches another,
 and the gateway routes only to replicas that said they are ready.
 
-Starting a replica is two processes: `runtime.fetch` (the supervisor's own environment, with
-the object store's credentials) puts the files in place, then `runtime.worker` runs the model
+Starting a replica is two processes: `modelhost.worker.fetch` (the supervisor's own environment,
+with the object store's credentials) puts the files in place, then `modelhost.worker` runs the model
 code with an allow-listed environment (`worker_env`) in its sandbox (`sandbox`). Both run in
 a session of their own: only the gateway signals them (a Ctrl-C or systemd's SIGTERM to the
 gateway's process group does not reach them), and the parent-death signal stops them if the
@@ -37,11 +37,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from modelhost.errors import ModelhostError
-from modelhost.runtime.channel import WorkerChannel
-from modelhost.runtime.memory import MemoryGuard
-from modelhost.runtime.spec import WorkerSpec
-from modelhost.runtime.worker_env import remove_metrics_dir, replica_home, worker_environ
 from modelhost.settings import Settings
+from modelhost.supervision.channel import WorkerChannel
+from modelhost.supervision.memory import MemoryGuard
+from modelhost.supervision.worker_env import remove_metrics_dir, replica_home, worker_environ
+from modelhost.wire.spec import WorkerSpec
 
 log = logging.getLogger("modelhost.supervisor")
 BACKOFF_START_S = 0.5
@@ -69,6 +69,16 @@ class WorkerLimits:
     predict_timeout_s: float = 600.0
     max_queue: int = 0  # requests in flight per version at the gateway; 0 = no bound
     memory_mb: int = 0  # per worker process; 0 = no bound
+    # Autoscaling between these (None: a fixed `replicas`), by in-flight requests per replica.
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    target_ongoing_requests: float | None = None
+    scale_down_delay_s: float | None = None
+    # Placement on a Ray cluster; the local runtime ignores them.
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    ray_resources: dict[str, float] | None = None
+    placement: str | None = None  # "pack" (Ray's default) | "spread"
 
 
 @dataclass
@@ -113,6 +123,8 @@ class VersionWorkers:
         self._settled = asyncio.Event()
         self._scaling = asyncio.Lock()
         self._rr = 0
+        # Scaled to zero on purpose (gateway/autoscale.py): counts as ready, a request starts one.
+        self.idle = False
         # The replicas routed to, and their channels (for readers that want just those).
         self.ready_replicas: list[Replica] = []
         self.ready: list[WorkerChannel] = []
@@ -126,7 +138,7 @@ class VersionWorkers:
             return "ready"
         if states == {"failed"}:
             return "failed"
-        return "loading"
+        return "ready" if self.idle else "loading"
 
     @property
     def reason(self) -> str:
@@ -205,7 +217,7 @@ class VersionWorkers:
         """Run `replicas` worker processes from now on: new ones start beside the running
         ones; surplus ones (the highest indexes) leave routing, drain, then stop."""
         async with self._scaling:
-            count = max(1, replicas)
+            count = max(0, replicas)
             if self._stopping or count == len(self.replicas):
                 return
             if count > len(self.replicas):
@@ -218,6 +230,7 @@ class VersionWorkers:
             del self.replicas[count:]
             for replica in surplus:
                 replica.retired = True
+            self.idle = count == 0
             self._update_ready()
             self._changed()
             await self._drain(surplus, self.settings.drain_timeout_s)
@@ -279,7 +292,7 @@ class VersionWorkers:
             sys.executable,
             "-P",  # never import from the working directory
             "-m",
-            "modelhost.runtime.fetch",
+            "modelhost.worker.fetch",
             str(spec_path),
             stdout=asyncio.subprocess.PIPE,
             cwd=self.settings.run_dir,
@@ -318,7 +331,7 @@ class VersionWorkers:
             sys.executable,
             "-P",
             "-m",
-            "modelhost.runtime.worker",
+            "modelhost.worker",
             str(spec_path),
             env=env,
             cwd=spec.work_dir,
@@ -348,6 +361,7 @@ class VersionWorkers:
             replica.ready_since = asyncio.get_running_loop().time()
             replica.ever_ready = True
             replica.recovering = False
+            self.idle = False
         replica.state = state
         replica.reason = header.get("reason", "")
         replica.hooks = header.get("hooks") or replica.hooks

@@ -1,8 +1,8 @@
-"""Fetch a version's files before its worker starts: `python -m modelhost.runtime.fetch SPEC`.
+"""Fetch a version's files before its worker starts: `python -m modelhost.worker.fetch SPEC`.
 
 The supervisor runs this short process with its own environment (the object store's URL and,
 for S3, the AWS_* credentials) and only then starts the worker, whose model code never sees
-those credentials (runtime/worker_env.py) nor runs in a process that holds them.
+those credentials (supervision/worker_env.py) nor runs in a process that holds them.
 
 Exit code 0: the model folder and the `download_files_from` files are in place. Otherwise the
 last line on stdout is the reason the version failed (e.g. the files are not in the store).
@@ -14,8 +14,8 @@ import logging
 import sys
 
 from modelhost.errors import ModelhostError
-from modelhost.runtime.prepare import sync_files
-from modelhost.runtime.worker import start_child
+from modelhost.worker.prepare import sync_files
+from modelhost.worker.server import start_child
 
 log = logging.getLogger("modelhost.fetch")
 

@@ -1,8 +1,8 @@
-"""The worker process of one model version: `python -m modelhost.runtime.worker SPEC.json`.
+"""The worker process of one model version: `python -m modelhost.worker SPEC.json`.
 
 The supervisor has already fetched the model folder and the `download_files_from` files
-(runtime/fetch.py). The worker binds its Unix socket (mode 0600), enters its sandbox while it
-still has one thread (runtime/sandbox.py: the control plane hidden, no capabilities), then
+(worker/fetch.py). The worker binds its Unix socket (mode 0600), enters its sandbox while it
+still has one thread (worker/sandbox.py: the control plane hidden, no capabilities), then
 imports model.py, runs `init` and serves framed requests until SIGTERM, when it runs
 `cleanup`. Only its parent, the gateway, may connect (checked with SO_PEERCRED).
 """
@@ -23,16 +23,16 @@ from typing import Any
 
 from modelhost import logs
 from modelhost.errors import ModelhostError, ModelNotReady, PredictTimeout
-from modelhost.runtime.protocol import STREAM_WINDOW, FrameProtocol, Kind, encode
-from modelhost.runtime.runner import Reply, Runner, StreamReply, WorkRequest
-from modelhost.runtime.sandbox import (
+from modelhost.wire.protocol import STREAM_WINDOW, FrameProtocol, Kind, encode
+from modelhost.wire.spec import WorkerSpec
+from modelhost.worker.runner import Reply, Runner, StreamReply, WorkRequest
+from modelhost.worker.sandbox import (
     MODES,
     SandboxError,
     SandboxPlan,
     SandboxUnavailable,
     enter,
 )
-from modelhost.runtime.spec import WorkerSpec
 
 log = logging.getLogger("modelhost.worker")
 # After SIGTERM: in-flight requests get this long to finish, then `cleanup` gets as long; then
@@ -64,7 +64,7 @@ class WorkerServer:
             "hooks": self.hooks,
             "pod": self.spec.pod_name,
             "pid": os.getpid(),
-            # The gateway's backstop: it stops waiting a little after this (runtime/channel.py).
+            # The gateway's backstop: it stops waiting a little after this (supervision/channel.py).
             "deadline": self.spec.predict_timeout_s,
         }
 
@@ -128,7 +128,7 @@ class WorkerServer:
         loop.call_later(0.2, os._exit, WEDGED_EXIT_CODE)  # once the frames above are out
 
     async def prepare(self) -> None:
-        from modelhost.runtime.prepare import load_runner
+        from modelhost.worker.prepare import load_runner
 
         try:
             self.runner = await load_runner(self.spec)

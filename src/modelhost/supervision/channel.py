@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 
 from modelhost.errors import ModelhostError, PredictTimeout, WorkerUnavailable, from_wire
-from modelhost.runtime.protocol import CREDIT_EVERY, FrameProtocol, Kind, encode, encode_raw
+from modelhost.wire.protocol import CREDIT_EVERY, FrameProtocol, Kind, encode, encode_raw
 
 
 @dataclass(slots=True)

@@ -22,10 +22,10 @@ from typing import Any
 import orjson
 
 from modelhost.errors import BadRequest, InvalidModelFolder
-from modelhost.runtime.codec import decode_payload
-from modelhost.runtime.loader import check_llm_model, resolve_inside
-from modelhost.runtime.meta import ModelMeta
-from modelhost.runtime.runner import Reply, Runner, StreamReply, WorkRequest
+from modelhost.wire.model_folder import check_llm_model, resolve_inside
+from modelhost.worker.codec import decode_payload
+from modelhost.worker.meta import ModelMeta
+from modelhost.worker.runner import Reply, Runner, StreamReply, WorkRequest
 
 
 def _model_path(meta: ModelMeta, name: str) -> Path:

@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 from modelhost.errors import PredictFailed
 
 if TYPE_CHECKING:
-    from modelhost.runtime.runner import Reply, StreamReply
+    from modelhost.worker.runner import Reply, StreamReply
 
 # Framing and hop-by-hop headers: set by whoever sends the bytes, never copied from a response.
 GATEWAY_OWN_HEADERS = frozenset(
@@ -38,7 +38,7 @@ def is_response(result: object) -> bool:
 
 
 def to_reply(response: Response) -> Reply | StreamReply:
-    from modelhost.runtime.runner import Reply, StreamReply  # runner imports this module
+    from modelhost.worker.runner import Reply, StreamReply  # runner imports this module
 
     content_type = response.headers.get("content-type") or "application/octet-stream"
     headers = {

@@ -7,10 +7,11 @@ import logging
 from pathlib import Path
 
 from modelhost.errors import InvalidModelFolder
-from modelhost.runtime.loader import load_model, read_model_json
-from modelhost.runtime.meta import ModelMeta
-from modelhost.runtime.runner import PythonModelRunner, Runner
-from modelhost.runtime.spec import WorkerSpec
+from modelhost.wire.model_folder import read_model_json
+from modelhost.wire.spec import WorkerSpec
+from modelhost.worker.loader import load_model
+from modelhost.worker.meta import ModelMeta
+from modelhost.worker.runner import PythonModelRunner, Runner
 
 log = logging.getLogger("modelhost.worker")
 
@@ -38,7 +39,7 @@ def sync_files(spec: WorkerSpec) -> None:
 
 async def load_runner(spec: WorkerSpec) -> Runner:
     """The runner of a version whose files are in place: the supervisor fetched them
-    (runtime/fetch.py) before it started this worker."""
+    (worker/fetch.py) before it started this worker."""
     folder = Path(spec.version_dir)
     model_json = read_model_json(folder)
     meta = ModelMeta(
@@ -54,7 +55,7 @@ async def load_runner(spec: WorkerSpec) -> Runner:
     )
     llm = None
     if "llm" in model_json:
-        from modelhost.runtime.llm_runner import build_llm_runner
+        from modelhost.worker.llm_runner import build_llm_runner
 
         llm = await build_llm_runner(meta)
     if not (folder / "model.py").exists():
@@ -68,6 +69,6 @@ async def load_runner(spec: WorkerSpec) -> Runner:
     runner = PythonModelRunner(model, meta)
     if llm is None:
         return runner
-    from modelhost.runtime.llm_runner import LLMWithModelRunner
+    from modelhost.worker.llm_runner import LLMWithModelRunner
 
     return LLMWithModelRunner(llm, runner)

@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 
-from modelhost.runtime.channel import WorkerChannel
+from modelhost.supervision.channel import WorkerChannel
 
 log = logging.getLogger("modelhost.supervisor")
 POLL_S = 0.5

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from modelhost.errors import BadRequest, NotFound, PredictFailed
-from modelhost.runtime.calling import CallPlan, is_csv, predict_error
-from modelhost.runtime.codec import encode_chunk, encode_result
-from modelhost.runtime.loader import LoadedModel
-from modelhost.runtime.meta import ModelMeta
-from modelhost.runtime.responses import is_response, to_reply
+from modelhost.worker.calling import CallPlan, is_csv, predict_error
+from modelhost.worker.codec import encode_chunk, encode_result
+from modelhost.worker.loader import LoadedModel
+from modelhost.worker.meta import ModelMeta
+from modelhost.worker.responses import is_response, to_reply
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,7 @@ class PythonModelRunner:
         # a thread cannot be stopped, so it is abandoned and counted until it returns.
         self.abandoned = 0
         self._predict_kind = _kind(model.predict)
-        self._plan = CallPlan.of(model.predict)  # what predict asks for (runtime/calling.py)
+        self._plan = CallPlan.of(model.predict)  # what predict asks for (worker/calling.py)
 
     async def start(self) -> None:
         if self.model.init is not None:
