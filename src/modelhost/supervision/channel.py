@@ -21,6 +21,8 @@ from typing import Any
 import orjson
 
 from modelhost.errors import ModelhostError, PredictTimeout, WorkerUnavailable, from_wire
+from modelhost.wire import handshake
+from modelhost.wire.handshake import TcpAddress
 from modelhost.wire.protocol import CREDIT_EVERY, FrameProtocol, Kind, encode, encode_raw
 
 
@@ -80,8 +82,10 @@ StateListener = Callable[[dict[str, Any]], None]
 
 
 class WorkerChannel:
-    def __init__(self, socket_path: str, on_state: StateListener) -> None:
-        self.socket_path = socket_path
+    def __init__(self, address: str | TcpAddress, on_state: StateListener) -> None:
+        # A Unix socket's path (a local worker), or a TCP address and the key its handshake
+        # proves (a worker elsewhere: wire/handshake.py).
+        self.address = address
         self._on_state = on_state
         self._proto: FrameProtocol | None = None
         self._ids = itertools.count(1)
@@ -108,20 +112,26 @@ class WorkerChannel:
     async def connect(self, timeout: float = 30.0) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        address = self.address
         while True:
             try:
-                _, proto = await loop.create_unix_connection(
-                    lambda: FrameProtocol(self._on_frame, self._on_lost), self.socket_path
-                )
+                if isinstance(address, TcpAddress):
+                    proto = await handshake.connect(address, self._protocol)
+                else:
+                    _, proto = await loop.create_unix_connection(self._protocol, address)
                 break
             except (FileNotFoundError, ConnectionRefusedError):
                 if loop.time() > deadline:
                     raise WorkerUnavailable(
-                        f"worker socket {self.socket_path} did not open in {timeout:.0f}s"
+                        f"worker socket {address} did not open in {timeout:.0f}s"
                     ) from None
                 await asyncio.sleep(0.05)
+        assert isinstance(proto, FrameProtocol)
         self._proto = proto
         self.connected = True
+
+    def _protocol(self) -> FrameProtocol:
+        return FrameProtocol(self._on_frame, self._on_lost)
 
     def close(self) -> None:
         if self._proto is not None and self._proto.transport is not None:

@@ -39,6 +39,12 @@ class WorkerSpec:
     sandbox: str = "auto"
     hide_paths: list[str] = field(default_factory=list)
     work_dir: str = ""
+    # TCP instead of the Unix socket (a Ray actor starts the worker): the listening socket's
+    # descriptor, bound by the process that starts the worker (so it knows the port before
+    # the worker runs), and the replica's key in hex, which every connection must prove
+    # before its first frame (wire/handshake.py). -1 / "": the Unix socket at socket_path.
+    listen_fd: int = -1
+    key: str = field(default="", repr=False)
 
     def dump(self, path: Path) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -23,6 +23,7 @@ from typing import Any
 
 from modelhost import logs
 from modelhost.errors import ModelhostError, ModelNotReady, PredictTimeout
+from modelhost.wire.handshake import AuthenticatedServer
 from modelhost.wire.protocol import STREAM_WINDOW, FrameProtocol, Kind, encode
 from modelhost.wire.spec import WorkerSpec
 from modelhost.worker.runner import Reply, Runner, StreamReply, WorkRequest
@@ -76,7 +77,14 @@ class WorkerServer:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_unix_server(lambda: _Conn(self), sock=self.sock)
+        server: asyncio.AbstractServer | AuthenticatedServer
+        if self.spec.key:  # TCP: each connection proves the replica's key first
+            server = AuthenticatedServer(
+                self.sock, bytes.fromhex(self.spec.key), lambda: _Conn(self, trusted=True)
+            )
+            server.start()
+        else:
+            server = await loop.create_unix_server(lambda: _Conn(self), sock=self.sock)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -85,7 +93,7 @@ class WorkerServer:
         await stop.wait()
         await self.shutdown(server)
 
-    async def shutdown(self, server: asyncio.AbstractServer) -> None:
+    async def shutdown(self, server: asyncio.AbstractServer | AuthenticatedServer) -> None:
         """SIGTERM: accept no new connection, let the requests in flight finish (not when the
         gateway is gone: nobody would read their answers), run `cleanup`, each bounded."""
         server.close()
@@ -154,9 +162,10 @@ class WorkerServer:
 class _Conn(FrameProtocol):
     """One gateway connection; requests on it run concurrently as tasks."""
 
-    def __init__(self, server: WorkerServer) -> None:
+    def __init__(self, server: WorkerServer, trusted: bool = False) -> None:
         super().__init__(self._on_frame, self._on_lost)
         self.server = server
+        self.trusted = trusted  # authenticated already (TCP); else the peer is checked
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.accepted = False
         # The predict deadline: start times of the requests it still covers (in arrival
@@ -171,7 +180,7 @@ class _Conn(FrameProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if not _from_gateway(transport):
+        if not self.trusted and not _from_gateway(transport):
             transport.close()
             return
         self.accepted = True
@@ -454,7 +463,7 @@ def start_child(argv: list[str] | None) -> WorkerSpec:
 
 def main(argv: list[str] | None = None) -> None:
     spec = start_child(argv)
-    sock = listen(spec.socket_path)
+    sock = socket.socket(fileno=spec.listen_fd) if spec.listen_fd >= 0 else listen(spec.socket_path)
     failure = sandbox(spec)  # before the event loop: no threads yet
     die_with_parent()  # again: entering the sandbox may have changed our credentials
     if failure:
