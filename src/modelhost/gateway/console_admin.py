@@ -22,7 +22,7 @@ from modelhost.gateway.auth import Authenticator
 from modelhost.gateway.console_io import field, principal, read_json, user_principal
 from modelhost.gateway.console_models import find_model
 from modelhost.gateway.routes import RouteTable
-from modelhost.registry import DEPLOYMENT_LIMITS, DeploymentRow, Registry, UserRow
+from modelhost.registry import DEPLOYMENT_SETTINGS, DeploymentRow, Registry, UserRow
 
 
 class AdminHandlers:
@@ -267,7 +267,7 @@ class AdminHandlers:
         )
 
 
-DEPLOYMENT_FIELDS = ("replicas", *DEPLOYMENT_LIMITS)
+DEPLOYMENT_FIELDS = ("replicas", *DEPLOYMENT_SETTINGS)
 
 
 def deployment_changes(data: dict[str, Any], partial: bool) -> dict[str, Any]:
@@ -286,7 +286,7 @@ def deployment_json(row: DeploymentRow) -> dict[str, Any]:
         "id": row.id,
         "key": row.key,
         "replicas": row.replicas,
-        **{name: getattr(row, name) for name in DEPLOYMENT_LIMITS},
+        **{name: getattr(row, name) for name in DEPLOYMENT_SETTINGS},
     }
 
 

@@ -70,11 +70,24 @@ ID: Json = {"type": "integer", "minimum": 0}
 SEGMENT: Json = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]*$"}  # of a model URL
 
 REPLICAS: Json = {"type": "integer", "minimum": 1, "maximum": 64}
-# Per-deployment limits (registry.DEPLOYMENT_LIMITS); null = the server's setting.
+# Per-deployment settings (registry.DEPLOYMENT_SETTINGS); null = the server's setting.
 LIMITS: dict[str, Json] = {
     "predict_timeout_s": {"type": "number", "minimum": 0, "nullable": True},
     "max_queue": {"type": "integer", "minimum": 0, "nullable": True},
     "memory_mb": {"type": "integer", "minimum": 0, "nullable": True},
+    "min_replicas": {"type": "integer", "minimum": 0, "maximum": 64, "nullable": True},
+    "max_replicas": {"type": "integer", "minimum": 1, "maximum": 64, "nullable": True},
+    "target_ongoing_requests": {"type": "number", "minimum": 0.01, "nullable": True},
+    "scale_down_delay_s": {"type": "number", "minimum": 0, "maximum": 86400, "nullable": True},
+    "num_cpus": {"type": "number", "minimum": 0, "maximum": 1024, "nullable": True},
+    "num_gpus": {"type": "number", "minimum": 0, "maximum": 64, "nullable": True},
+    "ray_resources": {
+        "type": "object",
+        "additionalProperties": {"type": "number", "minimum": 0},
+        "maxProperties": 32,
+        "nullable": True,
+    },
+    "placement": {"type": "string", "enum": ["pack", "spread"], "nullable": True},
 }
 
 SCHEMAS: dict[str, Json] = {

@@ -4,7 +4,7 @@ Use `Registry` (``repo.py``); it returns the frozen rows of ``rows.py`` and rais
 domain errors of `modelhost.errors`. ``schema.py`` and ``migrations/`` are internal.
 """
 
-from modelhost.registry.repo import DEPLOYMENT_LIMITS, Registry
+from modelhost.registry.repo import DEPLOYMENT_LIMITS, DEPLOYMENT_SETTINGS, Registry
 from modelhost.registry.rows import (
     AccessSnapshot,
     AccessTokenRow,
@@ -24,6 +24,7 @@ from modelhost.registry.rows import (
 
 __all__ = [
     "DEPLOYMENT_LIMITS",
+    "DEPLOYMENT_SETTINGS",
     "AccessSnapshot",
     "AccessTokenRow",
     "ActiveVersionRow",

@@ -270,9 +270,7 @@ class Registry:
 
     # -- deployments -------------------------------------------------------------------
 
-    def create_deployment(
-        self, key: str, replicas: int = 1, **limits: float | int | None
-    ) -> DeploymentRow:
+    def create_deployment(self, key: str, replicas: int = 1, **limits: Any) -> DeploymentRow:
         """``limits``: `DEPLOYMENT_LIMITS` (None = the server's setting)."""
         _check_replicas(replicas)
         _check_limits(limits)
@@ -282,7 +280,7 @@ class Registry:
             session.flush()
             return deployment.to_row()
 
-    def update_deployment(self, key: str, **changes: float | int | None) -> DeploymentRow:
+    def update_deployment(self, key: str, **changes: Any) -> DeploymentRow:
         """Change ``replicas`` and/or `DEPLOYMENT_LIMITS` (None clears a limit)."""
         if "replicas" in changes:
             replicas = changes.pop("replicas")
@@ -808,28 +806,67 @@ def _check_replicas(n: int) -> None:
         raise BadRequest(f"replicas must be >= 0, got {n}")
 
 
-# Per-deployment limits: name -> (type, least, most). None = the server's setting.
+# Per-deployment numbers: name -> (type, least, most). None = the server's setting.
 DEPLOYMENT_LIMITS: dict[str, tuple[type, float, float]] = {
     "predict_timeout_s": (float, 0.0, 7 * 24 * 3600.0),
     "max_queue": (int, 0, 1_000_000),
     "memory_mb": (int, 0, 1 << 24),  # 16 TiB
+    # autoscaling (gateway/autoscale.py)
+    "min_replicas": (int, 0, 64),
+    "max_replicas": (int, 1, 64),
+    "target_ongoing_requests": (float, 0.01, 1_000_000.0),
+    "scale_down_delay_s": (float, 0.0, 24 * 3600.0),
+    # placement on a Ray cluster
+    "num_cpus": (float, 0.0, 1024.0),
+    "num_gpus": (float, 0.0, 64.0),
 }
+PLACEMENTS = ("pack", "spread")
+# Every per-deployment setting besides `replicas`, in the registry's order.
+DEPLOYMENT_SETTINGS = (*DEPLOYMENT_LIMITS, "ray_resources", "placement")
 MAX_TRAFFIC_WEIGHT = 1_000_000
 
 
-def _check_limits(limits: dict[str, float | int | None]) -> None:
+def _check_limits(limits: dict[str, Any]) -> None:
     for name, value in limits.items():
-        if name not in DEPLOYMENT_LIMITS:
+        if name not in DEPLOYMENT_SETTINGS:
             raise BadRequest(f"unknown deployment setting {name!r}")
-        kind, least, most = DEPLOYMENT_LIMITS[name]
         if value is None:
             continue
+        if name == "placement":
+            if value not in PLACEMENTS:
+                raise BadRequest(f"placement must be one of {', '.join(PLACEMENTS)}, got {value!r}")
+            continue
+        if name == "ray_resources":
+            _check_resources(value)
+            continue
+        kind, least, most = DEPLOYMENT_LIMITS[name]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BadRequest(f"{name} must be a number")
         if kind is int and not isinstance(value, int):
             raise BadRequest(f"{name} must be an integer")
         if not least <= value <= most:
-            raise BadRequest(f"{name} must be from {least:.0f} to {most:.0f}, got {value}")
+            raise BadRequest(f"{name} must be from {_num(least)} to {_num(most)}, got {value}")
+    low, high = limits.get("min_replicas"), limits.get("max_replicas")
+    if isinstance(low, int) and isinstance(high, int) and low > high:
+        raise BadRequest(f"min_replicas ({low}) must not exceed max_replicas ({high})")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def _check_resources(value: Any) -> None:
+    """Ray custom resources: `{"node_b": 0.01, "accelerator_type:A100": 1}`."""
+    if not isinstance(value, dict) or len(value) > 32:
+        raise BadRequest("ray_resources must be an object of at most 32 resource names")
+    for key, amount in value.items():
+        if not isinstance(key, str) or not 0 < len(key) <= 128 or key in ("CPU", "GPU", "memory"):
+            raise BadRequest(
+                f"ray_resources: {key!r} is not a custom resource name "
+                "(CPUs, GPUs and memory have their own settings: num_cpus, num_gpus, memory_mb)"
+            )
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+            raise BadRequest(f"ray_resources[{key!r}] must be a number >= 0")
 
 
 def _live_versions(session: Session, model_id: int) -> dict[int, Version]:

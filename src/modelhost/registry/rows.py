@@ -53,6 +53,16 @@ class DeploymentRow:
     predict_timeout_s: float | None = None
     max_queue: int | None = None
     memory_mb: int | None = None
+    # Autoscaling (None: a fixed `replicas`); see gateway/autoscale.py.
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    target_ongoing_requests: float | None = None
+    scale_down_delay_s: float | None = None
+    # Placement on a Ray cluster (MODELHOST_RUNTIME=ray); ignored by the local runtime.
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    ray_resources: dict[str, float] | None = None
+    placement: str | None = None  # "pack" | "spread"
 
 
 @dataclass(frozen=True, slots=True)

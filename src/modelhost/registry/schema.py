@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     Boolean,
     DateTime,
     Dialect,
@@ -146,6 +147,14 @@ class Deployment(Base):
     predict_timeout_s: Mapped[float | None] = mapped_column(Float)
     max_queue: Mapped[int | None] = mapped_column(Integer)
     memory_mb: Mapped[int | None] = mapped_column(Integer)
+    min_replicas: Mapped[int | None] = mapped_column(Integer)
+    max_replicas: Mapped[int | None] = mapped_column(Integer)
+    target_ongoing_requests: Mapped[float | None] = mapped_column(Float)
+    scale_down_delay_s: Mapped[float | None] = mapped_column(Float)
+    num_cpus: Mapped[float | None] = mapped_column(Float)
+    num_gpus: Mapped[float | None] = mapped_column(Float)
+    ray_resources: Mapped[dict[str, float] | None] = mapped_column(JSON)
+    placement: Mapped[str | None] = mapped_column(String(16))
 
     def to_row(self) -> DeploymentRow:
         return DeploymentRow(
@@ -156,6 +165,14 @@ class Deployment(Base):
             predict_timeout_s=self.predict_timeout_s,
             max_queue=self.max_queue,
             memory_mb=self.memory_mb,
+            min_replicas=self.min_replicas,
+            max_replicas=self.max_replicas,
+            target_ongoing_requests=self.target_ongoing_requests,
+            scale_down_delay_s=self.scale_down_delay_s,
+            num_cpus=self.num_cpus,
+            num_gpus=self.num_gpus,
+            ray_resources=dict(self.ray_resources) if self.ray_resources else None,
+            placement=self.placement,
         )
 
 
