@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -183,6 +184,63 @@ MaxQueue = Annotated[
 MemoryMb = Annotated[int | None, typer.Option(help="Memory bound per worker process, MiB.")]
 
 
+@dataclass
+class DeploymentOptions:
+    """The per-deployment settings both deployment commands take (null: not sent)."""
+
+    predict_timeout_s: float | None = None
+    max_queue: int | None = None
+    memory_mb: int | None = None
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    target_ongoing_requests: float | None = None
+    scale_down_delay_s: float | None = None
+    num_cpus: float | None = None
+    num_gpus: float | None = None
+    ray_resource: list[str] | None = None
+    placement: str | None = None
+
+    def body(self) -> dict[str, object]:
+        given = {k: v for k, v in vars(self).items() if v is not None and k != "ray_resource"}
+        if self.ray_resource:
+            given["ray_resources"] = _resources(self.ray_resource)
+        return given
+
+
+def _resources(items: list[str]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for item in items:
+        name, sep, amount = item.partition("=")
+        try:
+            out[name] = float(amount) if sep else 1.0
+        except ValueError:
+            raise typer.BadParameter(f"{item!r}: use NAME=AMOUNT, e.g. node_b=0.01") from None
+    return out
+
+
+MinReplicas = Annotated[
+    int | None, typer.Option(help="Autoscaling: fewest replicas per version (0 = scale to zero).")
+]
+MaxReplicas = Annotated[
+    int | None, typer.Option(help="Autoscaling: most replicas per version (sets autoscaling on).")
+]
+TargetOngoing = Annotated[
+    float | None, typer.Option(help="Autoscaling: requests in flight per replica to aim for.")
+]
+ScaleDownDelay = Annotated[
+    float | None, typer.Option(help="Autoscaling: seconds of low load before a replica goes.")
+]
+NumCpus = Annotated[float | None, typer.Option(help="Ray runtime: CPUs each replica reserves.")]
+NumGpus = Annotated[float | None, typer.Option(help="Ray runtime: GPUs each replica reserves.")]
+RayResource = Annotated[
+    list[str] | None,
+    typer.Option(help="Ray runtime: a custom resource per replica, NAME=AMOUNT (repeatable)."),
+]
+Placement = Annotated[
+    str | None, typer.Option(help="Ray runtime: 'pack' replicas together or 'spread' them.")
+]
+
+
 @admin_app.command("deployment-create")
 def deployment_create(
     key: str,
@@ -190,12 +248,24 @@ def deployment_create(
     predict_timeout_s: PredictTimeout = None,
     max_queue: MaxQueue = None,
     memory_mb: MemoryMb = None,
+    min_replicas: MinReplicas = None,
+    max_replicas: MaxReplicas = None,
+    target_ongoing_requests: TargetOngoing = None,
+    scale_down_delay_s: ScaleDownDelay = None,
+    num_cpus: NumCpus = None,
+    num_gpus: NumGpus = None,
+    ray_resource: RayResource = None,
+    placement: Placement = None,
     url: Url = None,
 ) -> None:
     """Create a deployment; each of its model versions runs in `replicas` worker processes."""
-    body: dict[str, object] = {"key": key, "replicas": replicas}
-    body.update(_limits(predict_timeout_s, max_queue, memory_mb))
-    _admin_call("POST", f"{MH}/deployments/", url, body)
+    options = DeploymentOptions(
+        predict_timeout_s, max_queue, memory_mb, min_replicas, max_replicas,
+        target_ongoing_requests, scale_down_delay_s, num_cpus, num_gpus, ray_resource, placement,
+    )  # fmt: skip
+    _admin_call(
+        "POST", f"{MH}/deployments/", url, {"key": key, "replicas": replicas, **options.body()}
+    )
 
 
 @admin_app.command("deployment-set")
@@ -205,16 +275,29 @@ def deployment_set(
     predict_timeout_s: PredictTimeout = None,
     max_queue: MaxQueue = None,
     memory_mb: MemoryMb = None,
+    min_replicas: MinReplicas = None,
+    max_replicas: MaxReplicas = None,
+    target_ongoing_requests: TargetOngoing = None,
+    scale_down_delay_s: ScaleDownDelay = None,
+    num_cpus: NumCpus = None,
+    num_gpus: NumGpus = None,
+    ray_resource: RayResource = None,
+    placement: Placement = None,
     clear: Annotated[
         list[str] | None,
-        typer.Option(help="Back to the server's setting: predict_timeout_s, max_queue, memory_mb."),
+        typer.Option(help="Back to the server's setting (repeatable): any setting's name."),
     ] = None,
     url: Url = None,
 ) -> None:
-    """Change a deployment live: replicas start or drain now, max_queue applies now, the
-    predict deadline and memory bound apply to workers started from now on."""
+    """Change a deployment live: replicas start or drain now, max_queue and autoscaling
+    apply now, the predict deadline, memory bound and placement to workers started from now
+    on."""
+    options = DeploymentOptions(
+        predict_timeout_s, max_queue, memory_mb, min_replicas, max_replicas,
+        target_ongoing_requests, scale_down_delay_s, num_cpus, num_gpus, ray_resource, placement,
+    )  # fmt: skip
     body: dict[str, object] = {} if replicas is None else {"replicas": replicas}
-    body.update(_limits(predict_timeout_s, max_queue, memory_mb))
+    body.update(options.body())
     if clear:
         body["clear"] = clear
     _admin_call("PATCH", f"{MH}/deployments/{key}/", url, body)
@@ -229,13 +312,6 @@ def replicas_set(
     """Set how many worker processes each version of the deployment's models runs, live
     (no request is dropped: surplus replicas drain first)."""
     _admin_call("PATCH", f"{MH}/deployments/{deployment}/", url, {"replicas": count})
-
-
-def _limits(
-    predict_timeout_s: float | None, max_queue: int | None, memory_mb: int | None
-) -> dict[str, object]:
-    given = {"predict_timeout_s": predict_timeout_s, "max_queue": max_queue, "memory_mb": memory_mb}
-    return {k: v for k, v in given.items() if v is not None}
 
 
 versions_app = typer.Typer(
