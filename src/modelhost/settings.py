@@ -106,6 +106,13 @@ class Settings:
     body_timeout_s: float = 30.0
     # Open HTTP connections beyond this are answered 503 and closed (0 = unlimited).
     max_connections: int = 1024
+    # Autoscaling (gateway/autoscale.py; deployments with max_replicas): the control loop's
+    # period, and the window its average of in-flight requests per version spans.
+    autoscale_tick_s: float = 0.5
+    autoscale_window_s: float = 5.0
+    # A request to a version scaled to zero (min_replicas 0) waits this long for its first
+    # replica to be ready, then gets 503 + Retry-After.
+    cold_start_timeout_s: float = 120.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

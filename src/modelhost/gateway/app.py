@@ -23,6 +23,7 @@ from modelhost.auth.passwords import hash_password
 from modelhost.auth.tokens import TokenService
 from modelhost.gateway import docs_pages
 from modelhost.gateway.auth import Authenticator
+from modelhost.gateway.autoscale import Autoscaler, with_autoscale_status
 from modelhost.gateway.console import ConsoleParts, console_app
 from modelhost.gateway.deployer import Deployer
 from modelhost.gateway.metrics import metrics_registry
@@ -56,7 +57,10 @@ class Gateway:
         self._docs = docs_pages.DocsPages(self.auth, self.routes)
         self.versions = VersionManager(settings, registry, self.routes)
         self.deployer = Deployer(settings, registry, store, self.versions)
-        self._models = ModelRoutes(settings, self.auth, self.routes, self.versions.meta)
+        supervised = self.versions.supervisor.versions
+        self.autoscaler = Autoscaler(settings, lambda: list(supervised.values()))
+        meta = with_autoscale_status(self.versions.meta, self.autoscaler)
+        self._models = ModelRoutes(settings, self.auth, self.routes, meta, self.autoscaler.wake)
         self._metrics = metrics_registry(self.routes, self._models.latency, settings.workers_dir)
         self._console = console_app(
             ConsoleParts(
@@ -67,7 +71,7 @@ class Gateway:
                 self.routes,
                 self.deployer,
                 VersionAdmin(registry, self.versions, self.routes, settings),
-                self.versions.meta,
+                meta,
                 self.metrics_text,
             )
         )
@@ -109,12 +113,14 @@ class Gateway:
         await asyncio.to_thread(self.auth.refresh_revocations)
         self.auth.start()
         await self.versions.startup()
+        self.autoscaler.start()
 
     async def shutdown(self) -> None:
         """Stop serving: uvicorn has stopped accepting and waited (at most `drain_timeout_s`)
         for the HTTP requests in flight; the workers get what is left of that grace period
         to finish theirs, then SIGTERM (cleanup), then SIGKILL."""
         await self.auth.stop()
+        await self.autoscaler.stop()
         started = self.exit_requested or time.monotonic()
         left = max(0.0, started + self.settings.drain_timeout_s - time.monotonic())
         await self.versions.shutdown(left)

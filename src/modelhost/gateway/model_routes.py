@@ -12,6 +12,7 @@ import contextlib
 import itertools
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import Any
 
@@ -59,6 +60,9 @@ NOT_FORWARDED = frozenset(
 # client; fast requests never do. A client gone by then cancels the predict (CANCEL frame).
 WATCH_AFTER_S = 0.05
 Waiting = tuple[WorkerChannel, Receive, "int | asyncio.Task[None]"]
+# Called when a version has no ready replica: one scaled to zero starts a replica and this
+# waits for it (gateway/autoscale.py, `Autoscaler.wake`); otherwise it returns at once.
+Wake = Callable[[VersionWorkers], Awaitable[None]]
 
 
 class _ClientGone(Exception):
@@ -67,11 +71,17 @@ class _ClientGone(Exception):
 
 class ModelRoutes:
     def __init__(
-        self, settings: Settings, auth: Authenticator, routes: RouteTable, meta: MetaFn
+        self,
+        settings: Settings,
+        auth: Authenticator,
+        routes: RouteTable,
+        meta: MetaFn,
+        wake: Wake | None = None,
     ) -> None:
         self.auth = auth
         self.routes = routes
         self.meta = meta
+        self.wake = wake or _no_wake
         self.limit = settings.max_body_bytes
         self.sample = settings.access_log_sample
         self._ids = itertools.count(1)
@@ -120,14 +130,20 @@ class ModelRoutes:
                 await self._send_meta(send, entry, workers, request_id)
                 status = 200
                 return
-            replica, channel = _ready_replica(entry, workers)
+            replica, channel = (  # none ready: a version scaled to zero starts one (cold start)
+                _ready_replica(entry, workers)
+                if workers.ready_replicas
+                else await self._woken(entry, workers)
+            )
             message = await receive()
             body = bodies.first_part(message, self.limit, int(length) if length else None)
             if body is None:
                 body = await bodies.read_rest(receive, message, self.limit)
             if encoding:
                 body = bodies.decode(body, encoding.decode("latin-1"), self.limit)
-            workers, replica, channel = _repick(match, scope, workers, replica, channel)
+            workers, replica, channel = (  # scaled away or retired while the body arrived
+                await self._repick(match, scope) if replica.retired else (workers, replica, channel)
+            )
             fut = channel.request(
                 scope["method"],
                 match.subpath,
@@ -194,6 +210,22 @@ class ModelRoutes:
                 task = loop.create_task(_watch_client(fut, channel, receive))
                 waiting[fut] = (channel, receive, task)
         self._sweeper = loop.call_later(WATCH_AFTER_S, self._sweep)
+
+    async def _repick(
+        self, match: Match, scope: Scope
+    ) -> tuple[VersionWorkers, Replica, WorkerChannel]:
+        """The replica was scaled away, or its version retired, while the request's body
+        arrived: it goes where a new request would (to a cold start if scaled to zero)."""
+        workers = _pick_version(match, scope)
+        return (workers, *await self._woken(match.entry, workers))
+
+    async def _woken(
+        self, entry: ModelEntry, workers: VersionWorkers
+    ) -> tuple[Replica, WorkerChannel]:
+        """`_ready_replica`, after a cold start if the version was scaled to zero."""
+        if not workers.ready_replicas:
+            await self.wake(workers)
+        return _ready_replica(entry, workers)
 
     def _headers(
         self, entry: ModelEntry, workers: VersionWorkers, replica: Replica | None = None
@@ -311,15 +343,8 @@ def _ready_replica(entry: ModelEntry, workers: VersionWorkers) -> tuple[Replica,
     return replica, replica.channel
 
 
-def _repick(
-    match: Match, scope: Scope, workers: VersionWorkers, replica: Replica, channel: WorkerChannel
-) -> tuple[VersionWorkers, Replica, WorkerChannel]:
-    """The replica was scaled away, or its version retired, while the request's body
-    arrived: it goes where a new request would."""
-    if not replica.retired:
-        return workers, replica, channel
-    workers = _pick_version(match, scope)
-    return (workers, *_ready_replica(match.entry, workers))
+async def _no_wake(workers: VersionWorkers) -> None:
+    return None
 
 
 def _queue_full(entry: ModelEntry, workers: VersionWorkers) -> QueueFull:

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from modelhost.gateway.autoscale_policy import starting_replicas
 from modelhost.gateway.routes import ModelEntry, RouteTable
 from modelhost.registry import DeploymentRow, ModelRow, Registry, VersionRow
 from modelhost.settings import Settings
@@ -106,7 +107,8 @@ class VersionManager:
         entry.weights[version.version] = version.traffic_weight
         limits = worker_limits(deployment, self.settings)
         info = version_info(model, version)
-        workers = VersionWorkers(info, deployment.replicas, self.settings, self._changed, limits)
+        replicas = starting_replicas(deployment.replicas, limits)  # within autoscaling bounds
+        workers = VersionWorkers(info, replicas, self.settings, self._changed, limits)
         entry.versions[version.version] = workers
         entry.refresh()
         self.supervisor.versions[version.id] = workers
