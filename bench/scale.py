@@ -1,0 +1,313 @@
+"""Scale-out: throughput against the replica count, and Ray's runtime against local processes.
+
+    python -m bench.scale [--replicas 1,2,4] [--duration 10] [--rounds 3]
+                          [--runtime local|ray] [--ray-address HOST:PORT]
+
+1. A model whose sync `predict` holds one slot for 50 ms (a lock: one request at a time per
+   replica, ~20 requests/s each) is deployed once per N in `--replicas`, each on its own
+   deployment with N replicas, in one server of `--runtime`. Each is driven by a closed loop
+   of `4 x N` clients (enough to keep every slot busy) in `--rounds` alternating rounds (this
+   is a shared machine whose speed drifts: alternating makes a slow spell hit all alike);
+   its median round counts. Goal: N replicas give >= 0.8 x N x one replica's throughput.
+2. With `--ray-address` (a running Ray cluster: `ray start --head`), the echo model through
+   a `MODELHOST_RUNTIME=ray` server against a local-process one, alternating (wrk -t1 -c64
+   when installed, else this script's own client, which may be slower than both servers:
+   then the ratio says little). Goal: Ray's >= 0.8 x local's. Without it the ratio is null.
+
+Ends by printing one JSON line:
+`{"replicas": {"1": req_s, "2": req_s, "4": req_s}, "ray_vs_local_echo": ratio | null}`,
+and writes the same with details to bench/results/scale.json. Exit code 1 when a goal is
+missed or a request failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.procs import server_process
+from bench.wrk import run_wrk
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results"
+SLOT_MODEL = '''"""One slot held 50 ms per request: a replica answers one request at a time."""
+import threading
+import time
+
+_slot = threading.Lock()
+
+
+def predict(payload_dict: dict, **kwargs):
+    with _slot:
+        time.sleep(0.05)
+    return {"ok": True}
+'''
+ECHO_MODEL = "async def predict(payload_dict: dict, **kwargs):\n    return payload_dict\n"
+CLIENTS_PER_REPLICA = 4
+GOAL = 0.8
+PASSWORD = "bench-password"
+
+
+@dataclass
+class Model:
+    label: str
+    url: str
+    token: str
+    clients: int
+
+
+@dataclass
+class Run:
+    rps: list[float] = field(default_factory=list)
+    errors: int = 0
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rps) if self.rps else 0.0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A `modelhost serve` child process with an admin token, deploying models into it."""
+
+    def __init__(self, url: str, home: Path) -> None:
+        self.url, self.home = url, home
+        access = httpx.post(
+            url + "/console/api/auth/",
+            json={"email": "admin@modelhost.local", "password": PASSWORD},
+        ).json()["access"]
+        self.admin = {"authorization": f"Bearer {access}"}
+
+    def deploy(self, name: str, source: str, replicas: int) -> tuple[str, str]:
+        """Deploy `source` as bench/<name> on a deployment of its own; (URL, session token)."""
+        from modelhost.client._packing import pack_model_dir
+
+        mh = self.url + "/console/api/modelhost"
+        r = httpx.post(
+            mh + "/deployments/",
+            json={"key": f"{name}-depl", "replicas": replicas},
+            headers=self.admin,
+        )
+        r.raise_for_status()
+        folder = self.home / "models" / name
+        folder.mkdir(parents=True)
+        (folder / "model.py").write_text(source)
+        deployed = httpx.post(
+            mh + "/deploy/",
+            params={"deployment": f"{name}-depl", "prefix": "bench", "name": name},
+            content=pack_model_dir(folder),
+            headers={**self.admin, "content-type": "application/gzip"},
+            timeout=600,
+        ).json()
+        if deployed.get("state") != "ready":
+            raise RuntimeError(f"deploying {name} failed: {deployed}")
+        url = deployed["api_url"]
+        self._wait_replicas(url, replicas)
+        token = httpx.request(
+            "GET", mh + "/model-auth/", json={"model_url": url}, headers=self.admin
+        ).json()["token"]
+        return url, token
+
+    def _wait_replicas(self, url: str, replicas: int, timeout_s: float = 300) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            meta = httpx.get(url + "?get_meta=true", headers=self.admin, timeout=30).json()
+            states = [r["state"] for r in meta.get("replica_states", [])]
+            if states == ["ready"] * replicas:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{url}: {replicas} replicas were not ready within {timeout_s} s")
+
+
+@contextmanager
+def modelhost(runtime: str, ray_address: str = "") -> Iterator[Server]:
+    port = _free_port()
+    with tempfile.TemporaryDirectory() as home:
+        env = {
+            **os.environ,
+            "MODELHOST_HOME": home,
+            "MODELHOST_PORT": str(port),
+            "MODELHOST_ADMIN_PASSWORD": PASSWORD,
+            "MODELHOST_LOG_LEVEL": "warning",
+            "MODELHOST_RUNTIME": runtime,
+        }
+        if ray_address:
+            env["MODELHOST_RAY_ADDRESS"] = ray_address
+        log = Path(home) / "serve.log"
+        with server_process([sys.executable, "-m", "modelhost.cli", "serve"], env=env, log=log):
+            url = f"http://127.0.0.1:{port}"
+            _wait_healthy(url, log)
+            yield Server(url, Path(home))
+
+
+def _wait_healthy(url: str, log: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+async def _closed_loop(model: Model, duration_s: float) -> tuple[float, int]:
+    """`model.clients` clients each sending one request after the other for `duration_s`:
+    (answered requests/s, failed requests)."""
+    headers = {"authorization": f"Bearer {model.token}"}
+    done = failed = 0
+    limits = httpx.Limits(max_connections=model.clients, max_keepalive_connections=model.clients)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        deadline = time.monotonic() + duration_s
+
+        async def one_client() -> None:
+            nonlocal done, failed
+            while time.monotonic() < deadline:
+                try:
+                    r = await client.post(model.url, json={"x": 1}, headers=headers)
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                done, failed = (done + 1, failed) if ok else (done, failed + 1)
+
+        started = time.monotonic()
+        await asyncio.gather(*(one_client() for _ in range(model.clients)))
+        return done / (time.monotonic() - started), failed
+
+
+def measure(model: Model, duration_s: float, echo: bool = False) -> tuple[float, int]:
+    if echo and shutil.which("wrk"):
+        result = run_wrk(model.label, model.url, model.token, duration_s=int(duration_s))
+        return result.rps, result.errors
+    return asyncio.run(_closed_loop(model, duration_s))
+
+
+def alternate(models: list[Model], duration_s: float, rounds: int, echo: bool) -> dict[str, Run]:
+    """A short warm-up each, then `rounds` measured runs each, in alternating order."""
+    for model in models:
+        measure(model, min(2.0, duration_s), echo)
+    runs = {m.label: Run() for m in models}
+    for n in range(rounds):
+        for model in models if n % 2 == 0 else models[::-1]:
+            rps, errors = measure(model, duration_s, echo)
+            runs[model.label].rps.append(rps)
+            runs[model.label].errors += errors
+            print(f"  {model.label}: {rps:,.1f} requests/s", file=sys.stderr, flush=True)
+    return runs
+
+
+def replica_scaling(args: argparse.Namespace) -> dict[str, Run]:
+    with modelhost(args.runtime, args.ray_address) as server:
+        models = []
+        for n in args.replicas:
+            print(f"deploying the 50 ms slot model with {n} replica(s) ...", file=sys.stderr)
+            url, token = server.deploy(f"slot{n}", SLOT_MODEL, n)
+            models.append(Model(str(n), url, token, CLIENTS_PER_REPLICA * n))
+        return alternate(models, args.duration, args.rounds, echo=False)
+
+
+def ray_vs_local(args: argparse.Namespace) -> dict[str, Run] | None:
+    if not args.ray_address:
+        print("no --ray-address: the Ray/local echo ratio is not measured", file=sys.stderr)
+        return None
+    with ExitStack() as stack:
+        models = []
+        for runtime in ("local", "ray"):
+            server = stack.enter_context(modelhost(runtime, args.ray_address))
+            url, token = server.deploy("echo", ECHO_MODEL, 1)
+            models.append(Model(runtime, url, token, 64))
+        return alternate(models, args.duration, args.rounds, echo=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--replicas", default="1,2,4", help="replica counts, comma-separated")
+    parser.add_argument("--duration", type=float, default=10, help="seconds per measured run")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating measured rounds")
+    parser.add_argument("--runtime", choices=("local", "ray"), default="local")
+    parser.add_argument(
+        "--ray-address", default="", help="a running Ray cluster (HOST:PORT) for the Ray runs"
+    )
+    args = parser.parse_args()
+    args.replicas = [int(n) for n in args.replicas.split(",") if n.strip()]
+    if args.runtime == "ray" and not args.ray_address:
+        parser.error("--runtime ray needs --ray-address (start one with `ray start --head`)")
+    scaling = replica_scaling(args)
+    echo = ray_vs_local(args)
+    print(json.dumps(report(args, scaling, echo)))
+    if not report_ok(args, scaling, echo):
+        sys.exit(1)
+
+
+def report(
+    args: argparse.Namespace, scaling: dict[str, Run], echo: dict[str, Run] | None
+) -> dict[str, Any]:
+    ratio = echo["ray"].median / echo["local"].median if echo and echo["local"].median else None
+    line = {
+        "replicas": {k: round(run.median, 1) for k, run in scaling.items()},
+        "ray_vs_local_echo": round(ratio, 3) if ratio is not None else None,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    details = {
+        **line,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "cpu_count": os.cpu_count(),
+        "runtime": args.runtime,
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "load": f"closed loop, {CLIENTS_PER_REPLICA} clients per replica, 50 ms sync slot",
+        "replica_rounds": {k: [round(x, 1) for x in run.rps] for k, run in scaling.items()},
+        "errors": {k: run.errors for k, run in {**scaling, **(echo or {})}.items()},
+        "echo_rounds": {k: [round(x) for x in run.rps] for k, run in (echo or {}).items()},
+    }
+    (RESULTS / "scale.json").write_text(json.dumps(details, indent=2) + "\n")
+    return line
+
+
+def report_ok(
+    args: argparse.Namespace, scaling: dict[str, Run], echo: dict[str, Run] | None
+) -> bool:
+    """Every goal met and no request failed (the reasons go to stderr)."""
+    problems = [f"{k}: {run.errors} failed requests" for k, run in scaling.items() if run.errors]
+    one = scaling.get("1")
+    for key, run in scaling.items():
+        if one is not None and run.median < GOAL * int(key) * one.median:
+            problems.append(
+                f"{key} replicas: {run.median:.1f} requests/s < {GOAL} x {key} x {one.median:.1f}"
+            )
+    if echo is not None and echo["ray"].median < GOAL * echo["local"].median:
+        problems.append(
+            f"Ray echo {echo['ray'].median:.0f} requests/s < {GOAL} x local "
+            f"{echo['local'].median:.0f}"
+        )
+    for problem in problems:
+        print(f"goal missed: {problem}", file=sys.stderr)
+    return not problems
+
+
+if __name__ == "__main__":
+    main()
