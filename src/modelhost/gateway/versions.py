@@ -49,6 +49,14 @@ def worker_limits(deployment: DeploymentRow, settings: Settings) -> WorkerLimits
         predict_timeout_s=pick(deployment.predict_timeout_s, settings.predict_timeout_s),
         max_queue=pick(deployment.max_queue, settings.max_queue),
         memory_mb=pick(deployment.memory_mb, settings.worker_memory_mb),
+        min_replicas=deployment.min_replicas,
+        max_replicas=deployment.max_replicas,
+        target_ongoing_requests=deployment.target_ongoing_requests,
+        scale_down_delay_s=deployment.scale_down_delay_s,
+        num_cpus=deployment.num_cpus,
+        num_gpus=deployment.num_gpus,
+        ray_resources=deployment.ray_resources,
+        placement=deployment.placement,
     )
 
 
