@@ -6,22 +6,26 @@ import json
 
 import pytest
 
-from modelhost.llm.output import OutputSplitter
+from modelhost.llm.output import Delta, OutputSplitter
+from modelhost.llm.protocols.openai_choices import tool_call_entries
 from modelhost.llm.tool_calls import HERMES, LLAMA3, MISTRAL, ToolSyntax, syntax_for
 
 CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
 
 
+def deltas(splitter: OutputSplitter, pieces: list[str]) -> list[Delta]:
+    return [*(splitter.feed(piece) for piece in pieces), splitter.finish()]
+
+
 def run(splitter: OutputSplitter, pieces: list[str]) -> tuple[str, str, list[tuple[str, str]]]:
-    content, reasoning = "", ""
-    for piece in pieces:
-        delta = splitter.feed(piece)
-        content, reasoning = content + delta.content, reasoning + delta.reasoning
-    rest, calls = splitter.finish()
+    whole = Delta()
+    for delta in deltas(splitter, pieces):
+        whole.add(delta)
+    calls = tool_call_entries(whole.tool_calls)
     return (
-        content + rest.content,
-        reasoning + rest.reasoning,
-        [(c.name, c.arguments) for c in calls],
+        whole.content,
+        whole.reasoning,
+        [(c["function"]["name"], c["function"]["arguments"]) for c in calls],
     )
 
 
@@ -76,3 +80,50 @@ def test_forced_call_grammar_wraps_the_call_rule() -> None:
     grammar = syntax.grammar('root ::= "{" space "}"\nspace ::= " "?')
     assert grammar.startswith('root ::= "<tool_call>\\n" call "\\n</tool_call>"')
     assert 'call ::= "{" space "}"' in grammar
+
+
+def test_arguments_stream_piecewise_after_the_name() -> None:
+    text = f'<tool_call>\n{CALL}\n</tool_call>\n<tool_call>\n{{"name": "b", "arguments": {{}}}}'
+    steps = [d.tool_calls for d in deltas(OutputSplitter(HERMES), chars(text))]
+    flat = [d for step in steps for d in step]
+    first = flat[0]
+    assert first.index == 0 and first.name == "get_weather" and first.id and not first.arguments
+    pieces = [d.arguments for d in flat if d.index == 0 and d.name is None]
+    assert len(pieces) > 5  # one per generated character, not one at the end
+    assert "".join(pieces) == '{"city":"Paris"}'
+    assert sum(1 for step in steps if any(d.index == 0 for d in step)) > 5
+    second = [d for d in flat if d.index == 1]
+    assert second[0].name == "b" and "".join(d.arguments for d in second) == "{}"
+    assert first.id != second[0].id
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        '{"q": "a  b } { \\" [x]", "n": [1, {"m": null}]}',
+        '{"nested": {"deep": {"k": "v"}}, "list": []}',
+        "{}",
+    ],
+)
+def test_streamed_arguments_join_into_the_compact_json(args: str) -> None:
+    text = f'<tool_call>{{"name": "f", "arguments": {args}}}</tool_call>'
+    for split in ([text], chars(text)):
+        _, _, calls = run(OutputSplitter(HERMES), split)
+        assert calls == [("f", json.dumps(json.loads(args), separators=(",", ":")))]
+
+
+def test_a_call_written_another_way_is_read_whole_at_the_end() -> None:
+    text = '<tool_call>{"arguments": {"city": "Oslo"}, "name": "get_weather"}</tool_call>'
+    steps = deltas(OutputSplitter(HERMES), chars(text))
+    assert not any(d.tool_calls for d in steps[:-1])
+    (call,) = tool_call_entries(steps[-1].tool_calls)
+    assert call["function"] == {"name": "get_weather", "arguments": '{"city":"Oslo"}'}
+
+
+def test_arguments_cut_short_are_not_a_finished_call() -> None:
+    splitter = OutputSplitter(HERMES)
+    _ = deltas(splitter, chars('<tool_call>{"name": "f", "arguments": {"city": "Pa'))
+    assert not splitter.called
+    done = OutputSplitter(HERMES)
+    _ = deltas(done, chars(f"<tool_call>{CALL}</tool_call>"))
+    assert done.called

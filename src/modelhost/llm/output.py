@@ -7,15 +7,18 @@ and non-streamed answers always agree.
 
 - reasoning: with ``think`` on, output that starts with ``<think>`` (or a prompt that
   already opened it, ``starts_thinking``) is ``reasoning_content`` up to ``</think>``;
-- tool calls: from the first marker of the `ToolSyntax` on, text is held; at the end it
-  becomes ``tool_calls`` when it parses, or is given back as content when it does not.
+- tool calls: from the first marker of the `ToolSyntax` on, text goes to a `CallScanner`,
+  which hands out each call's name and then its arguments piece by piece as they are
+  generated; a region it cannot read as it comes is parsed whole at the end, and given
+  back as content when it holds no call.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from modelhost.llm.tool_calls import ToolCall, ToolSyntax
+from modelhost.llm.tool_call_stream import CallDelta, CallScanner
+from modelhost.llm.tool_calls import ToolSyntax
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -25,18 +28,15 @@ THINK_CLOSE = "</think>"
 class Delta:
     content: str = ""
     reasoning: str = ""
+    tool_calls: list[CallDelta] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.content or self.reasoning)
+        return bool(self.content or self.reasoning or self.tool_calls)
 
-
-@dataclass(slots=True)
-class Split:
-    """The whole answer of one choice."""
-
-    content: str
-    reasoning: str
-    tool_calls: list[ToolCall] = field(default_factory=list)
+    def add(self, other: Delta) -> None:
+        self.content += other.content
+        self.reasoning += other.reasoning
+        self.tool_calls += other.tool_calls
 
 
 def _partial_suffix(text: str, marker: str) -> int:
@@ -54,47 +54,41 @@ class OutputSplitter:
         self._tools = tools
         self._state = "think" if think and starts_thinking else ("start" if think else "content")
         self._held = ""
-        self._region = ""
+        self._calls: CallScanner | None = None
         self._seen_content = False
         self._strip_lead = False
-        self._content: list[str] = []
-        self._reasoning: list[str] = []
 
     @property
     def passthrough(self) -> bool:
         """Nothing to split: text goes straight through."""
         return self._tools is None and self._state == "content"
 
+    @property
+    def called(self) -> bool:
+        """The answer made at least one whole tool call (its finish reason is ``tool_calls``)."""
+        return self._calls is not None and self._calls.called
+
     def feed(self, text: str) -> Delta:
+        if self._calls is not None:
+            return Delta(tool_calls=self._calls.feed(text))
         delta = Delta()
-        if self._region:
-            self._region += text
-            return delta
         self._held += text
         self._advance(delta, final=False)
-        self._content.append(delta.content)
-        self._reasoning.append(delta.reasoning)
         return delta
 
-    def finish(self) -> tuple[Delta, list[ToolCall]]:
-        """The rest of the text and the tool calls, at the end of generation."""
+    def finish(self) -> Delta:
+        """The rest, at the end of generation."""
         delta = Delta()
-        if not self._region:
+        if self._calls is None:
             self._advance(delta, final=True)
-        calls: list[ToolCall] = []
-        if self._region:
-            parsed = self._tools.parse(self._region) if self._tools else None
-            if parsed:
-                calls = parsed
-            else:
-                delta.content += self._region
-            self._region = ""
-        self._content.append(delta.content)
-        self._reasoning.append(delta.reasoning)
-        return delta, calls
+        if self._calls is not None:
+            delta.tool_calls, given_back = self._calls.finish()
+            delta.content += given_back
+        return delta
 
-    def result(self, calls: list[ToolCall]) -> Split:
-        return Split("".join(self._content), "".join(self._reasoning), calls)
+    def _start_calls(self, delta: Delta, syntax: ToolSyntax, region: str) -> None:
+        self._calls, self._held = CallScanner(syntax), ""
+        delta.tool_calls += self._calls.feed(region)
 
     # --- states -----------------------------------------------------------------------
 
@@ -140,12 +134,12 @@ class OutputSplitter:
             return
         starts = [at for at in (text.find(m) for m in syntax.markers) if at >= 0]
         if syntax.leading and not self._seen_content and text.lstrip().startswith(syntax.leading):
-            self._region, self._held = text.lstrip(), ""  # the whole answer is a call
+            self._start_calls(delta, syntax, text.lstrip())  # the whole answer is a call
             return
         if starts:
             at = min(starts)
             delta.content += text[:at]
-            self._region, self._held = text[at:], ""
+            self._start_calls(delta, syntax, text[at:])
             return
         keep = 0 if final else max(_partial_suffix(text, m) for m in syntax.markers)
         if syntax.leading and not self._seen_content and not text.strip() and not final:

@@ -12,7 +12,7 @@ from typing import Any
 
 from modelhost.llm.output import Delta, OutputSplitter
 from modelhost.llm.stream import Logprob, TokenEvent
-from modelhost.llm.tool_calls import ToolCall
+from modelhost.llm.tool_call_stream import CallDelta
 
 
 @dataclass(slots=True)
@@ -21,7 +21,6 @@ class Piece:
 
     delta: Delta
     logprobs: list[Logprob] = field(default_factory=list)
-    tool_calls: list[ToolCall] = field(default_factory=list)
     finish_reason: str | None = None
 
     def __bool__(self) -> bool:
@@ -29,12 +28,11 @@ class Piece:
 
 
 class ChoiceState:
-    __slots__ = ("_pending", "_splitter", "completion_tokens", "index", "logprobs", "splitter")
+    __slots__ = ("_pending", "_splitter", "completion_tokens", "index", "logprobs")
 
     def __init__(self, index: int, splitter: OutputSplitter | None) -> None:
         self.index = index
         self._splitter = splitter if splitter is not None and not splitter.passthrough else None
-        self.splitter = splitter
         self._pending: list[Logprob] = []
         self.logprobs: list[Logprob] = []
         self.completion_tokens = 0
@@ -46,13 +44,11 @@ class ChoiceState:
         self.completion_tokens = event.completion_tokens
         splitter = self._splitter
         delta = Delta(event.text) if splitter is None else splitter.feed(event.text)
-        calls: list[ToolCall] = []
-        if event.finish_reason is not None and splitter is not None:
-            rest, calls = splitter.finish()
-            delta.content += rest.content
-            delta.reasoning += rest.reasoning
-        finish = "tool_calls" if calls else event.finish_reason
-        piece = Piece(delta, [], calls, finish)
+        finish: str | None = event.finish_reason
+        if finish is not None and splitter is not None:
+            delta.add(splitter.finish())
+            finish = "tool_calls" if splitter.called else finish
+        piece = Piece(delta, [], finish)
         if piece:
             piece.logprobs, self._pending = self._pending, []
         return piece
@@ -77,23 +73,31 @@ def chat_logprobs(entries: list[Logprob]) -> dict[str, Any]:
     return {"content": content, "refusal": None}
 
 
-def tool_call_body(call: ToolCall) -> dict[str, Any]:
-    return {
-        "id": call.id,
-        "type": "function",
-        "function": {"name": call.name, "arguments": call.arguments},
-    }
+def tool_call_entries(deltas: list[CallDelta]) -> list[dict[str, Any]]:
+    """OpenAI's ``tool_calls`` entries: a call's first carries ``id``, ``type`` and
+    ``function.name``, the others ``function.arguments`` pieces; joined by ``index``, so a
+    whole answer's deltas give whole calls."""
+    entries: dict[int, dict[str, Any]] = {}
+    for d in deltas:
+        entry = entries.get(d.index)
+        if entry is None:
+            entry = entries[d.index] = {"index": d.index, "function": {"arguments": ""}}
+            if d.name is not None:
+                entry.update(id=d.id, type="function")
+                entry["function"] = {"name": d.name, "arguments": ""}
+        entry["function"]["arguments"] += d.arguments
+    return list(entries.values())
 
 
 def chat_message(pieces: list[Piece]) -> dict[str, Any]:
     content = "".join(p.delta.content for p in pieces)
     reasoning = "".join(p.delta.reasoning for p in pieces)
-    calls = [c for p in pieces for c in p.tool_calls]
+    calls = tool_call_entries([d for p in pieces for d in p.delta.tool_calls])
     message: dict[str, Any] = {"role": "assistant", "content": content or (None if calls else "")}
     if reasoning:
         message["reasoning_content"] = reasoning
     if calls:
-        message["tool_calls"] = [tool_call_body(c) for c in calls]
+        message["tool_calls"] = [{k: v for k, v in c.items() if k != "index"} for c in calls]
     return message
 
 
@@ -103,17 +107,9 @@ def chat_delta(delta: Delta) -> dict[str, Any]:
         out["reasoning_content"] = delta.reasoning
     if delta.content:
         out["content"] = delta.content
+    if delta.tool_calls:
+        out["tool_calls"] = tool_call_entries(delta.tool_calls)
     return out
-
-
-def tool_call_deltas(calls: list[ToolCall]) -> list[dict[str, Any]]:
-    """Each call as two deltas: id and name first, then the arguments."""
-    deltas: list[dict[str, Any]] = []
-    for i, call in enumerate(calls):
-        head = {"index": i, "id": call.id, "type": "function"}
-        deltas.append({"tool_calls": [{**head, "function": {"name": call.name, "arguments": ""}}]})
-        deltas.append({"tool_calls": [{"index": i, "function": {"arguments": call.arguments}}]})
-    return deltas
 
 
 # --- completions shapes -----------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Chat: an opening chunk with the role per choice, one chunk per non-empty delta
 (``content``, ``reasoning_content``, with that step's ``logprobs``), tool calls as
-``tool_calls[i]`` deltas (id and name, then the arguments), the last chunk of a choice
+``tool_calls[i]`` deltas as OpenAI sends them (``id``, ``type`` and ``function.name``
+first, then ``function.arguments`` pieces as they are generated), the last chunk of a choice
 carrying ``finish_reason``; with ``n > 1`` the choices' chunks interleave, told apart by
 ``index``. With ``stream_options.include_usage`` every chunk has ``"usage": null`` and a
 final chunk with no choices carries the usage (prompt once, completions summed); then
@@ -24,7 +25,6 @@ from modelhost.llm.protocols.openai_choices import (
     chat_delta,
     chat_logprobs,
     completion_logprobs,
-    tool_call_deltas,
 )
 from modelhost.llm.stream import TokenEvent, TokenStream
 
@@ -49,9 +49,7 @@ class ChatChunks:
 
     def chunks(self, index: int, piece: Piece) -> list[dict[str, Any]]:
         logprobs = chat_logprobs(piece.logprobs) if self._logprobs else None
-        out = [self._chunk(index, d, None, None) for d in tool_call_deltas(piece.tool_calls)]
-        out.append(self._chunk(index, chat_delta(piece.delta), piece.finish_reason, logprobs))
-        return out
+        return [self._chunk(index, chat_delta(piece.delta), piece.finish_reason, logprobs)]
 
     def _chunk(
         self, index: int, delta: dict[str, Any], finish: str | None, logprobs: Any
