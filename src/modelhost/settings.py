@@ -7,7 +7,6 @@ nothing below this module reads ``os.environ``. Each field maps to ``MODELHOST_<
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,16 +106,19 @@ class Settings:
     body_timeout_s: float = 30.0
     # Open HTTP connections beyond this are answered 503 and closed (0 = unlimited).
     max_connections: int = 1024
-    # Several gateways: this one's name. It sends change notices under it, and when set its
-    # worker sockets, work folders and unpacked versions go under <home>/run|work|versions/<id>
-    # so gateways sharing one home do not collide. Empty: <hostname>-<pid> names it, and with
-    # reuse_port the folders too (then set a stable id, so restarts reuse their folders).
-    gateway_id: str = ""
-    # Bind with SO_REUSEPORT: several `modelhost serve` processes share one port.
-    reuse_port: bool = False
-    # Every N seconds the gateway reconciles its routes with the registry (the fallback for
-    # change notices: a lost notice, or SQLite, which has none). 0 = off.
-    sync_poll_s: float = 5.0
+    # Where workers run (docs/scale-out.md): "local" (child processes of this gateway) or
+    # "ray" (each replica a named Ray actor on a Ray cluster, reached over authenticated TCP).
+    runtime: str = "local"
+    # The Ray cluster ("" = start or find one as `ray.init()` does; e.g. 127.0.0.1:6379).
+    ray_address: str = ""
+    # The Ray namespace the replica actors are named in (gateways sharing it share actors).
+    ray_namespace: str = "modelhost"
+    # The address a worker's TCP socket binds on its node ("" = the Ray node's own IP).
+    worker_host: str = ""
+    # The secret worker TCP connections authenticate with (HMAC challenge-response, both
+    # ways). Empty: generated once into <home>/cluster.key (0600); gateways sharing a Ray
+    # cluster must share it. Never logged.
+    cluster_secret: str = field(default="", repr=False)
     # Autoscaling (gateway/autoscale.py; deployments with max_replicas): the control loop's
     # period, and the window its average of in-flight requests per version spans.
     autoscale_tick_s: float = 0.5
@@ -140,7 +142,6 @@ class Settings:
     def resolved(self) -> Settings:
         """Fill the defaults that depend on `home`."""
         home = Path(self.home).expanduser()
-        _check_gateway_id(self.gateway_id)
         return replace(
             self,
             home=home,
@@ -148,33 +149,22 @@ class Settings:
             store_url=self.store_url or f"file://{home / 'store'}",
             cache_dir=Path(self.cache_dir) if self.cache_dir else home / "cache",
             public_url=(self.public_url or f"http://{self.host}:{self.port}").rstrip("/"),
-            gateway_id=self.gateway_id or (_process_name() if self.reuse_port else ""),
         )
-
-    @property
-    def instance_id(self) -> str:
-        """Who this gateway is in change notices: `gateway_id`, else <hostname>-<pid>."""
-        return self.gateway_id or _process_name()
-
-    def _own(self, folder: str) -> Path:
-        """A per-gateway folder: <home>/<folder>, or <home>/<folder>/<gateway_id>."""
-        base = self.home / folder
-        return base / self.gateway_id if self.gateway_id else base
 
     @property
     def run_dir(self) -> Path:
         """Sockets and pid files of the workers."""
-        return self._own("run")
+        return self.home / "run"
 
     @property
     def versions_dir(self) -> Path:
         """Unpacked model folders, one per deployed version."""
-        return self._own("versions")
+        return self.home / "versions"
 
     @property
     def workers_dir(self) -> Path:
         """Each worker's own writable folder (its HOME and working directory)."""
-        return self._own("work")
+        return self.home / "work"
 
     @property
     def jwt_key_path(self) -> Path:
@@ -193,19 +183,6 @@ class Settings:
     def load_jwt_secret(self) -> str:
         """The current signing key (see `load_jwt_keyring`)."""
         return self.load_jwt_keyring().secret
-
-
-def _check_gateway_id(name: str) -> None:
-    """It names folders: one plain path segment."""
-    if name in (".", "..") or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in name):
-        raise ValueError(
-            f"MODELHOST_GATEWAY_ID={name!r}: use letters, digits, '-', '_' and '.' (it names "
-            "this gateway's folders under MODELHOST_HOME)"
-        )
-
-
-def _process_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def _coerce(kind: Any, raw: str) -> Any:

@@ -31,7 +31,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,6 +40,7 @@ from modelhost.errors import ModelhostError
 from modelhost.settings import Settings
 from modelhost.supervision.channel import WorkerChannel
 from modelhost.supervision.memory import MemoryGuard
+from modelhost.supervision.ray_placement import RemoteWorker, actor_name, placement_for
 from modelhost.supervision.worker_env import remove_metrics_dir, replica_home, worker_environ
 from modelhost.wire.spec import WorkerSpec
 
@@ -88,6 +89,7 @@ class Replica:
     retired: bool = False
     channel: WorkerChannel | None = None
     proc: asyncio.subprocess.Process | None = None
+    remote: RemoteWorker | None = None  # its worker in a Ray actor (MODELHOST_RUNTIME=ray)
     state: str = "loading"
     reason: str = ""
     pod: str = ""
@@ -117,6 +119,8 @@ class VersionWorkers:
         self.info = info
         self.settings = settings
         self.limits = limits or WorkerLimits(settings.predict_timeout_s)
+        # Where workers run: None = child processes of this gateway; else Ray actors.
+        self.placement = placement_for(settings)
         self.replicas = [Replica(i) for i in range(max(1, replicas))]
         self._on_change = on_change
         self._stopping = False
@@ -311,6 +315,8 @@ class VersionWorkers:
 
     async def _spawn(self, replica: Replica) -> bool:
         """Start the replica's worker; False when it could not (its state says why)."""
+        if self.placement is not None:
+            return await self._place(replica)
         spec = self._spec_for(replica)
         spec_path = Path(spec.socket_path).with_suffix(".json")
         spec.dump(spec_path)
@@ -351,6 +357,44 @@ class VersionWorkers:
             self._on_state(replica, {"state": "failed", "reason": str(exc)})
         return True
 
+    async def _place(self, replica: Replica) -> bool:
+        """`_spawn` on a Ray cluster: the replica's actor (started, or attached to if it
+        runs already) starts the worker on its node; the channel connects over TCP."""
+        assert self.placement is not None
+        name = actor_name(self.info.version_id, replica.index)
+        spec = replace(self._spec_for(replica), pod_name=f"{self.info.deployment}-{name}")
+        replica.pod = spec.pod_name
+        replica.state, replica.reason = "loading", f"placing {name} on the Ray cluster"
+        self._changed()
+        try:
+            remote = await self.placement.start(name, spec, self.limits)
+        except ModelhostError as exc:
+            self._on_state(replica, {"state": "failed", "reason": exc.message})
+            return False
+        if self._stopping or replica.retired:
+            await remote.stop(self.settings.worker_stop_timeout_s)
+            return False
+        replica.remote = remote
+        channel = WorkerChannel(
+            remote.address,
+            lambda h: self._on_state(replica, h) if replica.channel is channel else None,
+        )
+        replica.channel = channel
+        asyncio.get_running_loop().create_task(self._watch_remote(replica, remote))
+        try:
+            await channel.connect(timeout=60)
+        except Exception as exc:
+            self._on_state(replica, {"state": "failed", "reason": str(exc)})
+        return True
+
+    async def _watch_remote(self, replica: Replica, remote: RemoteWorker) -> None:
+        ended = await remote.wait()
+        if self._stopping or replica.retired or replica.remote is not remote:
+            return
+        if replica.channel is not None:
+            replica.channel.close()  # a worker that went away but left the socket open
+        await self._exited(replica, ended)
+
     def _on_state(self, replica: Replica, header: dict[str, Any]) -> None:
         if replica.retired:
             return  # scaled away: it only drains now
@@ -380,11 +424,15 @@ class VersionWorkers:
         guard.stop()
         if self._stopping or replica.retired or replica.proc is not proc:
             return
+        await self._exited(replica, guard.exceeded or exit_reason(code))
+
+    async def _exited(self, replica: Replica, last_exit: str) -> None:
+        """A replica's worker went away on its own: restart it if it once served."""
         now = asyncio.get_running_loop().time()
         if replica.ready_since and now - replica.ready_since >= HEALTHY_S:
             replica.streak = 0  # it was healthy: back to the shortest backoff
         replica.ready_since = 0.0
-        replica.last_exit = guard.exceeded or exit_reason(code)
+        replica.last_exit = last_exit
         failed = replica.state == "failed"  # it reported why (init raised) and we stopped it
         reason = replica.reason if failed else f"worker {replica.last_exit}"
         if not failed:
@@ -435,6 +483,9 @@ class VersionWorkers:
     async def _terminate(self, replica: Replica) -> None:
         """SIGTERM (the worker finishes what it has and runs `cleanup`), SIGKILL after
         `worker_stop_timeout_s`; the socket is closed only once the process is gone."""
+        if replica.remote is not None:
+            await self._terminate_remote(replica, replica.remote)
+            return
         proc = replica.proc
         try:
             if proc is None or proc.returncode is not None:
@@ -450,6 +501,16 @@ class VersionWorkers:
                 await proc.wait()
         finally:
             if replica.channel is not None and replica.proc is proc:
+                replica.channel.close()
+
+    async def _terminate_remote(self, replica: Replica, remote: RemoteWorker) -> None:
+        """A Ray replica: stopped for good when its version or the replica goes; left
+        running when only this gateway stops (the actors are the deployment's, not ours)."""
+        try:
+            if replica.retired or not self._stopping:
+                await remote.stop(self.settings.worker_stop_timeout_s)
+        finally:
+            if replica.channel is not None and replica.remote is remote:
                 replica.channel.close()
 
     def _changed(self) -> None:

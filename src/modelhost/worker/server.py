@@ -99,6 +99,10 @@ class WorkerServer:
         server.close()
         if os.getppid() == self.parent:
             await self._finish_inflight(STOP_DRAIN_S)
+        else:  # whoever started us died (the gateway, or the Ray actor of a lost replica):
+            for conn in list(self.conns):  # the gateway's requests fail now, not after cleanup
+                if conn.transport is not None:
+                    conn.transport.abort()
         if self.runner is not None and self.state == "ready":
             try:
                 await asyncio.wait_for(self.runner.stop(), STOP_CLEANUP_S)

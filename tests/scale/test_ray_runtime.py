@@ -1,0 +1,305 @@
+"""MODELHOST_RUNTIME=ray against a real two-node Ray cluster on this machine (issue 11).
+
+A real `modelhost serve` on a PostgreSQL registry and an S3 store (moto) places each replica
+as a Ray actor (`mh-v<version>-r<n>`); the actor fetches the files from the store and runs
+the worker, which the gateway reaches over authenticated TCP. Requests never pass through
+Ray. Killing an actor (kill -9) fails only the requests in flight on it, at once, with 503;
+Ray restarts it and the gateway reconnects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+
+from e2e.harness import Server, bearer, free_port, model_dir, poll
+
+pytest.importorskip("ray", reason="the Ray runtime's tests need ray: pip install 'modelhost[ray]'")
+
+from scale.ray_cluster import RayCluster, new_cluster
+
+MH = "/console/api/modelhost"
+S3_CREDS = {
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": "test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+SLOW = """
+import asyncio
+import os
+
+
+async def predict(payload_dict: dict, **kwargs):
+    await asyncio.sleep(float(payload_dict.get("sleep", 0)))
+    return {"pid": os.getpid()}
+"""
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RayCluster]:
+    ray_cluster = new_cluster().start()
+    try:
+        yield ray_cluster
+    finally:
+        ray_cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    cluster: RayCluster,
+    pg_admin: tuple[Engine, str],
+    s3_endpoint: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Server]:
+    import boto3
+
+    engine, base_url = pg_admin
+    schema = f"mh_ray_{os.getpid()}"
+    with engine.begin() as connection:
+        connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(base_url).update_query_dict({"options": f"-csearch_path={schema}"})
+    bucket = f"mh-ray-{os.getpid()}"
+    boto3.client("s3", endpoint_url=s3_endpoint, **_boto_creds()).create_bucket(Bucket=bucket)
+    server = Server(
+        tmp_path_factory.mktemp("ray-gateway"),
+        free_port(),
+        extra_env={
+            **S3_CREDS,
+            "MODELHOST_DATABASE_URL": url.render_as_string(hide_password=False),
+            "MODELHOST_STORE_URL": f"s3://{bucket}/modelhost",
+            "MODELHOST_S3_ENDPOINT_URL": s3_endpoint,
+            "MODELHOST_RUNTIME": "ray",
+            "MODELHOST_RAY_ADDRESS": cluster.address,
+            "MODELHOST_RAY_NAMESPACE": f"mh-test-{secrets.token_hex(4)}",
+            "MODELHOST_WORKER_HOST": "127.0.0.1",
+            "MODELHOST_DRAIN_TIMEOUT_S": "5",
+        },
+    ).start(timeout=120)
+    try:
+        yield server
+    finally:
+        server.stop()
+        with engine.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+
+
+def _boto_creds() -> dict[str, str]:
+    return {
+        "aws_access_key_id": "test",
+        "aws_secret_access_key": "test",
+        "region_name": "us-east-1",
+    }
+
+
+@pytest.fixture(scope="module")
+def spread(gateway: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A model on a deployment of 2 replicas spread over the nodes."""
+    admin = bearer(gateway.admin_token())
+    body = {"key": "spread", "replicas": 2, "placement": "spread", "num_cpus": 1}
+    r = httpx.post(gateway.url + MH + "/deployments/", json=body, headers=admin, timeout=60)
+    assert r.status_code == 201, r.text
+    folder = model_dir(tmp_path_factory.mktemp("slow"), "slow", SLOW)
+    result = gateway.deploy(folder, "ray", "slow", "spread")
+    assert result["status"] == 200, (result, gateway.log()[-3000:])
+    url = str(result["api_url"])
+    headers = bearer(gateway.session_token(url))
+    poll(lambda: _ready_replicas(url, headers) == 2, "both replicas ready", deadline_s=180)
+    return {"url": url, "headers": headers}
+
+
+def _meta(url: str, headers: dict[str, str]) -> dict[str, Any]:
+    r = httpx.get(url + "?get_meta=true", headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def _ready_replicas(url: str, headers: dict[str, str]) -> int:
+    states = _meta(url, headers)["replica_states"]
+    return sum(1 for s in states if s["state"] == "ready")
+
+
+def _actor_nodes(cluster: RayCluster, namespace_env: str) -> dict[str, str]:
+    import ray
+
+    ray.init(address=cluster.address, namespace=namespace_env, log_to_driver=False)
+    try:
+        return {
+            name: ray.get(ray.get_actor(name).node.remote(), timeout=60)
+            for name in ("mh-v1-r0", "mh-v1-r1")
+        }
+    finally:
+        ray.shutdown()
+
+
+def test_two_replicas_serve_from_both_nodes(
+    cluster: RayCluster, gateway: Server, spread: dict[str, Any]
+) -> None:
+    pods: Counter[str] = Counter()
+    for _ in range(20):
+        r = httpx.post(spread["url"], json={}, headers=spread["headers"], timeout=30)
+        assert r.status_code == 200, r.text
+        pods[r.headers["x-prt-pod-name"]] += 1
+    assert sorted(pods) == ["spread-mh-v1-r0", "spread-mh-v1-r1"], pods
+    nodes = _actor_nodes(cluster, gateway.extra_env["MODELHOST_RAY_NAMESPACE"])
+    assert len(set(nodes.values())) == 2, f"both replicas on one node: {nodes}"
+
+
+def test_worker_tcp_socket_refuses_a_client_without_the_secret(
+    gateway: Server, spread: dict[str, Any]
+) -> None:
+    ports = _worker_ports(gateway.home)
+    assert ports, "no worker process listening found"
+    for port in ports:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            hello = sock.recv(36)
+            assert hello.startswith(b"MHW1")
+            sock.sendall(b"\0" * 64)  # no key: a proof that cannot match
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(4096) == b"", "the worker answered a client without the secret"
+
+
+def _worker_ports(home: Path) -> list[int]:
+    """TCP ports our modelhost workers listen on (found from /proc, by their spec paths)."""
+    pids = [
+        pid
+        for pid in _all_pids()
+        if b"modelhost.worker\0" in _cmdline(pid) and str(home).encode() in _cmdline(pid)
+    ]
+    inodes = {}
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = pid
+        except OSError:
+            continue
+    ports = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, state, inode = fields[1], fields[3], fields[9]
+        if state == "0A" and inode in inodes:  # LISTEN
+            ports.append(int(local.split(":")[1], 16))
+    return ports
+
+
+def _all_pids() -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit()]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+class Clients:
+    """Clients calling `url` in a loop until stopped; every answer is recorded."""
+
+    def __init__(self, url: str, headers: dict[str, str], n: int, sleep: float) -> None:
+        self.url, self.headers, self.sleep = url, headers, sleep
+        self.stop = threading.Event()
+        self.results: list[tuple[float, float, int, str, str]] = []  # start, end, status, pod
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(n)]
+
+    def __enter__(self) -> Clients:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join(60)
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=60) as client:
+            while not self.stop.is_set():
+                start = time.monotonic()
+                try:
+                    r = client.post(self.url, json={"sleep": self.sleep}, headers=self.headers)
+                    status, pod, retry = (
+                        r.status_code,
+                        r.headers.get("x-prt-pod-name", ""),
+                        (r.headers.get("retry-after", "")),
+                    )
+                except httpx.HTTPError as exc:
+                    status, pod, retry = 0, type(exc).__name__, ""
+                with self._lock:
+                    self.results.append((start, time.monotonic(), status, pod, retry))
+
+
+def test_killing_an_actor_fails_only_its_requests_and_it_comes_back(
+    cluster: RayCluster, spread: dict[str, Any]
+) -> None:
+    url, headers = spread["url"], spread["headers"]
+    victim = _actor_pid("mh-v1-r1")
+    with Clients(url, headers, n=4, sleep=2.0) as clients:
+        poll(lambda: len(clients.results) >= 4, "requests flowing", deadline_s=60)
+        time.sleep(0.5)  # requests are in flight on both replicas now
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        poll(
+            lambda: any(s == 503 and e > killed_at for _, e, s, _p, _r in clients.results),
+            "the in-flight requests of the killed replica failed",
+            deadline_s=30,
+        )
+        poll(lambda: _ready_replicas(url, headers) == 2, "the replica back", deadline_s=180)
+        back_at = time.monotonic()
+        poll(
+            lambda: any(
+                p.endswith("-r1") and st > back_at for st, _e, _s, p, _r in clients.results
+            ),
+            "requests served by the restarted replica",
+            deadline_s=60,
+        )
+    failed = [r for r in clients.results if r[2] != 200]
+    assert failed, "no request was in flight on the killed replica"
+    for start, end, status, pod, retry in failed:
+        assert status == 503 and retry, (status, pod, retry)
+        assert start < killed_at, "a request that started after the kill failed"
+        assert end - killed_at < 1.0, f"an in-flight request failed {end - killed_at:.2f} s late"
+    ok = [r for r in clients.results if r[2] == 200]
+    assert any(r[3].endswith("-r0") and r[0] > killed_at for r in ok), "r0 did not keep serving"
+    meta = _meta(url, headers)
+    assert [s["state"] for s in meta["replica_states"]] == ["ready", "ready"], meta
+
+
+def _actor_pid(name: str) -> int:
+    """The process of actor `name` (Ray names it ray::ReplicaActor in ps; found by the
+    parent of the worker whose spec is the replica's)."""
+    for pid in _all_pids():
+        cmdline = _cmdline(pid)
+        if b"modelhost.worker\0" in cmdline and f"{name}".encode() in _spec_pod(cmdline):
+            return _ppid(pid)
+    raise AssertionError(f"no worker process for {name}")
+
+
+def _spec_pod(cmdline: bytes) -> bytes:
+    spec = cmdline.rstrip(b"\0").split(b"\0")[-1]
+    try:
+        return Path(spec.decode()).read_bytes()
+    except OSError:
+        return b""
+
+
+def _ppid(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
