@@ -45,6 +45,17 @@ def serve(
         str | None,
         typer.Option(help="Log lines as 'text' or 'json' objects (MODELHOST_LOG_FORMAT)."),
     ] = None,
+    reuse_port: Annotated[
+        bool | None,
+        typer.Option(
+            "--reuse-port",
+            help="Share the port with other `modelhost serve` processes (SO_REUSEPORT; "
+            "MODELHOST_REUSE_PORT). Give each a MODELHOST_GATEWAY_ID.",
+        ),
+    ] = None,
+    gateway_id: Annotated[
+        str | None, typer.Option(help="This gateway's name (MODELHOST_GATEWAY_ID).")
+    ] = None,
     runtime: Annotated[
         str | None,
         typer.Option(
@@ -63,24 +74,29 @@ def serve(
 ) -> None:
     """Run the gateway and the model workers (settings: MODELHOST_* variables)."""
     from modelhost import logs
-    from modelhost.gateway.app import build_gateway, uvicorn_server
+    from modelhost.gateway.app import build_gateway, reuse_port_sockets, uvicorn_server
 
-    settings = Settings.from_env(
-        host=host,
-        port=port,
-        home=home,
-        log_format=log_format,
-        runtime=runtime,
-        ray_address=ray_address,
-        ray_namespace=ray_namespace,
-    )
+    try:
+        settings = Settings.from_env(
+            host=host,
+            port=port,
+            home=home,
+            log_format=log_format,
+            reuse_port=reuse_port,
+            gateway_id=gateway_id,
+            runtime=runtime,
+            ray_address=ray_address,
+            ray_namespace=ray_namespace,
+        )
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--gateway-id") from None
     try:
         logs.setup(settings.log_level, settings.log_format)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--log-format") from None
     gateway = build_gateway(settings)
     typer.echo(f"modelhost serving on {settings.public_url} (home: {settings.home})", err=True)
-    uvicorn_server(gateway).run()
+    uvicorn_server(gateway).run(sockets=reuse_port_sockets(settings))
 
 
 @app.command()

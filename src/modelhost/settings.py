@@ -7,6 +7,7 @@ nothing below this module reads ``os.environ``. Each field maps to ``MODELHOST_<
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,6 +107,23 @@ class Settings:
     body_timeout_s: float = 30.0
     # Open HTTP connections beyond this are answered 503 and closed (0 = unlimited).
     max_connections: int = 1024
+    # Several gateways: this one's name. It sends change notices under it, and when set its
+    # worker sockets, work folders and unpacked versions go under <home>/run|work|versions/<id>
+    # so gateways sharing one home do not collide. Empty: <hostname>-<pid> names it, and with
+    # reuse_port the folders too (then set a stable id, so restarts reuse their folders).
+    gateway_id: str = ""
+    # Bind with SO_REUSEPORT: several `modelhost serve` processes share one port.
+    reuse_port: bool = False
+    # Every N seconds the gateway reconciles its routes with the registry (the fallback for
+    # change notices: a lost notice, or SQLite, which has none). 0 = off.
+    sync_poll_s: float = 5.0
+    # Autoscaling (gateway/autoscale.py; deployments with max_replicas): the control loop's
+    # period, and the window its average of in-flight requests per version spans.
+    autoscale_tick_s: float = 0.5
+    autoscale_window_s: float = 5.0
+    # A request to a version scaled to zero (min_replicas 0) waits this long for its first
+    # replica to be ready, then gets 503 + Retry-After.
+    cold_start_timeout_s: float = 120.0
     # Where workers run (docs/scale-out.md): "local" (child processes of this gateway) or
     # "ray" (each replica a named Ray actor on a Ray cluster, reached over authenticated TCP).
     runtime: str = "local"
@@ -119,13 +137,6 @@ class Settings:
     # ways). Empty: generated once into <home>/cluster.key (0600); gateways sharing a Ray
     # cluster must share it. Never logged.
     cluster_secret: str = field(default="", repr=False)
-    # Autoscaling (gateway/autoscale.py; deployments with max_replicas): the control loop's
-    # period, and the window its average of in-flight requests per version spans.
-    autoscale_tick_s: float = 0.5
-    autoscale_window_s: float = 5.0
-    # A request to a version scaled to zero (min_replicas 0) waits this long for its first
-    # replica to be ready, then gets 503 + Retry-After.
-    cold_start_timeout_s: float = 120.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -142,6 +153,7 @@ class Settings:
     def resolved(self) -> Settings:
         """Fill the defaults that depend on `home`."""
         home = Path(self.home).expanduser()
+        _check_gateway_id(self.gateway_id)
         return replace(
             self,
             home=home,
@@ -149,22 +161,33 @@ class Settings:
             store_url=self.store_url or f"file://{home / 'store'}",
             cache_dir=Path(self.cache_dir) if self.cache_dir else home / "cache",
             public_url=(self.public_url or f"http://{self.host}:{self.port}").rstrip("/"),
+            gateway_id=self.gateway_id or (_process_name() if self.reuse_port else ""),
         )
+
+    @property
+    def instance_id(self) -> str:
+        """Who this gateway is in change notices: `gateway_id`, else <hostname>-<pid>."""
+        return self.gateway_id or _process_name()
+
+    def _own(self, folder: str) -> Path:
+        """A per-gateway folder: <home>/<folder>, or <home>/<folder>/<gateway_id>."""
+        base = self.home / folder
+        return base / self.gateway_id if self.gateway_id else base
 
     @property
     def run_dir(self) -> Path:
         """Sockets and pid files of the workers."""
-        return self.home / "run"
+        return self._own("run")
 
     @property
     def versions_dir(self) -> Path:
         """Unpacked model folders, one per deployed version."""
-        return self.home / "versions"
+        return self._own("versions")
 
     @property
     def workers_dir(self) -> Path:
         """Each worker's own writable folder (its HOME and working directory)."""
-        return self.home / "work"
+        return self._own("work")
 
     @property
     def jwt_key_path(self) -> Path:
@@ -183,6 +206,19 @@ class Settings:
     def load_jwt_secret(self) -> str:
         """The current signing key (see `load_jwt_keyring`)."""
         return self.load_jwt_keyring().secret
+
+
+def _check_gateway_id(name: str) -> None:
+    """It names folders: one plain path segment."""
+    if name in (".", "..") or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in name):
+        raise ValueError(
+            f"MODELHOST_GATEWAY_ID={name!r}: use letters, digits, '-', '_' and '.' (it names "
+            "this gateway's folders under MODELHOST_HOME)"
+        )
+
+
+def _process_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def _coerce(kind: Any, raw: str) -> Any:

@@ -186,3 +186,57 @@ def test_invalid_autoscaling_settings_are_refused_naming_the_field(
 ) -> None:
     error = _call(server, admin, "POST", "/deployments/", {"key": "bad", **body}, 400)
     assert field in error["error"]["message"], error
+
+
+SLOW_INIT = """
+import asyncio
+
+
+async def init(model_meta=None, *args, **kwargs):
+    await asyncio.sleep(3)
+
+
+async def predict(payload_dict: dict, **kwargs):
+    return payload_dict
+"""
+
+
+def test_a_cold_start_slower_than_its_bound_answers_503_and_goes_on_starting(
+    tmp_path: Path,
+) -> None:
+    srv = Server(
+        tmp_path / "home",
+        free_port(),
+        extra_env={
+            "MODELHOST_AUTOSCALE_TICK_S": "0.1",
+            "MODELHOST_AUTOSCALE_WINDOW_S": "0.3",
+            "MODELHOST_COLD_START_TIMEOUT_S": "0.5",
+        },
+    ).start()
+    try:
+        admin = bearer(srv.admin_token())
+        body = {"key": "cold", "min_replicas": 0, "max_replicas": 1, "scale_down_delay_s": 2}
+        _call(srv, admin, "POST", "/deployments/", body, 201)
+        url = _deploy(srv, tmp_path, "slow", SLOW_INIT, "cold")
+        headers = bearer(srv.session_token(url))
+        poll(lambda: _meta(url, headers)["replicas"] == 0, "scaled to zero", 120)
+        r = httpx.post(url, json={"n": 1}, headers=headers, timeout=30)
+        assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+        message = r.json()["error"]["message"]
+        assert "scaled to zero" in message and "MODELHOST_COLD_START_TIMEOUT_S" in message
+        # nobody waits now, yet the starting replica is not scaled away: a retry gets it,
+        # without another cold start
+        answer = poll(
+            lambda: (
+                (x := httpx.post(url, json={"n": 2}, headers=headers, timeout=30)).status_code
+                == 200
+                and x
+            ),
+            "the cold start finished",
+            60,
+            every_s=0.2,
+        )
+        assert answer.json() == {"n": 2}
+        assert srv.log().count("0 -> 1 replica (cold start)") == 1, srv.log()[-3000:]
+    finally:
+        srv.stop()

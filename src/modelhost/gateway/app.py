@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import secrets
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -21,14 +22,17 @@ from typing import Any
 
 from modelhost.auth.passwords import hash_password
 from modelhost.auth.tokens import TokenService
+from modelhost.errors import Conflict
 from modelhost.gateway import docs_pages
 from modelhost.gateway.auth import Authenticator
 from modelhost.gateway.autoscale import Autoscaler, with_autoscale_status
+from modelhost.gateway.changes import ChangeFeed
 from modelhost.gateway.console import ConsoleParts, console_app
 from modelhost.gateway.deployer import Deployer
 from modelhost.gateway.metrics import metrics_registry
 from modelhost.gateway.metrics import render as render_metrics
 from modelhost.gateway.model_routes import ModelRoutes
+from modelhost.gateway.reconcile import Reconciler
 from modelhost.gateway.routes import RouteTable
 from modelhost.gateway.version_admin import VersionAdmin
 from modelhost.gateway.versions import VersionManager
@@ -75,6 +79,11 @@ class Gateway:
                 self.metrics_text,
             )
         )
+        # Changes other gateways make to the registry: notices, and the poll behind them.
+        reconciler = Reconciler(registry, self.versions, self.routes, self.auth)
+        self.changes = ChangeFeed(
+            settings.database_url, settings.instance_id, settings.sync_poll_s, reconciler.apply
+        )
         # When the server was asked to stop (SIGTERM/SIGINT): the drain deadline counts from it.
         self.exit_requested: float | None = None
 
@@ -113,12 +122,14 @@ class Gateway:
         await asyncio.to_thread(self.auth.refresh_revocations)
         self.auth.start()
         await self.versions.startup()
+        self.changes.start()
         self.autoscaler.start()
 
     async def shutdown(self) -> None:
         """Stop serving: uvicorn has stopped accepting and waited (at most `drain_timeout_s`)
         for the HTTP requests in flight; the workers get what is left of that grace period
         to finish theirs, then SIGTERM (cleanup), then SIGKILL."""
+        await self.changes.stop()  # first: no version starts while the others stop
         await self.auth.stop()
         await self.autoscaler.stop()
         started = self.exit_requested or time.monotonic()
@@ -150,7 +161,10 @@ def bootstrap_admin(settings: Settings, registry: Registry) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(password + "\n")
-    registry.create_user(settings.admin_email, hash_password(password), is_admin=True)
+    try:
+        registry.create_user(settings.admin_email, hash_password(password), is_admin=True)
+    except Conflict:
+        return  # another gateway on this registry created it first (several gateways)
     if generated:
         print(
             f"\nCreated the admin account {settings.admin_email}; its generated password is in "
@@ -166,12 +180,30 @@ def build_gateway(settings: Settings) -> Gateway:
 
     protect_gateway_process()  # workers may not read /proc/<gateway>/environ, fd, root
     settings.home.mkdir(parents=True, exist_ok=True)
-    registry = Registry(settings.database_url)
+    registry = Registry(settings.database_url, sender=settings.instance_id)
     registry.migrate()
     bootstrap_admin(settings, registry)
     tokens = TokenService.from_settings(settings)  # keyring file, reloaded when rotated
     store = open_store(settings.store_url, settings.s3_endpoint_url)
     return Gateway(settings, registry, store, tokens)
+
+
+def reuse_port_sockets(settings: Settings) -> list[socket.socket] | None:
+    """With `reuse_port`: the listening socket, bound with SO_REUSEPORT so several gateway
+    processes share the port (the kernel spreads new connections across them); else None
+    (uvicorn binds as usual)."""
+    if not settings.reuse_port:
+        return None
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((settings.host, settings.port))
+    except OSError:
+        sock.close()
+        raise
+    return [sock]
 
 
 def uvicorn_server(gateway: Gateway) -> Any:

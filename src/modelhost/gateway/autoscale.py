@@ -113,6 +113,11 @@ class Autoscaler:
         current = len(workers.replicas)
         decision = decide(current, state.ongoing, bounds, state.lower_since, now)
         state.desired, state.lower_since = decision.desired, decision.lower_since
+        if decision.replicas < current and _starting(workers):
+            # A replica still loading (a cold start nobody waits for any more) finishes, and
+            # the delay counts from when it is ready: the retry of a request that gave up finds it.
+            state.lower_since = None
+            return
         if decision.replicas != current:
             self._scale(workers, state, decision.replicas, current)
 
@@ -188,6 +193,10 @@ class Autoscaler:
             "desired": state.desired if state is not None else len(workers.replicas),
             "ongoing_requests": round(state.ongoing, 3) if state is not None else 0.0,
         }
+
+
+def _starting(workers: VersionWorkers) -> bool:
+    return any(r.state == "loading" for r in workers.replicas)
 
 
 def _name(workers: VersionWorkers) -> tuple[str, str, int]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from modelhost.errors import Conflict, NotFound
 from modelhost.gateway.routes import ModelEntry, RouteTable
-from modelhost.gateway.versions import VersionManager, traffic_json, worker_limits
+from modelhost.gateway.versions import VersionManager, traffic_json
 from modelhost.registry import DeploymentRow, Registry, VersionRow, VersionState
 from modelhost.settings import Settings
 
@@ -115,16 +115,7 @@ class VersionAdmin:
         replicas start or drain now, `max_queue` applies now, the predict deadline and the
         memory bound to workers started from now on."""
         row = await asyncio.to_thread(lambda: self.registry.update_deployment(key, **changes))
-        limits = worker_limits(row, self.settings)
-        for entry in self.routes.entries():
-            if entry.deployment != key:
-                continue
-            for workers in entry.versions.values():
-                if not self.versions.running(workers):
-                    continue
-                workers.limits = limits
-                if "replicas" in changes:
-                    self.versions.background(workers.scale(row.replicas))
+        self.versions.apply_deployment(row, scale="replicas" in changes)
         await asyncio.to_thread(
             self.registry.audit, actor, "deployment.update", {"key": key, **changes}
         )
@@ -148,8 +139,7 @@ class VersionAdmin:
         model, version, deployment = await asyncio.to_thread(rows)
         if model is None or version is None or deployment is None:
             raise NotFound(f"model id {model_id} has no version {number}")
-        started = self.versions.register(model, version, deployment)
-        self.versions.background(started.start())
+        self.versions.ensure_running(model, version, deployment)
 
     def _entry(self, model_id: int) -> ModelEntry:
         entry = self.routes.by_id(model_id)

@@ -129,6 +129,35 @@ class VersionManager:
         await workers.start()
         return workers
 
+    def ensure_running(
+        self, model: ModelRow, version: VersionRow, deployment: DeploymentRow
+    ) -> VersionWorkers | None:
+        """Start a version that is not running here (stopped by KEEP_VERSIONS, or deployed
+        through another gateway) in the background; no-op if it runs or the server stops.
+        The check and the registration happen in one step of the event loop, so two callers
+        (the admin API and a reconcile) never start it twice."""
+        if self._shutting_down:
+            return None
+        workers = self.supervisor.versions.get(version.id)
+        if workers is None:
+            workers = self.register(model, version, deployment)
+            self.background(workers.start())
+        return workers
+
+    def apply_deployment(self, row: DeploymentRow, scale: bool) -> None:
+        """A deployment's limits on its running versions (the predict deadline and memory
+        bound reach workers started from now on); with `scale`, its replica count too."""
+        limits = worker_limits(row, self.settings)
+        for entry in self.routes.entries():
+            if entry.deployment != row.key:
+                continue
+            for workers in entry.versions.values():
+                if not self.running(workers):
+                    continue
+                workers.limits = limits
+                if scale:
+                    self.background(workers.scale(row.replicas))
+
     def running(self, workers: VersionWorkers) -> bool:
         """Its workers run or are starting (not stopped or being stopped)."""
         return self.supervisor.versions.get(workers.info.version_id) is workers

@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from modelhost.errors import BadRequest, Conflict, NotFound
+from modelhost.registry import notices
 from modelhost.registry.rows import (
     AccessSnapshot,
     AccessTokenRow,
@@ -156,12 +157,15 @@ def alembic_config(connection: Connection) -> Config:
 class Registry:
     """Query API over the registry database; thread-safe, one instance per process."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, sender: str = "") -> None:
+        """`sender`: who writes (a gateway id), named in the change notices (notices.py)."""
         self._engine = make_engine(database_url)
         self._read = sessionmaker(self._engine, expire_on_commit=False)
         self._write_engine = self._engine.execution_options(**{_WRITE_OPTION: True})
         self._write = sessionmaker(self._write_engine, expire_on_commit=False)
         self._next_purge = 0.0
+        if self._engine.dialect.name == "postgresql":
+            notices.install(self._write, sender)
 
     # -- lifecycle ---------------------------------------------------------------------
 
