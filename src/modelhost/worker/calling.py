@@ -33,7 +33,7 @@ import orjson
 from starlette.datastructures import URL, Headers, QueryParams
 
 from modelhost.errors import BadRequest, InvalidJSON, ModelhostError, PredictFailed
-from modelhost.gateway.http_errors import error_for_status
+from modelhost.http_status import error_for_status
 from modelhost.worker.codec import decode_payload
 
 if TYPE_CHECKING:
