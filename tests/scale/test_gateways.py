@@ -132,6 +132,19 @@ def test_deploy_through_a_is_served_by_b(pair: tuple[Server, Server], tmp_path: 
         "B serves the version deployed through A",
         START_S,
     )
+    # replicas set through A: B runs that many too
+    admin_api(a, "PATCH", "deployments/test-depl/", json={"replicas": 2})
+    poll(
+        lambda: httpx.get(meta, headers=bearer(admin)).json()["replicas"] == 2,
+        "B scales the deployment A changed",
+        NOTICE_S,
+    )
+    admin_api(a, "PATCH", "deployments/test-depl/", json={"replicas": 1})
+    poll(
+        lambda: httpx.get(meta, headers=bearer(admin)).json()["replicas"] == 1,
+        "B scales it back",
+        NOTICE_S,
+    )
 
 
 def test_pin_and_weights_on_a_move_bs_versionless_url(
@@ -185,6 +198,10 @@ def test_revocations_on_a_are_refused_by_both(pair: tuple[Server, Server], tmp_p
     ).json()
     models = f"{b.url}/console/api/modelhost/models/"
     assert httpx.get(models, headers=bearer(login["access"])).status_code == 200
+    # its refresh token is good on B (refresh families live in the registry), once
+    refreshed = httpx.post(b.url + "/console/api/auth/refresh/", json={"refresh": login["refresh"]})
+    assert refreshed.status_code == 200, refreshed.text
+    login = refreshed.json()
     out = httpx.post(
         a.url + "/console/api/auth/logout/",
         json={"refresh": login["refresh"]},

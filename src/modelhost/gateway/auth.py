@@ -14,6 +14,8 @@ Verified tokens are cached in memory until they expire, so the hot path costs on
 lookup. Revocations (revoked token ids, disabled users, revoked or expired access tokens and
 the sessions minted from them) and grants are polled from the registry every `poll_s`
 seconds and checked on every hit: a revocation or a removed grant applies within that bound.
+On PostgreSQL a change made through another gateway also arrives as a change notice
+(gateway/changes.py), which refreshes them at once (milliseconds).
 """
 
 from __future__ import annotations

@@ -46,9 +46,9 @@ class Reconciler:
         self.versions = versions
         self.routes = routes
         self.auth = auth
-        # replicas per deployment as last read: only a change of it rescales (an autoscaler
-        # may run another count than the registry's)
-        self._replicas: dict[str, int] = {}
+        # Each deployment as last read: only a change is applied, and only a change of
+        # `replicas` rescales (an autoscaler may run another count than the registry's).
+        self._deployments: dict[str, DeploymentRow] = {}
 
     async def apply(self, notice: Notice) -> None:
         if notice.kind == "model" and notice.id is not None:
@@ -120,11 +120,15 @@ class Reconciler:
     # -- deployments -------------------------------------------------------------------
 
     def deployment(self, row: DeploymentRow) -> None:
-        """Limits apply to the running versions; replicas only when the registry's count
-        changed since last read (the first read only records it)."""
-        before = self._replicas.get(row.key)
-        self._replicas[row.key] = row.replicas
-        self.versions.apply_deployment(row, scale=before is not None and before != row.replicas)
+        """A changed deployment's limits apply to its running versions; its replicas only
+        when the registry's count changed since last read (the first read does not scale:
+        the versions started with it)."""
+        before = self._deployments.get(row.key)
+        if row == before:
+            return
+        self._deployments[row.key] = row
+        scale = before is not None and before.replicas != row.replicas
+        self.versions.apply_deployment(row, scale=scale)
 
 
 def _known(entry: ModelEntry | None, row: VersionRow) -> bool:
