@@ -240,3 +240,32 @@ def test_a_cold_start_slower_than_its_bound_answers_503_and_goes_on_starting(
         assert srv.log().count("0 -> 1 replica (cold start)") == 1, srv.log()[-3000:]
     finally:
         srv.stop()
+
+
+def test_a_failed_cold_start_answers_503_and_the_next_request_tries_again(
+    server: Server, admin: dict[str, str], tmp_path: Path
+) -> None:
+    marker = tmp_path / "break-the-next-start"
+    source = (
+        "from pathlib import Path\n\n\n"
+        "async def init(model_meta=None, *args, **kwargs):\n"
+        f"    if Path({str(marker)!r}).exists():\n"
+        "        raise RuntimeError('the disk is full (a passing cause)')\n\n\n"
+        "async def predict(payload_dict: dict, **kwargs):\n"
+        "    return payload_dict\n"
+    )
+    body = {"key": "flaky", "min_replicas": 0, "max_replicas": 1, "scale_down_delay_s": 0.5}
+    _call(server, admin, "POST", "/deployments/", body, 201)
+    url = _deploy(server, tmp_path, "flaky", source, "flaky")
+    headers = bearer(server.session_token(url))
+    poll(lambda: _meta(url, headers)["replicas"] == 0, "scaled to zero", 120)
+    marker.write_text("")
+    r = httpx.post(url, json={}, headers=headers, timeout=90)
+    assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+    message = r.json()["error"]["message"]
+    assert "starting its replica failed" in message and "the disk is full" in message, message
+    # back at zero and ready (not failed for good): once the cause is gone, a request works
+    poll(lambda: _meta(url, headers)["state"] == "ready", "ready at zero replicas again", 60)
+    marker.unlink()
+    r = httpx.post(url, json={"again": 1}, headers=headers, timeout=90)
+    assert r.status_code == 200 and r.json() == {"again": 1}, r.text

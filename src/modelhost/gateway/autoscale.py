@@ -139,6 +139,8 @@ class Autoscaler:
             bounds.min_replicas,
             bounds.max_replicas,
         )
+        if current == 0:
+            state.waking = True  # requests meanwhile wait for it, as for a cold start
         state.scaling = asyncio.get_running_loop().create_task(workers.scale(replicas))
 
     # -- scale to zero ---------------------------------------------------------------------
@@ -157,24 +159,41 @@ class Autoscaler:
             state.scaling = asyncio.get_running_loop().create_task(workers.scale(1))
         state.waiting += 1
         try:
-            await self._ready_or_settled(workers)
+            failed = await self._ready_or_failed(workers, state)
         finally:
             state.waiting -= 1
-        if not workers.ready_replicas and workers.state == "ready":
-            prefix, name, version = _name(workers)
+        where = "{}/{} v{}".format(*_name(workers))
+        if failed is not None:
             raise ModelNotReady(
-                f"{prefix}/{name} v{version} was scaled to zero (its deployment's min_replicas "
-                f"is 0) and its first replica is not ready after {self.cold_start_timeout_s:g} s "
+                f"{where} was scaled to zero and starting its replica failed ({failed}); it is "
+                "back at zero replicas and the next request tries again"
+            )
+        if not workers.ready_replicas and workers.state == "ready":
+            raise ModelNotReady(
+                f"{where} was scaled to zero (its deployment's min_replicas is 0) and its first "
+                f"replica is not ready after {self.cold_start_timeout_s:g} s "
                 "(MODELHOST_COLD_START_TIMEOUT_S); it is still starting: retry later"
             )
 
-    async def _ready_or_settled(self, workers: VersionWorkers) -> None:
+    async def _ready_or_failed(self, workers: VersionWorkers, state: _Version) -> str | None:
+        """Wait (up to the bound) for a ready replica; why the cold start failed, if it did.
+        A failed one puts the version back at zero replicas (ready to try again) rather than
+        leaving it failed: it served before, so the cause is likely passing (the store, memory)."""
         deadline = self._clock() + self.cold_start_timeout_s
         while not workers.ready_replicas and self._clock() < deadline:
-            if workers.state in ("failed", "stopped"):
-                self._state(workers).waking = False
-                return
+            if workers.state == "stopped":
+                return None
+            if workers.state == "failed" or not (workers.replicas or state.waking):
+                reason = workers.reason or "its worker exited"
+                if state.waking:  # the first waiter to see it
+                    state.waking = False
+                    log.warning(
+                        "autoscale %s/%s v%d: cold start failed: %s", *_name(workers), reason
+                    )
+                    state.scaling = asyncio.get_running_loop().create_task(workers.scale(0))
+                return reason
             await asyncio.sleep(COLD_START_POLL_S)
+        return None
 
     # -- reporting -------------------------------------------------------------------------
 
