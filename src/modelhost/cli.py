@@ -46,13 +46,13 @@ def serve(
         typer.Option(help="Log lines as 'text' or 'json' objects (MODELHOST_LOG_FORMAT)."),
     ] = None,
     reuse_port: Annotated[
-        bool | None,
+        bool,
         typer.Option(
             "--reuse-port",
             help="Share the port with other `modelhost serve` processes (SO_REUSEPORT; "
             "MODELHOST_REUSE_PORT). Give each a MODELHOST_GATEWAY_ID.",
         ),
-    ] = None,
+    ] = False,
     gateway_id: Annotated[
         str | None, typer.Option(help="This gateway's name (MODELHOST_GATEWAY_ID).")
     ] = None,
@@ -82,7 +82,7 @@ def serve(
             port=port,
             home=home,
             log_format=log_format,
-            reuse_port=reuse_port,
+            reuse_port=reuse_port or None,  # absent: MODELHOST_REUSE_PORT decides
             gateway_id=gateway_id,
             runtime=runtime,
             ray_address=ray_address,
