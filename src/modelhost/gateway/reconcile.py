@@ -25,6 +25,7 @@ from modelhost.registry import DeploymentRow, ModelRow, Registry, VersionRow, Ve
 from modelhost.registry.notices import Notice
 
 log = logging.getLogger("modelhost.sync")
+_READS = 3  # tries at reading a model's rows while this gateway changes its entry
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +53,7 @@ class Reconciler:
 
     async def apply(self, notice: Notice) -> None:
         if notice.kind == "model" and notice.id is not None:
-            rows = await asyncio.to_thread(self._model_rows, notice.id)
-            if rows is not None:
-                self.model(rows, settled_only=False)
+            await self.model_by_id(notice.id, settled_only=False)
         elif notice.kind == "deployment" and notice.key is not None:
             row = await asyncio.to_thread(self.registry.get_deployment, notice.key)
             if row is not None:
@@ -66,11 +65,34 @@ class Reconciler:
 
     async def everything(self) -> None:
         """The fallback: every model and deployment (revocations have their own poll)."""
+        marks = self._marks()
         models, deployments = await asyncio.to_thread(self._all_rows)
+        moved = self._marks()
         for rows in models:
-            self.model(rows, settled_only=True)
+            model_id = rows.model.id
+            if marks.get(model_id) == moved.get(model_id):
+                self.model(rows, settled_only=True)
+            else:  # changed here while we read: read it again
+                await self.model_by_id(model_id, settled_only=True)
         for row in deployments:
             self.deployment(row)
+
+    async def model_by_id(self, model_id: int, settled_only: bool) -> None:
+        """Read the model's rows and apply them, unless this gateway changed its entry while
+        they were read (an admin call here: rows read before its commit would undo it);
+        then read again. Gives up after a few tries: the next notice or poll comes."""
+        for _ in range(_READS):
+            mark = self._marks().get(model_id)
+            rows = await asyncio.to_thread(self._model_rows, model_id)
+            if rows is None:
+                return
+            if self._marks().get(model_id) == mark:
+                self.model(rows, settled_only)
+                return
+
+    def _marks(self) -> dict[int, int]:
+        """Each route entry's refresh count: it moves whenever the entry changes here."""
+        return {entry.model_id: entry.generation for entry in self.routes.entries()}
 
     # -- models ------------------------------------------------------------------------
 
