@@ -1,7 +1,7 @@
 """Scale-out: throughput against the replica count, and Ray's runtime against local processes.
 
     python -m bench.scale [--replicas 1,2,4] [--duration 10] [--rounds 3]
-                          [--runtime local|ray] [--ray-address HOST:PORT]
+                          [--runtime local|ray] [--ray-address HOST:PORT] [--num-cpus 0.25]
 
 1. A model whose sync `predict` holds one slot for 50 ms (a lock: one request at a time per
    replica, ~20 requests/s each) is deployed once per N in `--replicas`, each on its own
@@ -99,16 +99,18 @@ class Server:
         ).json()["access"]
         self.admin = {"authorization": f"Bearer {access}"}
 
-    def deploy(self, name: str, source: str, replicas: int) -> tuple[str, str]:
-        """Deploy `source` as bench/<name> on a deployment of its own; (URL, session token)."""
+    def deploy(
+        self, name: str, source: str, replicas: int, num_cpus: float | None = None
+    ) -> tuple[str, str]:
+        """Deploy `source` as bench/<name> on a deployment of its own (`num_cpus` per
+        replica on Ray); (URL, session token)."""
         from modelhost.client._packing import pack_model_dir
 
         mh = self.url + "/console/api/modelhost"
-        r = httpx.post(
-            mh + "/deployments/",
-            json={"key": f"{name}-depl", "replicas": replicas},
-            headers=self.admin,
-        )
+        deployment: dict[str, Any] = {"key": f"{name}-depl", "replicas": replicas}
+        if num_cpus is not None:
+            deployment["num_cpus"] = num_cpus
+        r = httpx.post(mh + "/deployments/", json=deployment, headers=self.admin)
         r.raise_for_status()
         folder = self.home / "models" / name
         folder.mkdir(parents=True)
@@ -223,7 +225,7 @@ def replica_scaling(args: argparse.Namespace) -> dict[str, Run]:
         models = []
         for n in args.replicas:
             print(f"deploying the 50 ms slot model with {n} replica(s) ...", file=sys.stderr)
-            url, token = server.deploy(f"slot{n}", SLOT_MODEL, n)
+            url, token = server.deploy(f"slot{n}", SLOT_MODEL, n, args.num_cpus)
             models.append(Model(str(n), url, token, CLIENTS_PER_REPLICA * n))
         return alternate(models, args.duration, args.rounds, echo=False)
 
@@ -236,7 +238,7 @@ def ray_vs_local(args: argparse.Namespace) -> dict[str, Run] | None:
         models = []
         for runtime in ("local", "ray"):
             server = stack.enter_context(modelhost(runtime, args.ray_address))
-            url, token = server.deploy("echo", ECHO_MODEL, 1)
+            url, token = server.deploy("echo", ECHO_MODEL, 1, args.num_cpus)
             models.append(Model(runtime, url, token, 64))
         return alternate(models, args.duration, args.rounds, echo=True)
 
@@ -251,6 +253,13 @@ def main() -> None:
     parser.add_argument("--runtime", choices=("local", "ray"), default="local")
     parser.add_argument(
         "--ray-address", default="", help="a running Ray cluster (HOST:PORT) for the Ray runs"
+    )
+    parser.add_argument(
+        "--num-cpus",
+        type=float,
+        default=None,
+        help="the deployments' num_cpus per replica on Ray (the slot model sleeps: 0.25 lets "
+        "1 + 2 + 4 replicas fit a small cluster; Ray's default is 1)",
     )
     args = parser.parse_args()
     args.replicas = [int(n) for n in args.replicas.split(",") if n.strip()]
@@ -283,6 +292,7 @@ def report(
         "replica_rounds": {k: [round(x, 1) for x in run.rps] for k, run in scaling.items()},
         "errors": {k: run.errors for k, run in {**scaling, **(echo or {})}.items()},
         "echo_rounds": {k: [round(x) for x in run.rps] for k, run in (echo or {}).items()},
+        "echo_load": "wrk -t1 -c64" if shutil.which("wrk") else "this script's client, 64 clients",
     }
     (RESULTS / "scale.json").write_text(json.dumps(details, indent=2) + "\n")
     return line
