@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,7 +141,7 @@ class Autoscaler:
         )
         if current == 0:
             state.waking = True  # requests meanwhile wait for it, as for a cold start
-        state.scaling = asyncio.get_running_loop().create_task(workers.scale(replicas))
+        state.scaling = _task(workers.scale(replicas))
 
     # -- scale to zero ---------------------------------------------------------------------
 
@@ -156,7 +156,7 @@ class Autoscaler:
         if not state.waking:
             state.waking = True
             log.info("autoscale %s/%s v%d: 0 -> 1 replica (cold start)", *_name(workers))
-            state.scaling = asyncio.get_running_loop().create_task(workers.scale(1))
+            state.scaling = _task(workers.scale(1))
         state.waiting += 1
         try:
             failed = await self._ready_or_failed(workers, state)
@@ -190,7 +190,7 @@ class Autoscaler:
                     log.warning(
                         "autoscale %s/%s v%d: cold start failed: %s", *_name(workers), reason
                     )
-                    state.scaling = asyncio.get_running_loop().create_task(workers.scale(0))
+                    state.scaling = _task(workers.scale(0))
                 return reason
             await asyncio.sleep(COLD_START_POLL_S)
         return None
@@ -212,6 +212,18 @@ class Autoscaler:
             "desired": state.desired if state is not None else len(workers.replicas),
             "ongoing_requests": round(state.ongoing, 3) if state is not None else 0.0,
         }
+
+
+def _task(scaling: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    """A `VersionWorkers.scale` in the background; its failure is logged, not lost."""
+    task = asyncio.get_running_loop().create_task(scaling)
+    task.add_done_callback(_log_failure)
+    return task
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("autoscaling: changing the replica count failed", exc_info=task.exception())
 
 
 def _starting(workers: VersionWorkers) -> bool:
