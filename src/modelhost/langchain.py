@@ -38,6 +38,8 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from pydantic import BaseModel, Field
 
+from modelhost.langchain_stream import asse_chunks, sse_chunks, usage_metadata
+
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
 TIMEOUT = httpx.Timeout(10.0, read=600.0)
 OPENAI_FIELDS = ("tools", "tool_choice", "response_format")
@@ -191,9 +193,8 @@ class ChatModelhost(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        if _wants_openai(kwargs):  # tool calls come whole: one chunk
-            result = self._generate(messages, stop, run_manager, **kwargs)
-            yield _as_chunk(result)
+        if _wants_openai(kwargs):  # tool calls' arguments come piece by piece
+            yield from self._stream_openai(messages, stop, run_manager, kwargs)
             return
         payload = self._payload(messages, stop, True)
         with httpx.stream(
@@ -217,8 +218,8 @@ class ChatModelhost(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         if _wants_openai(kwargs):
-            result = await self._agenerate(messages, stop, None, **kwargs)
-            yield _as_chunk(result)
+            async for chunk in self._astream_openai(messages, stop, run_manager, kwargs):
+                yield chunk
             return
         payload = self._payload(messages, stop, True)
         async with (
@@ -234,6 +235,48 @@ class ChatModelhost(BaseChatModel):
                     if run_manager:
                         await run_manager.on_llm_new_token(text, chunk=chunk)
                     yield chunk
+
+    def _stream_openai(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: CallbackManagerForLLMRun | None,
+        kwargs: dict[str, Any],
+    ) -> Iterator[ChatGenerationChunk]:
+        payload = {**self._openai_payload(messages, stop, kwargs), **STREAM_FIELDS}
+        with httpx.stream(
+            "POST", self._openai_url, json=payload, headers=self._headers(), timeout=TIMEOUT
+        ) as r:
+            if r.status_code >= 400:
+                r.read()
+                _checked(r)
+            for chunk in sse_chunks(r.iter_lines()):
+                if run_manager:
+                    run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+
+    async def _astream_openai(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None,
+        run_manager: AsyncCallbackManagerForLLMRun | None,
+        kwargs: dict[str, Any],
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        payload = {**self._openai_payload(messages, stop, kwargs), **STREAM_FIELDS}
+        async with (
+            httpx.AsyncClient(timeout=TIMEOUT) as client,
+            client.stream("POST", self._openai_url, json=payload, headers=self._headers()) as r,
+        ):
+            if r.status_code >= 400:
+                await r.aread()
+                _checked(r)
+            async for chunk in asse_chunks(r.aiter_lines()):
+                if run_manager:
+                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+
+
+STREAM_FIELDS = {"stream": True, "stream_options": {"include_usage": True}}
 
 
 def _wants_openai(kwargs: dict[str, Any]) -> bool:
@@ -257,12 +300,7 @@ def _strip_titles(schema: Any) -> Any:
 def _openai_result(data: dict[str, Any]) -> ChatResult:
     """An OpenAI chat completion as LangChain's result (tool calls with parsed args)."""
     message = data["choices"][0]["message"]
-    use = data.get("usage") or {}
-    usage = {
-        "input_tokens": int(use.get("prompt_tokens", 0)),
-        "output_tokens": int(use.get("completion_tokens", 0)),
-        "total_tokens": int(use.get("total_tokens", 0)),
-    }
+    usage = usage_metadata(data.get("usage") or {})
     calls = [
         {
             "name": c["function"]["name"],
@@ -283,22 +321,7 @@ def _openai_result(data: dict[str, Any]) -> ChatResult:
         usage_metadata=usage,
         additional_kwargs=extra,
     )
-    return ChatResult(generations=[ChatGeneration(message=ai)], llm_output=usage)
-
-
-def _as_chunk(result: ChatResult) -> ChatGenerationChunk:
-    message = result.generations[0].message
-    assert isinstance(message, AIMessage)
-    tool_chunks = [
-        {"name": c["name"], "args": orjson.dumps(c["args"]).decode(), "id": c["id"], "index": i}
-        for i, c in enumerate(message.tool_calls)
-    ]
-    chunk = AIMessageChunk(
-        content=message.content,
-        tool_call_chunks=tool_chunks,  # type: ignore[arg-type]
-        usage_metadata=message.usage_metadata,
-    )
-    return ChatGenerationChunk(message=chunk)
+    return ChatResult(generations=[ChatGeneration(message=ai)], llm_output=dict(usage))
 
 
 def _checked(r: httpx.Response) -> httpx.Response:

@@ -302,6 +302,52 @@ def test_openai_sdk_tool_calls_streamed_and_not_then_a_final_answer(
     assert final.choices[0].message.content
 
 
+def test_streamed_tool_call_arguments_come_piecewise_and_reassemble(
+    llm: tuple[Server, str, str, Path],
+) -> None:
+    """As OpenAI streams them: a call's first delta has index, id, type and name, the
+    arguments follow in pieces as generated; the SDK's stream helper and LangChain's
+    ChatPracticus join them into the non-streamed call."""
+    from openai import OpenAI
+
+    from langchain_practicus import ChatPracticus
+
+    _, url, token, _ = llm
+    client = OpenAI(base_url=url + "v1", api_key=token)
+    forced = {"type": "function", "function": {"name": "get_weather"}}
+    ask = [{"role": "user", "content": "Weather in Oslo?"}]
+    common: dict[str, Any] = {"model": "smol", "tools": [WEATHER_TOOL], "temperature": 0,
+                              "max_tokens": 40, "tool_choice": forced, "messages": ask}  # fmt: skip
+    (whole,) = client.chat.completions.create(**common).choices[0].message.tool_calls or []
+    deltas = [d for chunk in client.chat.completions.create(stream=True, **common)
+              for d in (chunk.choices[0].delta.tool_calls or []) if chunk.choices]  # fmt: skip
+    first = deltas[0]
+    assert (first.index, first.type, first.function.name) == (0, "function", "get_weather")
+    assert first.id and all(d.function.name is None and d.id is None for d in deltas[1:])
+    assert len([d for d in deltas if d.function.arguments]) > 2  # pieces, not one at the end
+    with client.chat.completions.stream(**common) as stream:
+        pieces = [
+            e.arguments_delta for e in stream if e.type == "tool_calls.function.arguments.delta"
+        ]
+        final = stream.get_final_completion()
+    (joined,) = final.choices[0].message.tool_calls or []
+    assert len(pieces) > 2 and "".join(pieces) == joined.function.arguments
+    assert joined.function.arguments == whole.function.arguments
+
+    chat = ChatPracticus(
+        endpoint_url=url, api_token=token, model_id="smol", max_tokens=40, temperature=0
+    ).bind_tools([WEATHER_TOOL], tool_choice="get_weather")
+    chunks = list(chat.stream("Weather in Oslo?"))
+    assert len([c for c in chunks if c.tool_call_chunks]) > 2
+    merged = chunks[0]
+    for chunk in chunks[1:]:
+        merged += chunk
+    (call,) = merged.tool_calls
+    assert call["name"] == "get_weather"
+    assert call["args"] == chat.invoke("Weather in Oslo?").tool_calls[0]["args"]
+    assert merged.usage_metadata is not None and merged.usage_metadata["output_tokens"] > 0
+
+
 def test_openai_sdk_structured_output_logprobs_and_n(llm: tuple[Server, str, str, Path]) -> None:
     from openai import OpenAI
 
