@@ -108,13 +108,19 @@ def _boto_creds() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def spread(gateway: Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """A model on a deployment of 2 replicas spread over the nodes."""
+    """A model on a deployment of 2 replicas spread over the nodes (2 CPUs each)."""
+    return _spread_model(gateway, tmp_path_factory, "spread", "slow", num_cpus=0.5)
+
+
+def _spread_model(
+    gateway: Server, tmp: pytest.TempPathFactory, deployment: str, name: str, num_cpus: float
+) -> dict[str, Any]:
     admin = bearer(gateway.admin_token())
-    body = {"key": "spread", "replicas": 2, "placement": "spread", "num_cpus": 1}
+    body = {"key": deployment, "replicas": 2, "placement": "spread", "num_cpus": num_cpus}
     r = httpx.post(gateway.url + MH + "/deployments/", json=body, headers=admin, timeout=60)
     assert r.status_code == 201, r.text
-    folder = model_dir(tmp_path_factory.mktemp("slow"), "slow", SLOW)
-    result = gateway.deploy(folder, "ray", "slow", "spread")
+    folder = model_dir(tmp.mktemp(name), name, SLOW)
+    result = gateway.deploy(folder, "ray", name, deployment)
     assert result["status"] == 200, (result, gateway.log()[-3000:])
     url = str(result["api_url"])
     headers = bearer(gateway.session_token(url))
@@ -247,10 +253,10 @@ class Clients:
 
 
 def test_killing_an_actor_fails_only_its_requests_and_it_comes_back(
-    cluster: RayCluster, spread: dict[str, Any]
+    gateway: Server, spread: dict[str, Any]
 ) -> None:
     url, headers = spread["url"], spread["headers"]
-    victim = _actor_pid("mh-v1-r1")
+    victim = _actor_pid(gateway.home, "mh-v1-r1")
     with Clients(url, headers, n=4, sleep=2.0) as clients:
         poll(lambda: len(clients.results) >= 4, "requests flowing", deadline_s=60)
         time.sleep(0.5)  # requests are in flight on both replicas now
@@ -282,12 +288,13 @@ def test_killing_an_actor_fails_only_its_requests_and_it_comes_back(
     assert [s["state"] for s in meta["replica_states"]] == ["ready", "ready"], meta
 
 
-def _actor_pid(name: str) -> int:
-    """The process of actor `name` (Ray names it ray::ReplicaActor in ps; found by the
-    parent of the worker whose spec is the replica's)."""
+def _actor_pid(home: Path, name: str) -> int:
+    """The process of actor `name` (ray::ReplicaActor in ps): the parent of the worker
+    that runs the replica's spec under this gateway's home."""
     for pid in _all_pids():
         cmdline = _cmdline(pid)
-        if b"modelhost.worker\0" in cmdline and f"{name}".encode() in _spec_pod(cmdline):
+        ours = b"modelhost.worker\0" in cmdline and str(home).encode() in cmdline
+        if ours and f'"pod_name": "spread-{name}"'.encode() in _spec_pod(cmdline):
             return _ppid(pid)
     raise AssertionError(f"no worker process for {name}")
 
@@ -303,3 +310,65 @@ def _spec_pod(cmdline: bytes) -> bytes:
 def _ppid(pid: int) -> int:
     stat = Path(f"/proc/{pid}/stat").read_text()
     return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _node_of(
+    cluster: RayCluster, namespace: str, names: tuple[str, ...]
+) -> tuple[dict[str, str], str]:
+    """Each replica's node id, and the id of node b (the one with the `node_b` resource)."""
+    import ray
+
+    ray.init(address=cluster.address, namespace=namespace, log_to_driver=False)
+    try:
+        alive = [n for n in ray.nodes() if n["Alive"] and "node_b" in n["Resources"]]
+        node_b = alive[0]["NodeID"] if alive else ""
+        replicas = {name: ray.get(ray.get_actor(name).node.remote(), timeout=120) for name in names}
+        return replicas, node_b
+    finally:
+        ray.shutdown()
+
+
+def test_losing_a_node_fails_only_its_requests_and_the_replica_moves(
+    cluster: RayCluster, gateway: Server, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The second node's raylet killed (the node is lost): its replica's requests fail
+    together with 503, the other replica keeps serving, and Ray restarts the lost replica on
+    the node that is left. Runs last: node b stays dead."""
+    # A model of its own: the other one's replicas may all be on node a by now (a restarted
+    # actor goes where there is room). Small replicas: node a must have room for the lost one.
+    model = _spread_model(gateway, tmp_path_factory, "nodeloss", "lossy", num_cpus=0.1)
+    url, headers = model["url"], model["headers"]
+    namespace = gateway.extra_env["MODELHOST_RAY_NAMESPACE"]
+    names = ("mh-v2-r0", "mh-v2-r1")
+    replicas, node_b = _node_of(cluster, namespace, names)
+    lost = next(name for name, node in replicas.items() if node == node_b)
+    raylet = next(
+        pid for pid in cluster.pids("raylet") if f"{cluster.temp_dir}/b".encode() in _cmdline(pid)
+    )
+    with Clients(url, headers, n=4, sleep=2.0) as clients:
+        poll(lambda: len(clients.results) >= 4, "requests flowing", deadline_s=60)
+        time.sleep(0.5)
+        killed_at = time.monotonic()
+        os.kill(raylet, signal.SIGKILL)
+        poll(
+            lambda: any(r[2] == 503 and r[1] > killed_at for r in clients.results),
+            "the in-flight requests of the lost node failed",
+            deadline_s=30,
+        )
+        poll(lambda: _ready_replicas(url, headers) == 2, "the replica back", deadline_s=240)
+    # The lost node's actor (and with it the worker) goes when it notices its raylet is gone,
+    # a moment after the kill; until then the replica looks healthy and gets requests. So
+    # the bound is from the moment its connection dropped (the first failure): everything
+    # in flight on it fails then, and nothing routed after.
+    failed = [r for r in clients.results if r[2] != 200]
+    assert failed, "no request was in flight on the lost node's replica"
+    dropped_at = min(r[1] for r in failed)
+    assert dropped_at - killed_at < 10, f"the loss was noticed {dropped_at - killed_at:.1f} s late"
+    for start, end, status, pod, retry in failed:
+        assert status == 503 and retry, (status, pod, retry)
+        assert start < dropped_at, "a request routed after the lost replica left routing failed"
+        assert end - dropped_at < 1.0, f"an in-flight request failed {end - dropped_at:.2f} s late"
+    kept = next(name for name in replicas if name != lost)
+    assert any(r[2] == 200 and r[3].endswith(kept) and r[0] > killed_at for r in clients.results)
+    moved, _ = _node_of(cluster, namespace, names)
+    assert moved[lost] != node_b, f"{lost} still on the lost node"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -86,12 +87,18 @@ class RayPlacement:
             ) from None
         if not self._connected and not ray.is_initialized():
             s = self.settings
+            # ray.init installs its own SIGTERM/SIGINT handlers (sys.exit): the gateway's
+            # (uvicorn's graceful shutdown, the drain) stay in charge.
+            handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
             ray.init(
                 address=s.ray_address or None,
                 namespace=s.ray_namespace,
                 log_to_driver=False,
                 configure_logging=False,
             )
+            for sig, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
             log.info("connected to the Ray cluster at %s", s.ray_address or "(auto)")
         self._connected = True
         return ray
@@ -139,7 +146,7 @@ class RayPlacement:
             )
             try:
                 host, port, store_key = await asyncio.wait_for(
-                    actor.address.remote(), self.settings.worker_start_timeout_s
+                    _address(ray, actor), self.settings.worker_start_timeout_s
                 )
             except TimeoutError:
                 ray.kill(actor, no_restart=True)
@@ -160,6 +167,16 @@ class RayPlacement:
             ray.kill(actor, no_restart=True)
             await _until_gone(ray, name, self.settings.ray_namespace)
         raise ModelhostError(f"replica {name}: could not replace the actor of that name")
+
+
+async def _address(ray: Any, actor: Any) -> tuple[str, int, str]:
+    """The actor's `address()`, asked again while Ray restarts the actor (a call made then
+    fails with ActorUnavailableError instead of waiting for the new one)."""
+    while True:
+        try:
+            return tuple(await actor.address.remote())
+        except ray.exceptions.ActorUnavailableError:
+            await asyncio.sleep(0.2)
 
 
 async def _until_gone(ray: Any, name: str, namespace: str) -> None:

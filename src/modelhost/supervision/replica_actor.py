@@ -92,6 +92,10 @@ class ReplicaActor:
     # -- the worker's life -----------------------------------------------------------
 
     def _run(self) -> None:
+        # Ray runs actor code in threads that block signals; a child inherits the mask, and
+        # a worker with SIGTERM blocked would not notice its actor's death (the parent-death
+        # signal) nor a stop. The worker and the fetch step start from a clear mask.
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
         try:
             self._start()
         except Exception as exc:  # the gateway's address() call gets the reason

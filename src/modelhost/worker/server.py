@@ -45,6 +45,11 @@ _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 # Exit status of a worker that recycles itself because every predict thread is stuck in an
 # abandoned call (the supervisor restarts it like any crash of a ready worker).
 WEDGED_EXIT_CODE = 70
+# The parent-death signal of a worker. Not SIGTERM, which asks for a drain: when the parent
+# dies, its threads may still be exiting, so getppid() cannot tell the two apart yet (a Ray
+# actor has many threads), and a drain would keep the gateway's requests waiting on a replica
+# that is lost.
+PARENT_GONE = signal.SIGHUP
 
 
 class WorkerServer:
@@ -57,6 +62,7 @@ class WorkerServer:
         self.runner: Runner | None = None
         self.conns: set[_Conn] = set()
         self.parent = os.getppid()
+        self.orphaned = False  # the process that started us died (PARENT_GONE)
 
     def state_header(self) -> dict[str, Any]:
         return {
@@ -88,16 +94,21 @@ class WorkerServer:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(PARENT_GONE, self._orphaned, stop)
         if self.state != "failed":
             await self.prepare()
         await stop.wait()
         await self.shutdown(server)
 
+    def _orphaned(self, stop: asyncio.Event) -> None:
+        self.orphaned = True
+        stop.set()
+
     async def shutdown(self, server: asyncio.AbstractServer | AuthenticatedServer) -> None:
         """SIGTERM: accept no new connection, let the requests in flight finish (not when the
         gateway is gone: nobody would read their answers), run `cleanup`, each bounded."""
         server.close()
-        if os.getppid() == self.parent:
+        if not self.orphaned and os.getppid() == self.parent:
             await self._finish_inflight(STOP_DRAIN_S)
         else:  # whoever started us died (the gateway, or the Ray actor of a lost replica):
             for conn in list(self.conns):  # the gateway's requests fail now, not after cleanup
@@ -398,10 +409,11 @@ def _from_gateway(transport: asyncio.BaseTransport) -> bool:
     return False
 
 
-def die_with_parent() -> None:
-    """Linux: get SIGTERM when the gateway process dies, so no worker is orphaned."""
+def die_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
+    """Linux: get `sig` when the process that started us (the gateway, or a replica's Ray
+    actor) dies, so no worker is orphaned."""
     with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
 
 
 def listen(path: str) -> socket.socket:
@@ -459,6 +471,9 @@ def start_child(argv: list[str] | None) -> WorkerSpec:
     """The spec named on the command line of a worker or fetch process, with its logging set
     up and the parent-death signal armed (no orphan outlives the gateway)."""
     args = sys.argv[1:] if argv is None else argv
+    # A parent that starts us from a thread with signals blocked (Ray's actor threads) hands
+    # down its mask: SIGTERM (stop, the parent-death signal) must reach us.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT, PARENT_GONE})
     spec = WorkerSpec.load(Path(args[0]))
     logs.setup(spec.log_level, spec.log_format, pod=spec.pod_name)
     die_with_parent()
@@ -467,9 +482,10 @@ def start_child(argv: list[str] | None) -> WorkerSpec:
 
 def main(argv: list[str] | None = None) -> None:
     spec = start_child(argv)
+    die_with_parent(PARENT_GONE)  # not SIGTERM: the worker must tell the two apart
     sock = socket.socket(fileno=spec.listen_fd) if spec.listen_fd >= 0 else listen(spec.socket_path)
     failure = sandbox(spec)  # before the event loop: no threads yet
-    die_with_parent()  # again: entering the sandbox may have changed our credentials
+    die_with_parent(PARENT_GONE)  # again: entering the sandbox may have changed our credentials
     if failure:
         log.error("%s v%s: %s", spec.name, spec.version, failure)
 
