@@ -55,3 +55,19 @@ def test_bad_settings_are_refused_by_name(
             registry.update_deployment("checked", **changes)
         with pytest.raises(BadRequest, match=says):
             registry.create_deployment("checked-new", **changes)
+
+
+def test_bounds_are_checked_against_the_stored_row(database_url: str) -> None:
+    with Registry(database_url) as registry:
+        registry.migrate()
+        registry.create_deployment("bounded", min_replicas=1, max_replicas=3)
+        with pytest.raises(
+            BadRequest, match=r"min_replicas \(5\) must not exceed max_replicas \(3\)"
+        ):
+            registry.update_deployment("bounded", min_replicas=5)
+        with pytest.raises(BadRequest, match="must not exceed"):
+            registry.update_deployment("bounded", max_replicas=0 + 1, min_replicas=2)
+        row = registry.get_deployment("bounded")
+        assert row is not None and (row.min_replicas, row.max_replicas) == (1, 3)
+        row = registry.update_deployment("bounded", min_replicas=5, max_replicas=6)
+        assert (row.min_replicas, row.max_replicas) == (5, 6)

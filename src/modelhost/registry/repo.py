@@ -301,6 +301,14 @@ class Registry:
                 raise _deployment_missing(key)
             for name, value in changes.items():
                 setattr(deployment, name, value)
+            # the bounds as they will be stored (one of them may be the row's own); raising
+            # here rolls the transaction back
+            low, high = deployment.min_replicas, deployment.max_replicas
+            if low is not None and high is not None and low > high:
+                raise BadRequest(
+                    f"min_replicas ({low}) must not exceed max_replicas ({high}) of deployment "
+                    f"{key!r}; change both in one call"
+                )
             return deployment.to_row()
 
     def ensure_deployment(self, key: str, replicas: int | None = None) -> DeploymentRow:
