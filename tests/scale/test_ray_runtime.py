@@ -179,6 +179,33 @@ def test_worker_tcp_socket_refuses_a_client_without_the_secret(
                 assert sock.recv(4096) == b"", "the worker answered a client without the secret"
 
 
+def test_a_restarted_gateway_attaches_to_the_running_replicas(
+    gateway: Server, spread: dict[str, Any]
+) -> None:
+    """The actors are the deployment's, not the gateway's: a gateway that stops leaves them
+    serving, and when it (or another gateway on the registry) starts it attaches to the same
+    worker processes instead of starting new ones."""
+    before = _worker_pids(gateway.home)
+    assert len(before) == 2, before
+    gateway.stop()
+    assert _worker_pids(gateway.home) == before, "stopping the gateway stopped its replicas"
+    gateway.start(timeout=120)
+    url, headers = spread["url"], spread["headers"]
+    poll(lambda: _ready_replicas(url, headers) == 2, "both replicas attached", deadline_s=120)
+    r = httpx.post(url, json={}, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.json()["pid"] in before
+    assert _worker_pids(gateway.home) == before, "the replicas were started again"
+
+
+def _worker_pids(home: Path) -> set[int]:
+    return {
+        pid
+        for pid in _all_pids()
+        if b"modelhost.worker\0" in _cmdline(pid) and str(home).encode() in _cmdline(pid)
+    }
+
+
 def _worker_ports(home: Path) -> list[int]:
     """TCP ports our modelhost workers listen on (found from /proc, by their spec paths)."""
     pids = [
