@@ -573,6 +573,8 @@ class Supervisor:
     def __init__(self, settings: Settings, on_change: ChangeListener) -> None:
         private_dir(settings.home)
         self.settings = settings
+        # Where workers run; an unknown MODELHOST_RUNTIME fails here, when the gateway starts.
+        self.placement = placement_for(settings)
         self._on_change = on_change
         self.versions: dict[int, VersionWorkers] = {}
 
