@@ -6,6 +6,7 @@ nothing below this module reads ``os.environ``. Each field maps to ``MODELHOST_<
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from dataclasses import dataclass, field, fields, replace
@@ -130,7 +131,9 @@ class Settings:
     # The Ray cluster ("" = start or find one as `ray.init()` does; e.g. 127.0.0.1:6379).
     ray_address: str = ""
     # The Ray namespace the replica actors are named in (gateways sharing it share actors).
-    ray_namespace: str = "modelhost"
+    # "" = one per registry: "modelhost-" + a digest of the database URL (less its password),
+    # so two installations on one Ray cluster never take each other's actors.
+    ray_namespace: str = ""
     # The address a worker's TCP socket binds on its node ("" = the Ray node's own IP).
     worker_host: str = ""
     # The secret worker TCP connections authenticate with (HMAC challenge-response, both
@@ -154,10 +157,12 @@ class Settings:
         """Fill the defaults that depend on `home`."""
         home = Path(self.home).expanduser()
         _check_gateway_id(self.gateway_id)
+        database_url = self.database_url or f"sqlite:///{home / 'registry.db'}"
         return replace(
             self,
             home=home,
-            database_url=self.database_url or f"sqlite:///{home / 'registry.db'}",
+            database_url=database_url,
+            ray_namespace=self.ray_namespace or _registry_namespace(database_url),
             store_url=self.store_url or f"file://{home / 'store'}",
             cache_dir=Path(self.cache_dir) if self.cache_dir else home / "cache",
             public_url=(self.public_url or f"http://{self.host}:{self.port}").rstrip("/"),
@@ -232,3 +237,15 @@ def _coerce(kind: Any, raw: str) -> Any:
     if kind.startswith("bool"):
         return raw.lower() in {"1", "true", "yes", "on"}
     return raw
+
+
+def _registry_namespace(database_url: str) -> str:
+    """The default Ray namespace of a registry: the same for every gateway that reaches it by
+    the same URL, another for another registry (the password is left out of the digest)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        plain = make_url(database_url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy reads: the registry will say so itself
+        plain = database_url
+    return "modelhost-" + hashlib.sha256(plain.encode()).hexdigest()[:12]

@@ -40,3 +40,15 @@ def test_reuse_port_without_an_id_still_separates_the_folders(tmp_path: Path) ->
 def test_a_gateway_id_must_be_one_plain_path_segment(tmp_path: Path, bad: str) -> None:
     with pytest.raises(ValueError, match="MODELHOST_GATEWAY_ID"):
         Settings.from_env({"MODELHOST_GATEWAY_ID": bad}, home=tmp_path)
+
+
+def test_ray_namespace_is_one_per_registry(tmp_path: Path) -> None:
+    def namespace(url: str, **extra: str) -> str:
+        return Settings(home=tmp_path, database_url=url, **extra).resolved().ray_namespace
+
+    pg = "postgresql+psycopg://mh:{}@db:5432/modelhost"
+    assert namespace(pg.format("one")) == namespace(pg.format("two"))  # not the password
+    assert "one" not in namespace(pg.format("one"))
+    assert namespace(pg.format("x")) != namespace(pg.format("x") + "2")
+    assert namespace("sqlite:///a.db").startswith("modelhost-")
+    assert namespace("sqlite:///a.db", ray_namespace="shared") == "shared"

@@ -99,7 +99,11 @@ class RayPlacement:
             for sig, handler in handlers.items():
                 if handler is not None:
                     signal.signal(sig, handler)
-            log.info("connected to the Ray cluster at %s", s.ray_address or "(auto)")
+            log.info(
+                "connected to the Ray cluster at %s; replicas in namespace %s",
+                s.ray_address or "(auto)",
+                s.ray_namespace,
+            )
         self._connected = True
         return ray
 
