@@ -1,23 +1,29 @@
 """Scale-out: throughput against the replica count, and Ray's runtime against local processes.
 
     python -m bench.scale [--replicas 1,2,4] [--duration 10] [--rounds 3]
-                          [--runtime local|ray] [--ray-address HOST:PORT] [--num-cpus 0.25]
+                          [--runtime ray|local] [--ray-address HOST:PORT] [--num-cpus 0.25]
+
+By default it starts and stops everything it needs (bench/cluster.py): a two-node Ray
+cluster on 127.0.0.1 (nodes `node_a` and `node_b`), a PostgreSQL schema per server for the
+registry (the machine's PostgreSQL: MODELHOST_TEST_PG_URL, else postgres@127.0.0.1/test) and
+a moto S3 server for the store. `--ray-address` uses a running cluster instead;
+`--runtime local` measures the replica scaling with local processes and skips Ray.
 
 1. A model whose sync `predict` holds one slot for 50 ms (a lock: one request at a time per
    replica, ~20 requests/s each) is deployed once per N in `--replicas`, each on its own
-   deployment with N replicas, in one server of `--runtime`. Each is driven by a closed loop
-   of `4 x N` clients (enough to keep every slot busy) in `--rounds` alternating rounds (this
-   is a shared machine whose speed drifts: alternating makes a slow spell hit all alike);
-   its median round counts. Goal: N replicas give >= 0.8 x N x one replica's throughput.
-2. With `--ray-address` (a running Ray cluster: `ray start --head`), the echo model through
-   a `MODELHOST_RUNTIME=ray` server against a local-process one, alternating (wrk -t1 -c64
-   when installed, else this script's own client, which may be slower than both servers:
-   then the ratio says little). Goal: Ray's >= 0.8 x local's. Without it the ratio is null.
+   deployment with N replicas (on Ray: `placement: spread`, so they share the two nodes),
+   in one server of `--runtime`. Each is driven by a closed loop of `4 x N` clients (enough
+   to keep every slot busy) in `--rounds` alternating rounds (this is a shared machine whose
+   speed drifts: alternating makes a slow spell hit all alike); its median round counts.
+   Goal: N replicas give >= 0.8 x N x one replica's throughput.
+2. On Ray: the echo model through a `MODELHOST_RUNTIME=ray` server against a local-process
+   one, alternating (wrk -t1 -c64 when installed, else this script's own client, which may
+   be slower than both servers: then the ratio says little). Goal: Ray's >= 0.8 x local's.
 
 Ends by printing one JSON line:
 `{"replicas": {"1": req_s, "2": req_s, "4": req_s}, "ray_vs_local_echo": ratio | null}`,
-and writes the same with details to bench/results/scale.json. Exit code 1 when a goal is
-missed or a request failed.
+and writes the same with details to bench/results/scale.json and a plot to
+bench/results/scale.png. Exit code 1 when a goal is missed or a request failed.
 """
 
 from __future__ import annotations
@@ -26,19 +32,21 @@ import argparse
 import asyncio
 import json
 import os
+import secrets
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from bench.cluster import cluster_env, pg_schema
 from bench.procs import server_process
 from bench.wrk import run_wrk
 
@@ -100,7 +108,12 @@ class Server:
         self.admin = {"authorization": f"Bearer {access}"}
 
     def deploy(
-        self, name: str, source: str, replicas: int, num_cpus: float | None = None
+        self,
+        name: str,
+        source: str,
+        replicas: int,
+        num_cpus: float | None = None,
+        spread: bool = False,
     ) -> tuple[str, str]:
         """Deploy `source` as bench/<name> on a deployment of its own (`num_cpus` per
         replica on Ray); (URL, session token)."""
@@ -110,6 +123,8 @@ class Server:
         deployment: dict[str, Any] = {"key": f"{name}-depl", "replicas": replicas}
         if num_cpus is not None:
             deployment["num_cpus"] = num_cpus
+        if spread:
+            deployment["placement"] = "spread"
         r = httpx.post(mh + "/deployments/", json=deployment, headers=self.admin)
         r.raise_for_status()
         folder = self.home / "models" / name
@@ -143,7 +158,7 @@ class Server:
 
 
 @contextmanager
-def modelhost(runtime: str, ray_address: str = "") -> Iterator[Server]:
+def modelhost(runtime: str, extra_env: dict[str, str] | None = None) -> Iterator[Server]:
     port = _free_port()
     with tempfile.TemporaryDirectory() as home:
         env = {
@@ -153,14 +168,23 @@ def modelhost(runtime: str, ray_address: str = "") -> Iterator[Server]:
             "MODELHOST_ADMIN_PASSWORD": PASSWORD,
             "MODELHOST_LOG_LEVEL": "warning",
             "MODELHOST_RUNTIME": runtime,
+            **(extra_env or {}),
         }
-        if ray_address:
-            env["MODELHOST_RAY_ADDRESS"] = ray_address
         log = Path(home) / "serve.log"
         with server_process([sys.executable, "-m", "modelhost.cli", "serve"], env=env, log=log):
             url = f"http://127.0.0.1:{port}"
             _wait_healthy(url, log)
             yield Server(url, Path(home))
+
+
+@contextmanager
+def ray_gateway(cluster: dict[str, str]) -> Iterator[Server]:
+    """A `MODELHOST_RUNTIME=ray` server on `cluster` with a registry schema of its own."""
+    with pg_schema() as database:
+        schema_store = f"s3://bench/{secrets.token_hex(4)}"
+        env = {**cluster, "MODELHOST_DATABASE_URL": database, "MODELHOST_STORE_URL": schema_store}
+        with modelhost("ray", env) as server:
+            yield server
 
 
 def _wait_healthy(url: str, log: Path, timeout_s: float = 120) -> None:
@@ -220,27 +244,38 @@ def alternate(models: list[Model], duration_s: float, rounds: int, echo: bool) -
     return runs
 
 
-def replica_scaling(args: argparse.Namespace) -> dict[str, Run]:
-    with modelhost(args.runtime, args.ray_address) as server:
+def replica_scaling(args: argparse.Namespace, cluster: dict[str, str] | None) -> dict[str, Run]:
+    with ray_gateway(cluster) if cluster is not None else modelhost("local") as server:
         models = []
         for n in args.replicas:
             print(f"deploying the 50 ms slot model with {n} replica(s) ...", file=sys.stderr)
-            url, token = server.deploy(f"slot{n}", SLOT_MODEL, n, args.num_cpus)
+            url, token = server.deploy(
+                f"slot{n}", SLOT_MODEL, n, args.num_cpus, spread=cluster is not None
+            )
             models.append(Model(str(n), url, token, CLIENTS_PER_REPLICA * n))
         return alternate(models, args.duration, args.rounds, echo=False)
 
 
-def ray_vs_local(args: argparse.Namespace) -> dict[str, Run] | None:
-    if not args.ray_address:
-        print("no --ray-address: the Ray/local echo ratio is not measured", file=sys.stderr)
+def ray_vs_local(args: argparse.Namespace, cluster: dict[str, str] | None) -> dict[str, Run] | None:
+    if cluster is None:
+        print("--runtime local: the Ray/local echo ratio is not measured", file=sys.stderr)
         return None
-    with ExitStack() as stack:
+    with modelhost("local") as local, ray_gateway(cluster) as ray:
         models = []
-        for runtime in ("local", "ray"):
-            server = stack.enter_context(modelhost(runtime, args.ray_address))
+        for name, server in (("local", local), ("ray", ray)):
             url, token = server.deploy("echo", ECHO_MODEL, 1, args.num_cpus)
-            models.append(Model(runtime, url, token, 64))
+            models.append(Model(name, url, token, 64))
         return alternate(models, args.duration, args.rounds, echo=True)
+
+
+@contextmanager
+def the_cluster(args: argparse.Namespace) -> Iterator[dict[str, str] | None]:
+    """Ray nodes (started here unless --ray-address) and the S3 server; None for local."""
+    if args.runtime == "local":
+        yield None
+        return
+    with cluster_env(args.ray_address, _free_port()) as env:
+        yield env
 
 
 def main() -> None:
@@ -250,23 +285,30 @@ def main() -> None:
     parser.add_argument("--replicas", default="1,2,4", help="replica counts, comma-separated")
     parser.add_argument("--duration", type=float, default=10, help="seconds per measured run")
     parser.add_argument("--rounds", type=int, default=3, help="alternating measured rounds")
-    parser.add_argument("--runtime", choices=("local", "ray"), default="local")
     parser.add_argument(
-        "--ray-address", default="", help="a running Ray cluster (HOST:PORT) for the Ray runs"
+        "--runtime",
+        choices=("ray", "local"),
+        default="ray",
+        help="ray (default): replicas as Ray actors on two nodes, and Ray's echo against "
+        "local; local: the replica scaling with local processes only",
+    )
+    parser.add_argument(
+        "--ray-address",
+        default="",
+        help="a running Ray cluster (HOST:PORT) instead of two nodes started here",
     )
     parser.add_argument(
         "--num-cpus",
         type=float,
-        default=None,
+        default=0.25,
         help="the deployments' num_cpus per replica on Ray (the slot model sleeps: 0.25 lets "
-        "1 + 2 + 4 replicas fit a small cluster; Ray's default is 1)",
+        "1 + 2 + 4 replicas fit the two 2-CPU nodes; Ray's default is 1)",
     )
     args = parser.parse_args()
     args.replicas = [int(n) for n in args.replicas.split(",") if n.strip()]
-    if args.runtime == "ray" and not args.ray_address:
-        parser.error("--runtime ray needs --ray-address (start one with `ray start --head`)")
-    scaling = replica_scaling(args)
-    echo = ray_vs_local(args)
+    with the_cluster(args) as cluster:
+        scaling = replica_scaling(args, cluster)
+        echo = ray_vs_local(args, cluster)
     print(json.dumps(report(args, scaling, echo)))
     if not report_ok(args, scaling, echo):
         sys.exit(1)
@@ -295,7 +337,44 @@ def report(
         "echo_load": "wrk -t1 -c64" if shutil.which("wrk") else "this script's client, 64 clients",
     }
     (RESULTS / "scale.json").write_text(json.dumps(details, indent=2) + "\n")
+    plot(details, RESULTS / "scale.png")
     return line
+
+
+def plot(details: dict[str, Any], png: Path) -> None:
+    """Requests/s against replicas (min-max bars over the rounds) with the goal line, and
+    the echo rounds of both runtimes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    counts = sorted(details["replica_rounds"], key=int)
+    medians = [details["replicas"][k] for k in counts]
+    lows = [m - min(details["replica_rounds"][k]) for k, m in zip(counts, medians, strict=True)]
+    highs = [max(details["replica_rounds"][k]) - m for k, m in zip(counts, medians, strict=True)]
+    xs = [int(k) for k in counts]
+    left.errorbar(xs, medians, yerr=[lows, highs], marker="o", capsize=4, label="modelhost")
+    if "1" in details["replicas"]:
+        one = details["replicas"]["1"]
+        left.plot(xs, [GOAL * n * one for n in xs], "--", label=f"goal: {GOAL} x N x one")
+    left.set(
+        xlabel="replicas", ylabel="requests/s", title=f"50 ms slot model ({details['runtime']})"
+    )
+    left.set_xticks(xs)
+    left.legend()
+    echo = details.get("echo_rounds") or {}
+    if echo:
+        names = list(echo)
+        right.boxplot([echo[n] for n in names])
+        right.set_xticks(range(1, len(names) + 1), names)
+        right.set(ylabel="requests/s", title=f"echo, 1 replica ({details['echo_load']})")
+    else:
+        right.set_axis_off()
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
 
 
 def report_ok(
