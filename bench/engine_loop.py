@@ -10,6 +10,11 @@ Both variants run interleaved, level by level, so machine noise hits them alike;
 reports the median of ``--repeat`` runs and the ratio engine / plain.
 
     python bench/engine_loop.py [--levels 1,4,16,32] [--tokens 128] [--repeat 3] [--out f.json]
+                                [--kv-streams] [--flash-attn auto|on|off] [--ubatch N]
+                                [--threads N] [--threads-batch N] [--only plain|engine]
+
+The llama.cpp context settings (KV layout, flash attention, micro-batch, threads) apply to
+both variants alike; run the script once per setting, alternating, to compare settings.
 """
 
 from __future__ import annotations
@@ -54,17 +59,10 @@ def default_model() -> Path:
 class PlainLoop:
     """The reference: nothing but llama.cpp calls, a batch and an argmax."""
 
-    def __init__(self, backend: LlamaCppBackend, max_seqs: int, batch_tokens: int) -> None:
+    def __init__(self, backend: LlamaCppBackend, batch_tokens: int) -> None:
         self.vocab_size = backend.vocab_size
         self.eog = backend.eog_ids
-        model = backend._model
-        params = lc.llama_context_default_params()
-        params.n_ctx = backend.kv_capacity
-        params.n_seq_max = max_seqs
-        params.kv_unified = True
-        params.n_batch = params.n_ubatch = batch_tokens
-        params.n_threads = params.n_threads_batch = os.cpu_count() or 1
-        self.ctx = lc.llama_init_from_model(model, params)
+        self.ctx = backend.new_context()  # the engine's settings, on the same weights
         self.mem = lc.llama_get_memory(self.ctx)
         self.batch_tokens = batch_tokens
         self.batch = lc.llama_batch_init(batch_tokens, 0, 1)
@@ -136,18 +134,36 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
+        "--kv-streams", action="store_true", help="a KV stream per slot (kv_unified off)"
+    )
+    parser.add_argument("--flash-attn", choices=("auto", "on", "off"), default="auto")
+    parser.add_argument("--ubatch", type=int, default=None, help="n_ubatch (default: n_batch)")
+    parser.add_argument("--threads", type=int, default=None, help="decode threads")
+    parser.add_argument("--threads-batch", type=int, default=None, help="prompt threads")
+    parser.add_argument("--only", choices=("plain", "engine"), default=None)
+    parser.add_argument(
         "--no-prefix-reuse",
         action="store_true",
         help="make the engine recompute every prompt, like the plain loop does",
     )
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-    max_seqs = max(levels)
+    max_seqs = max(*levels, 4)  # the warm-up runs 4 sequences
 
-    backend = LlamaCppBackend(args.model or default_model(), max_seqs=max_seqs)
+    flash = {"auto": None, "on": True, "off": False}[args.flash_attn]
+    backend = LlamaCppBackend(
+        args.model or default_model(),
+        max_seqs=max_seqs,
+        seq_ctx=512,
+        kv_unified=not args.kv_streams,
+        flash_attn=flash,
+        n_ubatch=args.ubatch,
+        n_threads=args.threads,
+        n_threads_batch=args.threads_batch,
+    )
     reuse = 1 << 30 if args.no_prefix_reuse else DEFAULT_MIN_PREFIX_REUSE
     engine = LLMEngine(backend, max_seqs=max_seqs, min_prefix_reuse=reuse)
-    plain = PlainLoop(backend, max_seqs, backend.max_batch_tokens)
+    plain = PlainLoop(backend, backend.max_batch_tokens)
     chats = [
         backend.tokenize(backend.render_chat([{"role": "user", "content": q}])) for q in PROMPTS
     ]
@@ -162,25 +178,31 @@ def main() -> None:
         "tokens_per_request": args.tokens,
         "cpu_count": os.cpu_count(),
         "prefix_reuse": not args.no_prefix_reuse,
+        "settings": {
+            "kv_unified": not args.kv_streams,
+            "flash_attn": args.flash_attn,
+            "ubatch": args.ubatch,
+            "threads": backend.threads,
+        },
         "levels": {},
     }
     for n in levels:
         runs: dict[str, list[float]] = {"plain": [], "plain_decode_only": [], "engine": []}
         for _ in range(args.repeat):
-            p = plain.run(prompts(n), args.tokens)
-            runs["plain"].append(p["tok_s"])
-            runs["plain_decode_only"].append(p["decode_tok_s"])
-            runs["engine"].append(asyncio.run(engine_run(engine, prompts(n), args.tokens))["tok_s"])
-        row: dict[str, Any] = {k: round(statistics.median(v), 1) for k, v in runs.items()}
-        row["engine_over_plain"] = round(row["engine"] / row["plain"], 3)
-        row["runs"] = {k: [round(x, 1) for x in v] for k, v in runs.items()}
+            if args.only != "engine":
+                p = plain.run(prompts(n), args.tokens)
+                runs["plain"].append(p["tok_s"])
+                runs["plain_decode_only"].append(p["decode_tok_s"])
+            if args.only != "plain":
+                result = asyncio.run(engine_run(engine, prompts(n), args.tokens))
+                runs["engine"].append(result["tok_s"])
+        row: dict[str, Any] = {k: round(statistics.median(v), 1) for k, v in runs.items() if v}
+        if "engine" in row and "plain" in row:
+            row["engine_over_plain"] = round(row["engine"] / row["plain"], 3)
+        row["runs"] = {k: [round(x, 1) for x in v] for k, v in runs.items() if v}
         results["levels"][str(n)] = row
-        print(
-            f"N={n:>3}  plain {row['plain']:>7} tok/s  engine {row['engine']:>7} tok/s  "
-            f"ratio {row['engine_over_plain']}",
-            file=sys.stderr,
-            flush=True,
-        )
+        shown = "  ".join(f"{k} {row[k]:>7} tok/s" for k in ("plain", "engine") if k in row)
+        print(f"N={n:>3}  {shown}", file=sys.stderr, flush=True)
     engine.close()
     text = json.dumps(results, indent=2)
     print(text)

@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 MAX_SEQS = 32  # as in the model.json bench.llm deploys to modelhost
+SEQ_CTX = 512  # KV context per slot, as bench.llm gives modelhost and llama-server
 
 
 def run(levels: list[int], waves: int, tokens: int, variants: list[str]) -> dict[str, Any]:
@@ -28,9 +29,9 @@ def run(levels: list[int], waves: int, tokens: int, variants: list[str]) -> dict
     from modelhost.llm.llamacpp import LlamaCppBackend
 
     max_seqs = max(MAX_SEQS, *levels)
-    backend = LlamaCppBackend(default_model(), max_seqs=max_seqs)
+    backend = LlamaCppBackend(default_model(), max_seqs=max_seqs, seq_ctx=SEQ_CTX)
     engine = LLMEngine(backend, max_seqs=MAX_SEQS)
-    plain = PlainLoop(backend, max_seqs, backend.max_batch_tokens) if "plain" in variants else None
+    plain = PlainLoop(backend, backend.max_batch_tokens) if "plain" in variants else None
     chats = [
         backend.tokenize(backend.render_chat([{"role": "user", "content": q}])) for q in PROMPTS
     ]

@@ -20,10 +20,11 @@ from llm_helpers import chat_tokens, first_event, run, text_of
 
 from modelhost.demo_assets import DemoAssets
 from modelhost.errors import BadRequest, InvalidModelFolder, TooManyRequests
+from modelhost.llm.engines import backend_name
 from modelhost.llm.params import SamplingParams
 from modelhost.llm.results import JSONResult
 from modelhost.llm.service import LLMService
-from modelhost.worker.llm_runner import backend_name, build_service
+from modelhost.worker.llm_runner import build_service
 
 pytestmark = pytest.mark.anyio
 

@@ -1,8 +1,13 @@
 """llama.cpp backend through llama-cpp-python's low-level API.
 
 The high-level ``llama_cpp.Llama`` owns a context with a single sequence slot; batching
-several requests needs a context created here with ``n_seq_max`` slots and one unified KV
-buffer, so sequences can also share cells (prefix reuse via ``llama_memory_seq_cp``).
+several requests needs a context created here with ``n_seq_max`` slots sharing one unified
+KV buffer, so sequences can also share cells (prefix reuse via ``llama_memory_seq_cp``).
+``kv_unified=False`` gives each slot a KV stream of its own instead (as llama-server runs):
+faster in a bare decode loop, but 2.6x the CPU on a batch of grammar-constrained requests
+with shared prefixes (issue 8, not understood yet), so it is not the default. Prefix reuse
+across streams copies the whole source stream (``llama_memory_seq_cp`` copies whole
+streams only) and trims the copy to the shared prefix.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ import numpy as np
 
 from modelhost.llm.backend import BackendError, KVCacheFull, Logits
 from modelhost.llm.chat_template import ChatTemplate
+from modelhost.llm.engines import machine_threads
 from modelhost.llm.llamacpp_batch import NumpyBatch
 from modelhost.llm.llamacpp_grammar import GrammarCompiler, GrammarConstraint
 
-DEFAULT_KV_CAPACITY = 16384
 DEFAULT_SEQ_CTX = 2048
 DEFAULT_BATCH_TOKENS = 512
+KV_STREAM_PAD = 256  # llama.cpp rounds a per-sequence KV stream up to this many cells
 
 _GGML_LOG_WARN = 3  # ggml_log_level: NONE, DEBUG, INFO, WARN, ERROR, CONT
 _GGML_LOG_ERROR = 4
@@ -73,17 +79,29 @@ def _piece(vocab: Any, token: int, special: bool) -> bytes:
 
 
 class LlamaCppBackend:
-    """A GGUF model with ``max_seqs`` sequence slots sharing ``kv_capacity`` KV cells."""
+    """A GGUF model with ``max_seqs`` sequence slots of ``seq_ctx`` tokens each.
+
+    ``seq_ctx`` (default 2048, at most the model's training context) sizes the KV cache:
+    ``max_seqs x seq_ctx`` cells unless ``kv_capacity`` says otherwise (then each slot gets
+    ``kv_capacity / max_seqs``). ``n_threads`` decode and ``n_threads_batch`` prompt
+    threads default to the cores this process may use. ``kv_unified=False`` gives each
+    slot a KV stream of its own instead of one shared buffer (see the module's notes);
+    ``flash_attn`` None lets llama.cpp decide; ``n_ubatch`` defaults to the batch size.
+    """
 
     def __init__(
         self,
         model_path: str | os.PathLike[str],
         *,
         max_seqs: int = 32,
-        kv_capacity: int = DEFAULT_KV_CAPACITY,
-        seq_ctx: int = DEFAULT_SEQ_CTX,
+        kv_capacity: int | None = None,
+        seq_ctx: int | None = None,
         max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
         n_threads: int | None = None,
+        n_threads_batch: int | None = None,
+        kv_unified: bool = True,
+        flash_attn: bool | None = None,
+        n_ubatch: int | None = None,
     ) -> None:
         _init_llama()
         path = Path(model_path)
@@ -93,18 +111,28 @@ class LlamaCppBackend:
         if not self._model:
             raise BackendError(f"llama.cpp could not load {path}")
         self._ctx: Any = None
+        self._unified = kv_unified
+        threads = n_threads or machine_threads()
+        self.threads = (threads, n_threads_batch or threads)
+        train_ctx = int(lc.llama_model_n_ctx_train(self._model))
+        wanted = min(seq_ctx or DEFAULT_SEQ_CTX, train_ctx or seq_ctx or DEFAULT_SEQ_CTX)
+        if kv_capacity is None:
+            kv_capacity = max_seqs * _round_up(wanted, 1 if kv_unified else KV_STREAM_PAD)
+        self._params = self._context_params(
+            max_seqs, kv_capacity, max_batch_tokens, flash_attn, n_ubatch
+        )
         try:
             self._vocab: Any = lc.llama_model_get_vocab(self._model)
-            self._ctx = self._new_context(max_seqs, kv_capacity, max_batch_tokens, n_threads)
+            self._ctx = self.new_context()
         except BaseException:
             self.close()
             raise
         self._mem: Any = lc.llama_get_memory(self._ctx)
         self._n_vocab = int(lc.llama_vocab_n_tokens(self._vocab))
         self._max_seqs = max_seqs
-        self._kv_capacity = kv_capacity
-        train_ctx = int(lc.llama_model_n_ctx_train(self._model))
-        self._seq_ctx = min(seq_ctx, kv_capacity, train_ctx or seq_ctx)
+        self._kv_capacity = int(lc.llama_n_ctx(self._ctx))
+        per_seq = self._kv_capacity if kv_unified else self._kv_capacity // max_seqs
+        self._seq_ctx = min(wanted, per_seq)
         self._batch = NumpyBatch(max_batch_tokens)
         self._name = _meta_string(self._model, "general.name") or path.stem
         self._pieces = [_piece(self._vocab, t, False) for t in range(self._n_vocab)]
@@ -119,18 +147,30 @@ class LlamaCppBackend:
             eos_token=self._special_text(int(lc.llama_vocab_eos(self._vocab))),
         )
 
-    def _new_context(
-        self, max_seqs: int, kv_capacity: int, batch_tokens: int, n_threads: int | None
+    def _context_params(
+        self,
+        max_seqs: int,
+        kv_capacity: int,
+        batch_tokens: int,
+        flash_attn: bool | None,
+        n_ubatch: int | None,
     ) -> Any:
         params = lc.llama_context_default_params()
         params.n_ctx = kv_capacity
         params.n_seq_max = max_seqs
-        params.kv_unified = True
+        params.kv_unified = self._unified
         params.n_batch = batch_tokens
-        params.n_ubatch = batch_tokens
-        params.n_threads = params.n_threads_batch = n_threads or os.cpu_count() or 1
+        params.n_ubatch = min(n_ubatch or batch_tokens, batch_tokens)
+        params.n_threads, params.n_threads_batch = self.threads
+        if flash_attn is not None:
+            params.flash_attn_type = 1 if flash_attn else 0
         params.no_perf = True
-        ctx = lc.llama_init_from_model(self._model, params)
+        return params
+
+    def new_context(self) -> Any:
+        """A llama.cpp context with this backend's settings (benchmarks build a second one
+        on the same weights); the caller frees it with ``llama_free``."""
+        ctx = lc.llama_init_from_model(self._model, self._params)
         if not ctx:
             raise BackendError("llama.cpp could not create a context")
         return ctx
@@ -243,7 +283,13 @@ class LlamaCppBackend:
         return bool(lc.llama_memory_seq_rm(self._mem, seq_id, start, -1))
 
     def seq_copy(self, src: int, dst: int, length: int) -> None:
-        lc.llama_memory_seq_cp(self._mem, src, dst, 0, length)
+        if self._unified:  # shared cells: only metadata changes
+            lc.llama_memory_seq_cp(self._mem, src, dst, 0, length)
+            return
+        # separate streams: llama.cpp copies a whole stream (at the next decode), then the
+        # copy is cut back to the shared prefix
+        lc.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+        lc.llama_memory_seq_rm(self._mem, dst, length, -1)
 
     def close(self) -> None:
         if self._ctx:
@@ -252,6 +298,10 @@ class LlamaCppBackend:
         if self._model:
             lc.llama_model_free(self._model)
             self._model = None
+
+
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
 
 
 def _model_params() -> Any:

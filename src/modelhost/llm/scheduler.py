@@ -57,6 +57,10 @@ class LoopCounters:
     prefix: PrefixStats = field(default_factory=PrefixStats)
 
 
+def _slot(seq: Sequence) -> int:
+    return seq.slot
+
+
 class Scheduler:
     """Runs in its own thread (`run`); `submit`, `cancel` and `stop` are thread-safe."""
 
@@ -165,21 +169,27 @@ class Scheduler:
         self._waiting = kept
 
     def _plan(self) -> StepPlan:
+        """Decode tokens, then prompt chunks (the budget goes to the oldest prompts first),
+        each part in slot order: llama.cpp splits a batch over separate KV streams into
+        micro-batches of consecutive sequence ids, so slot order keeps that to one."""
         plan = StepPlan()
         prefilling: list[Sequence] = []
+        decoding: list[Sequence] = []
         for seq in self._active:
-            if seq.prefilling:
-                prefilling.append(seq)
-            else:
-                plan.add(seq, seq.generated[-1:], True)
+            (prefilling if seq.prefilling else decoding).append(seq)
+        for seq in sorted(decoding, key=_slot):
+            plan.add(seq, seq.generated[-1:], True)
         budget = self._prefill_chunk
+        chunks: list[tuple[Sequence, list[int]]] = []
         for seq in prefilling:
             if budget <= 0:
                 break
             chunk = seq.prompt[seq.n_past : seq.n_past + budget]
+            chunks.append((seq, chunk))
+            budget -= len(chunk)
+        for seq, chunk in sorted(chunks, key=lambda c: c[0].slot):
             plan.add(seq, chunk, seq.n_past + len(chunk) == len(seq.prompt))
             plan.prompt_tokens += len(chunk)
-            budget -= len(chunk)
         return plan
 
     def _decode(self, plan: StepPlan) -> Logits | None:

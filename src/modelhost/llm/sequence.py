@@ -26,6 +26,7 @@ class Sequence:
         "n_past",
         "params",
         "prompt",
+        "reused",
         "sampler",
         "slot",
         "text",
@@ -46,6 +47,8 @@ class Sequence:
         self.max_new = max_new
         self.slot = -1
         self.n_past = 0
+        self.reused = 0
+        """Prompt tokens whose KV was shared from a cached prefix at admission."""
         self.generated: list[int] = []
         self.sampler = TokenSampler(params, constraint)
         self.after = after
@@ -85,10 +88,14 @@ class Sequence:
             return self.finish(token, text, "stop", logprob)
         if len(self.generated) >= self.max_new:
             return self.finish(token, text + self.text.flush(), "length", logprob)
-        return TokenEvent(text, token, None, len(self.prompt), len(self.generated), logprob)
+        return TokenEvent(
+            text, token, None, len(self.prompt), len(self.generated), logprob, self.reused
+        )
 
     def finish(
         self, token: int, text: str, reason: FinishReason, logprob: Logprob | None = None
     ) -> TokenEvent:
         self.finish_reason = reason
-        return TokenEvent(text, token, reason, len(self.prompt), len(self.generated), logprob)
+        return TokenEvent(
+            text, token, reason, len(self.prompt), len(self.generated), logprob, self.reused
+        )

@@ -223,25 +223,29 @@ def _error_type(body: dict[str, Any]) -> str:
     return str(error.get("type") or error.get("code") or "error")
 
 
-async def _drain(stream: TokenStream, state: ChoiceState) -> tuple[list[Piece], int]:
-    """A choice's pieces (as a stream would send them) and the prompt's token count."""
+PromptUse = tuple[int, int]
+"""A choice's prompt tokens, and how many of them came from the prefix cache."""
+
+
+async def _drain(stream: TokenStream, state: ChoiceState) -> tuple[list[Piece], PromptUse]:
+    """A choice's pieces (as a stream would send them) and its prompt's token counts."""
     pieces: list[Piece] = []
-    prompt_tokens = 0
+    prompt: PromptUse = (0, 0)
     try:
         async for event in stream:
-            prompt_tokens = event.prompt_tokens
+            prompt = (event.prompt_tokens, event.cached_tokens)
             piece = state.feed(event)
             if piece:
                 pieces.append(piece)
     finally:
         await stream.aclose()
-    return pieces, prompt_tokens
+    return pieces, prompt
 
 
-def _usage(states: list[ChoiceState], done: list[tuple[list[Piece], int]]) -> dict[str, int]:
-    """The prompt is computed (and counted) once, however many choices."""
-    prompt = done[0][1] if done else 0
-    return openai.usage(prompt, sum(s.completion_tokens for s in states))
+def _usage(states: list[ChoiceState], done: list[tuple[list[Piece], PromptUse]]) -> dict[str, Any]:
+    """The prompt is computed (and counted) once, however many choices: the first one's."""
+    prompt, cached = done[0][1] if done else (0, 0)
+    return openai.usage(prompt, sum(s.completion_tokens for s in states), cached)
 
 
 def _openai_error(exc: ModelhostError) -> JSONResult:

@@ -41,6 +41,13 @@ class Slot:
         return self.owner.cached_tokens() if self.owner is not None else self.cached
 
 
+def _emptiest(slot: Slot) -> tuple[bool, int]:
+    """Empty slots first, lowest index first (running sequences on consecutive slots decode
+    in one llama.cpp micro-batch: separate KV streams batch by consecutive ids); then the
+    least recently used cache."""
+    return (bool(slot.cached), slot.last_used if slot.cached else slot.index)
+
+
 @dataclass(slots=True)
 class PrefixStats:
     hits: int = 0
@@ -69,17 +76,16 @@ class SlotTable:
         # choices 2..n of one request share the first one's prompt however short it is
         min_reuse = 1 if seq.after is not None else self._min_reuse
         source, reuse = self._best_prefix(seq.prompt, min_reuse)
+        target = min(free, key=_emptiest)
         if source is not None and source.owner is None:
-            target = source
-        else:
-            target = min(free, key=lambda s: (len(s.cached) > 0, s.last_used))
+            target = source  # reuse the idle cache in place
         reuse = self._prepare(target, source, reuse)
         if reuse:
             self.stats.hits += 1
             self.stats.reused_tokens += reuse
         self._clock += 1
         target.owner, target.cached, target.last_used = seq, [], self._clock
-        seq.slot, seq.n_past = target.index, reuse
+        seq.slot, seq.n_past, seq.reused = target.index, reuse, reuse
         return True
 
     def release(self, seq: Sequence, keep_cache: bool = True) -> None:

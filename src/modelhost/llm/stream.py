@@ -30,7 +30,8 @@ class TokenEvent:
     """One generated token. ``text`` may be empty (partial character, held-back text).
 
     ``logprob`` is set when the request asked for logprobs (None on a final event that
-    carries no new token, e.g. a grammar that allowed nothing more)."""
+    carries no new token, e.g. a grammar that allowed nothing more). ``cached_tokens``: the
+    prompt tokens whose KV came from the prefix cache instead of being computed."""
 
     text: str
     token_id: int
@@ -38,6 +39,7 @@ class TokenEvent:
     prompt_tokens: int
     completion_tokens: int
     logprob: Logprob | None = None
+    cached_tokens: int = 0
 
 
 Item = TokenEvent | BaseException

@@ -3,10 +3,10 @@
     {"llm": {"model": "SmolLM2-135M-Instruct.Q4_1.gguf", "max_seqs": 32},
      "download_files_from": "cache/smollm2-135m-instruct/"}
 
-``"backend"`` picks the engine: ``"llamacpp"`` (the default for a .gguf file),
-``"transformers"`` (the default for a Hugging Face model folder) or ``"vllm"`` (an HF folder,
-needs the vllm package and a CUDA GPU). The model file or folder is looked up in the version
-folder, then in the folder `download_files_from` filled. Every protocol of
+``"backend"`` picks the engine and the other keys set it up (`modelhost.llm.engines` lists
+them: ``max_seqs``, ``max_queue``, ``seq_ctx``, ``threads``, ``threads_batch``, ...). The
+model file or folder is looked up in the version folder, then in the folder
+`download_files_from` filled. Every protocol of
 `modelhost.llm.service` is served under the model URL. When the folder also has a model.py,
 its `predict` answers the model URL itself and gets the engine as `model_meta.llm`; the
 OpenAI routes stay with the engine.
@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from modelhost.errors import BadRequest, InvalidModelFolder
+from modelhost.llm.engines import build_engine
 from modelhost.wire.model_folder import check_llm_model, resolve_inside
 from modelhost.worker.codec import decode_payload
 from modelhost.worker.meta import ModelMeta
@@ -41,25 +42,8 @@ def _model_path(meta: ModelMeta, name: str) -> Path:
     )
 
 
-ENGINE_OPTIONS = ("kv_capacity", "seq_ctx", "max_batch_tokens", "n_threads")
-BACKENDS = ("llamacpp", "transformers", "vllm")
-
-
-def backend_name(model_path: Path, options: dict[str, Any]) -> str:
-    """The engine for ``model_path``: ``options["backend"]``, else by file or folder."""
-    name = options.get("backend") or ("transformers" if model_path.is_dir() else "llamacpp")
-    if name not in BACKENDS:
-        raise InvalidModelFolder(
-            f'model.json: "llm.backend" must be one of {", ".join(BACKENDS)}, got {name!r}'
-        )
-    if (name == "llamacpp") == model_path.is_dir():
-        wants = "a .gguf file" if name == "llamacpp" else "a Hugging Face model folder"
-        raise InvalidModelFolder(f"backend {name!r} needs {wants}; {model_path.name!r} is not")
-    return name
-
-
 def build_service(model_path: Path, name: str, options: dict[str, Any]) -> Any:
-    """An `LLMService` over the engine `backend_name` picks (blocking: loads weights); an
+    """An `LLMService` over the engine `modelhost.llm.engines` picks (blocking: loads weights); an
     `EmbeddingService` for an embedding model (``"embedding": true``)."""
     from modelhost.llm.embeddings import build_embedding_service, is_embedding_model
     from modelhost.llm.service import LLMService
@@ -67,53 +51,9 @@ def build_service(model_path: Path, name: str, options: dict[str, Any]) -> Any:
     if is_embedding_model(options):
         return build_embedding_service(model_path, name, options)
 
-    builders = {"llamacpp": _llamacpp, "transformers": _transformers, "vllm": _vllm}
-    engine = builders[backend_name(model_path, options)](model_path, options)
+    engine = build_engine(model_path, options)
     # "reasoning": false keeps <think>...</think> in the content (no reasoning_content split)
     return LLMService(engine, name, reasoning=options.get("reasoning") is not False)
-
-
-def _int_options(options: dict[str, Any], keys: tuple[str, ...]) -> dict[str, int]:
-    return {key: int(options[key]) for key in keys if options.get(key) is not None}
-
-
-def _llamacpp(model_path: Path, options: dict[str, Any]) -> Any:
-    from modelhost.llm.engine import LLMEngine
-    from modelhost.llm.llamacpp import LlamaCppBackend
-
-    max_seqs = int(options.get("max_seqs", 32))
-    extra = _int_options(options, ENGINE_OPTIONS)
-    backend = LlamaCppBackend(model_path, max_seqs=max_seqs, **extra)
-    return LLMEngine(backend, max_seqs, int(options.get("max_queue", 64)))
-
-
-def _transformers(model_path: Path, options: dict[str, Any]) -> Any:
-    from modelhost.llm.hf_engine import TransformersEngine
-
-    ints = _int_options(options, ("seq_ctx", "n_threads", "max_prefill_tokens"))
-    return TransformersEngine(
-        model_path,
-        int(options.get("max_seqs", 16)),
-        int(options.get("max_queue", 64)),
-        dtype=str(options.get("dtype", "auto")),
-        device=options.get("device"),
-        **ints,
-    )
-
-
-def _vllm(model_path: Path, options: dict[str, Any]) -> Any:
-    from modelhost.llm.vllm_engine import VLLMEngine, require_vllm
-
-    require_vllm()
-    memory = options.get("gpu_memory_utilization")
-    return VLLMEngine(
-        model_path,
-        int(options.get("max_seqs", 32)),
-        int(options.get("max_queue", 64)),
-        dtype=str(options.get("dtype", "auto")),
-        gpu_memory_utilization=None if memory is None else float(memory),
-        **_int_options(options, ("seq_ctx",)),
-    )
 
 
 class LLMRunner:

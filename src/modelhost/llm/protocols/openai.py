@@ -254,16 +254,18 @@ class ResponseHeader:
         return cls(f"{prefix}-{uuid.uuid4().hex}", model, int(time.time()))
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage; ``cached_tokens``: prompt tokens the prefix cache saved computing."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
 def chat_response(
-    head: ResponseHeader, choices: list[dict[str, Any]], use: dict[str, int]
+    head: ResponseHeader, choices: list[dict[str, Any]], use: dict[str, Any]
 ) -> dict[str, Any]:
     return _body(head, "chat.completion", choices, use)
 
@@ -280,7 +282,7 @@ def chat_choice(
 
 
 def completion_response(
-    head: ResponseHeader, choices: list[dict[str, Any]], use: dict[str, int]
+    head: ResponseHeader, choices: list[dict[str, Any]], use: dict[str, Any]
 ) -> dict[str, Any]:
     return _body(head, "text_completion", choices, use)
 
@@ -316,9 +318,9 @@ def completion_chunk(
 
 
 def usage_chunk(
-    head: ResponseHeader, obj: str, prompt_tokens: int, completion_tokens: int
+    head: ResponseHeader, obj: str, prompt_tokens: int, completion_tokens: int, cached: int = 0
 ) -> dict[str, Any]:
-    return _body(head, obj, [], usage(prompt_tokens, completion_tokens))
+    return _body(head, obj, [], usage(prompt_tokens, completion_tokens, cached))
 
 
 def models_response(model: str, created: int) -> dict[str, Any]:
@@ -327,7 +329,7 @@ def models_response(model: str, created: int) -> dict[str, Any]:
 
 
 def _body(
-    head: ResponseHeader, obj: str, choices: list[dict[str, Any]], use: dict[str, int] | None
+    head: ResponseHeader, obj: str, choices: list[dict[str, Any]], use: dict[str, Any] | None
 ) -> dict[str, Any]:
     return {
         "id": head.id,

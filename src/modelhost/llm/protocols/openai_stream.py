@@ -94,16 +94,18 @@ async def sse_events(
             opening = shape.opening(state.index)
             if opening is not None:
                 yield openai.sse(opening)
-        prompt_tokens = 0
+        prompt_tokens = cached = 0
         async for index, event in _events(streams):
             prompt_tokens = event.prompt_tokens
+            if index == 0:  # the prompt is computed once: the first choice's cache use
+                cached = event.cached_tokens
             piece = states[index].feed(event)
             if piece:
                 for chunk in shape.chunks(index, piece):
                     yield openai.sse(chunk)
         if include_usage:
             completion = sum(s.completion_tokens for s in states)
-            use = openai.usage_chunk(head, shape.object, prompt_tokens, completion)
+            use = openai.usage_chunk(head, shape.object, prompt_tokens, completion, cached)
             yield openai.sse(use)
     # A failure once streaming raises out (no [DONE]): the gateway sends `event: error` with
     # OpenAI's error object and aborts the response, as when the worker dies mid-stream.

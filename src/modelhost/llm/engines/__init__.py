@@ -1,0 +1,136 @@
+"""The engines behind `LLMService`, and building one from model.json's "llm" section.
+
+``"backend"`` picks the engine: ``"llamacpp"`` (the default for a .gguf file),
+``"transformers"`` (the default for a Hugging Face model folder) or ``"vllm"`` (an HF
+folder, needs the vllm package and a CUDA GPU). Settings, all optional:
+
+- every backend: ``max_seqs`` (requests decoding together; llamacpp/vllm 32,
+  transformers 16), ``max_queue`` (more requests waiting before 429; 64), ``seq_ctx``
+  (tokens one request may hold, prompt + completion; llamacpp: 2048, at most the model's
+  training context);
+- llamacpp: ``threads`` (decode threads; default: the cores this worker may run on, so set
+  it when two models share a host), ``threads_batch`` (prompt threads; default
+  ``threads``), ``kv_capacity`` (KV cells shared by all requests; default
+  ``max_seqs x seq_ctx``, so every slot can hold a full context), ``max_batch_tokens``
+  (tokens per decode step, 512);
+- transformers: ``threads``, ``dtype``, ``device``, ``max_prefill_tokens``;
+- vllm: ``dtype``, ``gpu_memory_utilization``.
+
+``n_threads`` is read as ``threads`` (its older name). Each engine module is imported only
+when a model uses it (llama.cpp, torch and vllm are optional).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from modelhost.errors import InvalidModelFolder
+
+BACKENDS = ("llamacpp", "transformers", "vllm")
+
+
+def machine_threads() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def backend_name(model_path: Path, options: dict[str, Any]) -> str:
+    """The engine for ``model_path``: ``options["backend"]``, else by file or folder."""
+    name = options.get("backend") or ("transformers" if model_path.is_dir() else "llamacpp")
+    if name not in BACKENDS:
+        raise InvalidModelFolder(
+            f'model.json: "llm.backend" must be one of {", ".join(BACKENDS)}, got {name!r}'
+        )
+    if (name == "llamacpp") == model_path.is_dir():
+        wants = "a .gguf file" if name == "llamacpp" else "a Hugging Face model folder"
+        raise InvalidModelFolder(f"backend {name!r} needs {wants}; {model_path.name!r} is not")
+    return name
+
+
+def build_engine(model_path: Path, options: dict[str, Any]) -> Any:
+    """The engine `backend_name` picks, loaded (blocking: reads the weights)."""
+    builders = {"llamacpp": _llamacpp, "transformers": _transformers, "vllm": _vllm}
+    return builders[backend_name(model_path, options)](model_path, options)
+
+
+def _int_or(options: dict[str, Any], key: str, default: int) -> int:
+    value = _int(options, key)
+    return default if value is None else value
+
+
+def _int(options: dict[str, Any], key: str) -> int | None:
+    """A positive whole number setting, or None when absent."""
+    value = options.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise InvalidModelFolder(f'model.json: "llm.{key}" must be a whole number, got {value!r}')
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidModelFolder(
+            f'model.json: "llm.{key}" must be a whole number, got {value!r}'
+        ) from None
+    if number < 1:
+        raise InvalidModelFolder(f'model.json: "llm.{key}" must be at least 1, got {number}')
+    return number
+
+
+def _threads(options: dict[str, Any]) -> int | None:
+    threads = _int(options, "threads")
+    return _int(options, "n_threads") if threads is None else threads
+
+
+def _llamacpp(model_path: Path, options: dict[str, Any]) -> Any:
+    from modelhost.llm.engine import LLMEngine
+    from modelhost.llm.llamacpp import DEFAULT_BATCH_TOKENS, LlamaCppBackend
+
+    max_seqs = _int_or(options, "max_seqs", 32)
+    backend = LlamaCppBackend(
+        model_path,
+        max_seqs=max_seqs,
+        seq_ctx=_int(options, "seq_ctx"),
+        kv_capacity=_int(options, "kv_capacity"),
+        max_batch_tokens=_int_or(options, "max_batch_tokens", DEFAULT_BATCH_TOKENS),
+        n_threads=_threads(options),
+        n_threads_batch=_int(options, "threads_batch"),
+    )
+    return LLMEngine(backend, max_seqs, int(options.get("max_queue", 64)))
+
+
+def _transformers(model_path: Path, options: dict[str, Any]) -> Any:
+    from modelhost.llm.hf_engine import (
+        DEFAULT_MAX_PREFILL_TOKENS,
+        TransformersEngine,
+    )
+
+    return TransformersEngine(
+        model_path,
+        _int_or(options, "max_seqs", 16),
+        int(options.get("max_queue", 64)),
+        seq_ctx=_int(options, "seq_ctx"),
+        dtype=str(options.get("dtype", "auto")),
+        device=options.get("device"),
+        max_prefill_tokens=_int_or(options, "max_prefill_tokens", DEFAULT_MAX_PREFILL_TOKENS),
+        n_threads=_threads(options),
+    )
+
+
+def _vllm(model_path: Path, options: dict[str, Any]) -> Any:
+    from modelhost.llm.vllm_engine import VLLMEngine, require_vllm
+
+    require_vllm()
+    memory = options.get("gpu_memory_utilization")
+    return VLLMEngine(
+        model_path,
+        _int_or(options, "max_seqs", 32),
+        int(options.get("max_queue", 64)),
+        dtype=str(options.get("dtype", "auto")),
+        gpu_memory_utilization=None if memory is None else float(memory),
+        seq_ctx=_int(options, "seq_ctx"),
+    )
