@@ -34,7 +34,7 @@ import numpy as np
 
 from modelhost.llm.demo import demo_model_path
 from modelhost.llm.engine import DEFAULT_MIN_PREFIX_REUSE, LLMEngine
-from modelhost.llm.llamacpp import LlamaCppBackend
+from modelhost.llm.engines.llamacpp.backend import LlamaCppBackend
 from modelhost.llm.params import SamplingParams
 
 PROMPTS = [

@@ -26,7 +26,7 @@ SEQ_CTX = 512  # KV context per slot, as bench.llm gives modelhost and llama-ser
 def run(levels: list[int], waves: int, tokens: int, variants: list[str]) -> dict[str, Any]:
     from bench.engine_loop import PROMPTS, PlainLoop, default_model, engine_run
     from modelhost.llm.engine import LLMEngine
-    from modelhost.llm.llamacpp import LlamaCppBackend
+    from modelhost.llm.engines.llamacpp.backend import LlamaCppBackend
 
     max_seqs = max(MAX_SEQS, *levels)
     backend = LlamaCppBackend(default_model(), max_seqs=max_seqs, seq_ctx=SEQ_CTX)

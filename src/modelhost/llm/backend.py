@@ -3,9 +3,9 @@
 The engine owns scheduling, sampling and text; a backend only turns batches of tokens into
 logits and manages per-sequence KV memory. A backend with ``max_seqs`` sequence slots
 accepts, in one `decode` call, tokens of several sequences (chunked prefill and single
-decode tokens mixed). llama.cpp implements it in `modelhost.llm.llamacpp`; a transformers
-backend would keep a paged KV cache behind the same calls. vLLM brings its own scheduler,
-so it is meant to sit behind the engine's public API (`generate`) rather than this one.
+decode tokens mixed). llama.cpp implements it (`modelhost.llm.engines.llamacpp`). The
+transformers and vLLM engines bring their own loops and sit behind the engine front
+(`modelhost.llm.front`) instead.
 """
 
 from __future__ import annotations

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections import deque
 from dataclasses import dataclass, field
 
 from modelhost.errors import ModelNotReady, PredictFailed
 from modelhost.llm.backend import Backend, BackendError, KVCacheFull, Logits
+from modelhost.llm.loop import DecodeLoop, Outbox
 from modelhost.llm.sampling import TokenLogprobs, greedy_choices
 from modelhost.llm.sequence import Sequence
-from modelhost.llm.slots import PrefixStats, SlotTable
-from modelhost.llm.stream import Channel, Item, Logprob, deliver
+from modelhost.llm.slots import SlotTable
+from modelhost.llm.stream import Logprob
 
 _log = logging.getLogger(__name__)
 
@@ -48,21 +48,12 @@ class StepPlan:
             self.sampled.append(seq)
 
 
-@dataclass(slots=True)
-class LoopCounters:
-    steps: int = 0
-    generated_tokens: int = 0
-    prefill_tokens: int = 0
-    preemptions: int = 0
-    prefix: PrefixStats = field(default_factory=PrefixStats)
-
-
 def _slot(seq: Sequence) -> int:
     return seq.slot
 
 
-class Scheduler:
-    """Runs in its own thread (`run`); `submit`, `cancel` and `stop` are thread-safe."""
+class Scheduler(DecodeLoop[Sequence]):
+    """The decode loop of `LLMEngine` (see `DecodeLoop` for its threads)."""
 
     def __init__(
         self,
@@ -72,37 +63,29 @@ class Scheduler:
         min_prefix_reuse: int,
         prefix_cache_tokens: int,
     ) -> None:
+        super().__init__()
         self._backend = backend
         self._slots = SlotTable(backend, max_seqs, min_prefix_reuse, prefix_cache_tokens)
+        self.counters.prefix = self._slots.stats
         self._prefill_chunk = max(1, min(prefill_chunk, backend.max_batch_tokens - max_seqs))
         self._pieces = backend.token_bytes
         self._eog = backend.eog_ids
-        self._incoming: deque[Sequence] = deque()
         self._cancels: deque[Sequence] = deque()
-        self._wake = threading.Event()
-        self._stopping = False
         self._waiting: deque[Sequence] = deque()
         self._active: list[Sequence] = []
-        self.counters = LoopCounters(prefix=self._slots.stats)
 
     # --- any thread -----------------------------------------------------------------------
 
-    def submit(self, seq: Sequence) -> None:
-        self._incoming.append(seq)
-        self._wake.set()
-
-    def cancel(self, seq: Sequence) -> None:
+    def _cancelled(self, seq: Sequence) -> None:
         self._cancels.append(seq)
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
 
     @property
     def load(self) -> tuple[int, int]:
-        """(running, waiting) as last seen by the loop."""
         return len(self._active), len(self._waiting)
+
+    def kv_tokens(self) -> int:
+        """KV cells in use (read unlocked: for a gauge)."""
+        return self._slots.kv_tokens()
 
     # --- engine thread --------------------------------------------------------------------
 
@@ -209,12 +192,12 @@ class Scheduler:
         if spare < 0:
             self._slots.evict_idle(keep=max(0, -spare))
 
-    def _advance(self, plan: StepPlan, logits: Logits) -> list[tuple[Channel, Item]]:
+    def _advance(self, plan: StepPlan, logits: Logits) -> Outbox:
         for seq, n in plan.fed:
             seq.n_past += n
         self.counters.prefill_tokens += plan.prompt_tokens
         greedy = greedy_choices(logits) if plan.sampled else []
-        outbox: list[tuple[Channel, Item]] = []
+        outbox: Outbox = []
         for row, seq in enumerate(plan.sampled):
             if seq.sampler.simple_greedy:
                 token, logprobs = greedy[row], None
@@ -263,15 +246,8 @@ class Scheduler:
             self._slots.release(seq, keep_cache=False)
         self._send([(seq.channel, error) for seq in failed])
 
-    def _send(self, outbox: list[tuple[Channel, Item]]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Channel, Item]]] = {}
-        for entry in outbox:
-            by_loop.setdefault(entry[0].loop, []).append(entry)
-        for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(deliver, items)
-            except RuntimeError:  # the consumer's loop is closed: nobody is listening
-                self._cancels.extend(s for s in self._active if s.channel.loop is loop)
+    def _unreachable(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._cancels.extend(s for s in self._active if s.channel.loop is loop)
 
     def _shutdown(self) -> None:
         self._intake()

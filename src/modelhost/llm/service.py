@@ -16,7 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from modelhost.errors import BadRequest, MethodNotAllowed, ModelhostError, NotFound
-from modelhost.llm.engine_base import GenerationEngine, check_token_ids
+from modelhost.llm.front import GenerationEngine, check_token_ids
 from modelhost.llm.metrics import LLMMetrics, MeteredEngine
 from modelhost.llm.output import THINK_OPEN, OutputSplitter
 from modelhost.llm.params import SamplingParams

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from modelhost.llm.backend import Backend
+from modelhost.llm.loop import PrefixStats
 from modelhost.llm.sequence import Sequence
 
 _CHUNK = 64
@@ -46,12 +47,6 @@ def _emptiest(slot: Slot) -> tuple[bool, int]:
     in one llama.cpp micro-batch: separate KV streams batch by consecutive ids); then the
     least recently used cache."""
     return (bool(slot.cached), slot.last_used if slot.cached else slot.index)
-
-
-@dataclass(slots=True)
-class PrefixStats:
-    hits: int = 0
-    reused_tokens: int = 0
 
 
 class SlotTable:

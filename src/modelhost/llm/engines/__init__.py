@@ -88,7 +88,7 @@ def _threads(options: dict[str, Any]) -> int | None:
 
 def _llamacpp(model_path: Path, options: dict[str, Any]) -> Any:
     from modelhost.llm.engine import LLMEngine
-    from modelhost.llm.llamacpp import DEFAULT_BATCH_TOKENS, LlamaCppBackend
+    from modelhost.llm.engines.llamacpp.backend import DEFAULT_BATCH_TOKENS, LlamaCppBackend
 
     max_seqs = _int_or(options, "max_seqs", 32)
     backend = LlamaCppBackend(
@@ -104,7 +104,7 @@ def _llamacpp(model_path: Path, options: dict[str, Any]) -> Any:
 
 
 def _transformers(model_path: Path, options: dict[str, Any]) -> Any:
-    from modelhost.llm.hf_engine import (
+    from modelhost.llm.engines.transformers.engine import (
         DEFAULT_MAX_PREFILL_TOKENS,
         TransformersEngine,
     )
@@ -122,7 +122,7 @@ def _transformers(model_path: Path, options: dict[str, Any]) -> Any:
 
 
 def _vllm(model_path: Path, options: dict[str, Any]) -> Any:
-    from modelhost.llm.vllm_engine import VLLMEngine, require_vllm
+    from modelhost.llm.engines.vllm.engine import VLLMEngine, require_vllm
 
     require_vllm()
     memory = options.get("gpu_memory_utilization")

@@ -26,8 +26,8 @@ import numpy as np
 from modelhost.llm.backend import BackendError, KVCacheFull, Logits
 from modelhost.llm.chat_template import ChatTemplate
 from modelhost.llm.engines import machine_threads
-from modelhost.llm.llamacpp_batch import NumpyBatch
-from modelhost.llm.llamacpp_grammar import GrammarCompiler, GrammarConstraint
+from modelhost.llm.engines.llamacpp.batch import NumpyBatch
+from modelhost.llm.engines.llamacpp.grammar import GrammarCompiler, GrammarConstraint
 
 DEFAULT_SEQ_CTX = 2048
 DEFAULT_BATCH_TOKENS = 512

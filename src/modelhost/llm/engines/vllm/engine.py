@@ -14,19 +14,12 @@ import asyncio
 import contextlib
 import importlib.util
 import uuid
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from modelhost.errors import InvalidModelFolder, PredictFailed
-from modelhost.llm.engine_base import (
-    Admission,
-    check_token_ids,
-    choice_params,
-    max_new_tokens,
-    refuse_unsupported,
-)
-from modelhost.llm.hf_text import HFTextBackend
+from modelhost.llm.engines.transformers.text import HFTextBackend
+from modelhost.llm.front import EngineFront, check_token_ids, choice_params
 from modelhost.llm.params import SamplingParams
 from modelhost.llm.stream import Channel, FinishReason, TokenEvent, TokenStream
 
@@ -71,7 +64,7 @@ def vllm_sampling(params: SamplingParams, max_new: int) -> Any:
     )
 
 
-class VLLMEngine:
+class VLLMEngine(EngineFront[HFTextBackend]):
     """One vLLM engine for an HF model folder; ``max_seqs`` is vLLM's ``max_num_seqs``."""
 
     def __init__(
@@ -88,8 +81,7 @@ class VLLMEngine:
         from vllm import AsyncEngineArgs, AsyncLLMEngine
 
         path = Path(folder)
-        self.backend = HFTextBackend.load(path, seq_ctx)
-        self.max_seqs = max(1, max_seqs)
+        super().__init__(HFTextBackend.load(path, seq_ctx), max_seqs, max_queue, refuses="vllm")
         extra: dict[str, Any] = {}
         if gpu_memory_utilization is not None:
             extra["gpu_memory_utilization"] = gpu_memory_utilization
@@ -104,19 +96,28 @@ class VLLMEngine:
             **extra,
         )
         self._engine = AsyncLLMEngine.from_engine_args(args)
-        self._admission = Admission(self.max_seqs + max(0, max_queue))
 
-    async def generate(
-        self, prompt_tokens: Sequence[int], params: SamplingParams | None = None
-    ) -> TokenStream:
-        """Start one request; iterate the returned stream for its tokens."""
-        params = params or SamplingParams()
-        refuse_unsupported(params, "vllm")
-        prompt = list(prompt_tokens)
-        max_new = max_new_tokens(prompt, params, self.backend.seq_ctx)
+    def _check(self, prompt: list[int], params: SamplingParams) -> None:
         check_token_ids(prompt, self.backend.vocab_size)
-        self._admission.reserve()
-        loop = asyncio.get_running_loop()
+
+    def _start(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        max_new: int,
+        n: int,
+        loop: asyncio.AbstractEventLoop,
+    ) -> list[TokenStream]:
+        """``n`` independent vLLM requests (no KV sharing here)."""
+        return [self._request(prompt, choice_params(params, i), max_new, loop) for i in range(n)]
+
+    def _request(
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        max_new: int,
+        loop: asyncio.AbstractEventLoop,
+    ) -> TokenStream:
         channel = Channel(loop)
         task = loop.create_task(self._pump(prompt, vllm_sampling(params, max_new), channel))
 
@@ -125,12 +126,6 @@ class VLLMEngine:
                 loop.call_soon_threadsafe(task.cancel)
 
         return TokenStream(channel, on_cancel=cancel, on_done=self._admission.release)
-
-    async def generate_many(
-        self, prompt_tokens: Sequence[int], params: SamplingParams, n: int
-    ) -> list[TokenStream]:
-        """``n`` independent completions of one prompt (no KV sharing on this backend)."""
-        return [await self.generate(prompt_tokens, choice_params(params, i)) for i in range(n)]
 
     async def _pump(self, prompt: list[int], sampling: Any, channel: Channel) -> None:
         """vLLM's outputs -> the channel. Cancelling this task aborts the vLLM request."""
@@ -149,8 +144,7 @@ class VLLMEngine:
         except Exception as exc:
             channel.push(PredictFailed(f"generation failed: {exc}"))
 
-    def close(self) -> None:
-        self._admission.close()
+    def _stop(self) -> None:
         shutdown = getattr(self._engine, "shutdown", None)
         if callable(shutdown):
             shutdown()

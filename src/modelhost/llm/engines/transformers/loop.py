@@ -15,27 +15,23 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import torch
 
 from modelhost.errors import ModelNotReady, PredictFailed
-from modelhost.llm.hf_batch import KVBatch, left_pad
-from modelhost.llm.hf_text import HFTextBackend, IncrementalDetokenizer
+from modelhost.llm.backend import Logits
+from modelhost.llm.engines.transformers.batch import KVBatch, left_pad
+from modelhost.llm.engines.transformers.text import HFTextBackend, IncrementalDetokenizer
+from modelhost.llm.loop import DecodeLoop, Outbox
 from modelhost.llm.params import SamplingParams
 from modelhost.llm.sampling import TokenSampler, greedy_choices
-from modelhost.llm.stream import Channel, FinishReason, Item, TokenEvent, deliver
+from modelhost.llm.stream import Channel, FinishReason, TokenEvent
 from modelhost.llm.text import TextAssembler
 
 _log = logging.getLogger(__name__)
-
-Outbox = list[tuple[Channel, Item]]
-Logits = npt.NDArray[np.float32]
 
 
 class HFSequence:
@@ -125,19 +121,13 @@ class Running:
         self.pending += other.pending
 
 
-@dataclass(slots=True)
-class LoopCounters:
-    steps: int = 0
-    generated_tokens: int = 0
-    prefill_tokens: int = 0
-
-
-class BatchLoop:
-    """Runs in its own thread (`run`); `submit`, `cancel` and `stop` are thread-safe."""
+class BatchLoop(DecodeLoop[HFSequence]):
+    """The decode loop of `TransformersEngine` (see `DecodeLoop` for its threads)."""
 
     def __init__(
         self, model: Any, text: HFTextBackend, max_seqs: int, max_prefill_tokens: int
     ) -> None:
+        super().__init__()
         self._model = model
         self._text = text
         self._max_seqs = max_seqs
@@ -146,31 +136,17 @@ class BatchLoop:
         self._vocab = text.vocab_size
         self._eog = text.eog_ids
         self._keep_last = _logits_to_keep(model)
-        self._incoming: deque[HFSequence] = deque()
         self._waiting: deque[HFSequence] = deque()
         self._running: Running | None = None
         self._admitting: list[HFSequence] = []
-        self._wake = threading.Event()
-        self._stopping = False
-        self.counters = LoopCounters()
 
     # --- any thread -----------------------------------------------------------------------
 
-    def submit(self, seq: HFSequence) -> None:
-        self._incoming.append(seq)
-        self._wake.set()
-
-    def cancel(self, seq: HFSequence) -> None:
+    def _cancelled(self, seq: HFSequence) -> None:
         seq.cancelled = True
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
 
     @property
     def load(self) -> tuple[int, int]:
-        """(running, waiting) as last seen by the loop."""
         running = self._running
         live = sum(not seq.done for seq in running.rows) if running else 0
         return live, len(self._waiting) + len(self._incoming)
@@ -312,21 +288,9 @@ class BatchLoop:
             seq.finish_reason = "stop"
         self._send([(seq.channel, error) for seq in live])
 
-    def _send(self, outbox: Outbox) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, Outbox] = {}
-        for channel, item in outbox:
-            by_loop.setdefault(channel.loop, []).append((channel, item))
-        for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(deliver, items)
-            except RuntimeError:  # the consumer's loop is closed: nobody is listening
-                for channel, _ in items:
-                    self._cancel_channel(channel)
-
-    def _cancel_channel(self, channel: Channel) -> None:
-        rows = self._running.rows if self._running else []
-        for seq in rows:
-            if seq.channel is channel:
+    def _unreachable(self, loop: asyncio.AbstractEventLoop) -> None:
+        for seq in self._running.rows if self._running else []:
+            if seq.channel.loop is loop:
                 seq.cancelled = True
 
     def _shutdown(self) -> None:
