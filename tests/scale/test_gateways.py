@@ -262,7 +262,13 @@ def test_reuse_port_gateways_share_a_port_and_converge_by_polling(
             servers.append(server)
         result = servers[0].deploy(model_dir(tmp_path, "where", VERSIONED), "scale", "where")
         assert result["state"] == "ready", result
-        token = servers[0].session_token(result["api_url"])
+        # the port is shared: the token request may reach the gateway that has not polled
+        # the new model yet (404 until it has), so ask until one answers
+        token = poll(
+            lambda: _try_session_token(servers[0], result["api_url"]),
+            "a session token through the shared port",
+            START_S,
+        )
         seen: set[str] = set()
 
         def both_answered() -> bool:
@@ -276,6 +282,15 @@ def test_reuse_port_gateways_share_a_port_and_converge_by_polling(
     finally:
         for server in servers:
             server.stop()
+
+
+def _try_session_token(server: Server, api_url: str) -> str | None:
+    try:
+        return server.session_token(api_url)
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 404:
+            return None
+        raise
 
 
 def _start_reuse_port(server: Server) -> None:
