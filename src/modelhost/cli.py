@@ -239,6 +239,11 @@ class DeploymentOptions:
     ray_resource: list[str] | None = None
     placement: str | None = None
 
+    @classmethod
+    def of(cls, given: dict[str, Any]) -> DeploymentOptions:
+        """The options among a command's parameters (its `locals()`)."""
+        return cls(**{name: given[name] for name in cls.__dataclass_fields__})
+
     def body(self) -> dict[str, object]:
         given = {k: v for k, v in vars(self).items() if v is not None and k != "ray_resource"}
         if self.ray_resource:
@@ -298,10 +303,7 @@ def deployment_create(
     url: Url = None,
 ) -> None:
     """Create a deployment; each of its model versions runs in `replicas` worker processes."""
-    options = DeploymentOptions(
-        predict_timeout_s, max_queue, memory_mb, min_replicas, max_replicas,
-        target_ongoing_requests, scale_down_delay_s, num_cpus, num_gpus, ray_resource, placement,
-    )  # fmt: skip
+    options = DeploymentOptions.of(locals())
     _admin_call(
         "POST", f"{MH}/deployments/", url, {"key": key, "replicas": replicas, **options.body()}
     )
@@ -331,10 +333,7 @@ def deployment_set(
     """Change a deployment live: replicas start or drain now, max_queue and autoscaling
     apply now, the predict deadline, memory bound and placement to workers started from now
     on."""
-    options = DeploymentOptions(
-        predict_timeout_s, max_queue, memory_mb, min_replicas, max_replicas,
-        target_ongoing_requests, scale_down_delay_s, num_cpus, num_gpus, ray_resource, placement,
-    )  # fmt: skip
+    options = DeploymentOptions.of(locals())
     body: dict[str, object] = {} if replicas is None else {"replicas": replicas}
     body.update(options.body())
     if clear:
