@@ -1,0 +1,84 @@
+"""Giving back the all-zero pages of big buffers made while a llama.cpp context is created
+(`lazy_pages`), on a buffer of our own: zero pages leave the resident set and read as zero,
+pages holding data stay as they were."""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modelhost.llm.engines.llamacpp.lazy_pages import (
+    MIN_BYTES,
+    create_lazily,
+    release_file_pages,
+)
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+SIZE = MIN_BYTES * 2
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS"))
+
+
+def test_zero_pages_are_given_back_and_data_pages_kept() -> None:
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = (ctypes.c_void_p,)
+    page = mmap.PAGESIZE
+    holder: dict[str, int] = {}
+
+    def allocate() -> str:
+        # like llama.cpp's KV buffer: one big allocation (glibc maps it on its own), zeroed
+        # by a memset that makes every page resident, a few pages then written
+        address = libc.malloc(SIZE)
+        assert address
+        ctypes.memset(address, 0, SIZE)
+        data = np.ctypeslib.as_array((ctypes.c_uint8 * SIZE).from_address(address))
+        data[page * 10 : page * 10 + 5] = 7
+        data[SIZE - 1] = 9
+        holder["address"] = address
+        return "context"
+
+    before = _rss_kib()
+    made, released = create_lazily(allocate)
+    try:
+        address = holder["address"]
+        data = np.ctypeslib.as_array((ctypes.c_uint8 * SIZE).from_address(address))
+        assert made == "context"
+        assert released >= SIZE - 4 * page  # all but the written pages and the first
+        assert _rss_kib() - before < SIZE // 1024 // 4  # not resident any more
+        assert data[page * 10 : page * 10 + 5].tolist() == [7] * 5
+        assert data[SIZE - 1] == 9
+        assert not data[page * 11 : page * 200].any()  # dropped pages read as zeros
+        data[page * 100] = 3  # and can be written again
+        assert data[page * 100] == 3
+    finally:
+        libc.free(holder["address"])
+
+
+def test_small_buffers_are_left_alone() -> None:
+    made, released = create_lazily(lambda: bytearray(1 << 20))
+    assert len(made) == 1 << 20 and released == 0
+
+
+def test_a_read_only_file_mapping_leaves_the_resident_set_and_reads_the_same(
+    tmp_path: Path,
+) -> None:
+    weights = tmp_path / "weights.bin"
+    content = np.arange(SIZE // 4, dtype=np.uint32)
+    weights.write_bytes(content.tobytes())
+    with open(weights, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        view = np.frombuffer(mapped, dtype=np.uint32)
+        assert int(view.sum(dtype=np.uint64)) == int(content.sum(dtype=np.uint64))  # resident
+        before = _rss_kib()
+        assert release_file_pages(str(weights.resolve())) >= SIZE
+        assert before - _rss_kib() > SIZE // 1024 // 2
+        assert np.array_equal(view, content)  # mapped again from the page cache
+        del view
