@@ -20,7 +20,7 @@ import subprocess
 import sys
 from typing import Any
 
-# Extra flags per variant. Our engine today: unified KV (-kvu), flash attention "auto".
+# Extra flags per variant. Our engine today: a KV stream per sequence, flash attention "auto".
 VARIANTS: dict[str, list[str]] = {
     "default": [],  # separate KV per sequence, flash attention auto
     "kvu": ["-kvu"],

@@ -283,10 +283,10 @@ def bench_ceiling(levels: list[int]) -> dict[str, Any]:
     }
 
 
-def _worker_peak(memory: dict[str, Any]) -> float | None:
-    """The LLM worker's peak RSS: the largest of the gateway's descendants."""
-    peaks = [w["peak_rss_mib"] for w in memory.get("workers", []) if w["peak_rss_mib"]]
-    return max(peaks) if peaks else None
+def _worker(memory: dict[str, Any]) -> dict[str, Any]:
+    """The LLM worker's entry: the gateway's descendant with the largest peak RSS."""
+    workers = [w for w in memory.get("workers", []) if w.get("peak_rss_mib")]
+    return max(workers, key=lambda w: w["peak_rss_mib"]) if workers else {}
 
 
 def bench_memory(
@@ -294,7 +294,8 @@ def bench_memory(
     slot_counts: list[int],
 ) -> dict[str, Any]:  # fmt: skip
     """Peak RSS of modelhost's worker and of llama-server with each slot count, each started
-    alone and loaded with as many short-chat clients (one request of 16 tokens each)."""
+    alone and loaded with as many short-chat clients (one request of 16 tokens each), and
+    their RSS after that load (``<system>_rss``)."""
     out: dict[str, Any] = {}
     workload = Workload(_prompts(), 16)  # the KV cache is allocated up front: short answers do
     for count in slot_counts:
@@ -305,9 +306,9 @@ def bench_memory(
             with starters[system](slots) as running:
                 bench_http(running, workload, [count], 1)
                 mem = running.memory()
-            entry[system] = (
-                _worker_peak(mem) if system == "modelhost" else (mem["server"]["peak_rss_mib"])
-            )
+            proc = _worker(mem) if system == "modelhost" else mem["server"]
+            entry[system] = proc.get("peak_rss_mib")
+            entry[f"{system}_rss"] = proc.get("rss_mib")
             entry[f"{system}_raw"] = mem
         out[str(count)] = entry
     return out

@@ -202,13 +202,15 @@ def memory_lines(data: dict[str, Any]) -> list[str]:
         return []
     lines = [
         "",
-        "| slots | KV cells | modelhost worker peak RSS MiB | llama-server peak RSS MiB |",
-        "|---|---|---|---|",
+        "| slots | KV cells | modelhost worker peak RSS MiB | llama-server peak RSS MiB "
+        "| modelhost worker RSS after the load | llama-server RSS after the load |",
+        "|---|---|---|---|---|---|",
     ]
     for slots, entry in sorted(mem.items(), key=lambda kv: int(kv[0])):
         lines.append(
             f"| {slots} | {entry.get('kv_cells', '—')} | {_f(entry.get('modelhost'))} "
-            f"| {_f(entry.get('llama-server'))} |"
+            f"| {_f(entry.get('llama-server'))} | {_f(entry.get('modelhost_rss'))} "
+            f"| {_f(entry.get('llama-server_rss'))} |"
         )
     return lines
 

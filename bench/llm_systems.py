@@ -94,9 +94,19 @@ def _status_field(pid: int, name: str) -> str | None:
     return None
 
 
-def _peak_rss_mib(pid: int) -> float | None:
-    value = _status_field(pid, "VmHWM")  # e.g. "123456 kB"
+def _status_mib(pid: int, field: str) -> float | None:
+    value = _status_field(pid, field)  # e.g. "123456 kB"
     return round(int(value.split()[0]) / 1024, 1) if value else None
+
+
+def _rss(pid: int, cmd: bool = False) -> dict[str, Any]:
+    """Peak (VmHWM) and current (VmRSS) resident memory of one process."""
+    found: dict[str, Any] = {"pid": pid}
+    if cmd:
+        found["cmd"] = _cmdline(pid)
+    found["peak_rss_mib"] = _status_mib(pid, "VmHWM")
+    found["rss_mib"] = _status_mib(pid, "VmRSS")
+    return found
 
 
 def _descendants(pid: int) -> list[int]:
@@ -124,13 +134,11 @@ def _cmdline(pid: int) -> str:
 
 
 def peak_rss(pid: int, names: tuple[str, str] = ("server", "children")) -> dict[str, Any]:
-    """VmHWM of a server process and of each of its descendants, under ``names``."""
+    """VmHWM and VmRSS of a server process and of each of its descendants, under
+    ``names``."""
     return {
-        names[0]: {"pid": pid, "peak_rss_mib": _peak_rss_mib(pid)},
-        names[1]: [
-            {"pid": child, "cmd": _cmdline(child), "peak_rss_mib": _peak_rss_mib(child)}
-            for child in _descendants(pid)
-        ],
+        names[0]: _rss(pid),
+        names[1]: [_rss(child, cmd=True) for child in _descendants(pid)],
     }
 
 

@@ -66,9 +66,7 @@ class Target:
 
 
 @contextmanager
-def serve_modelhost(
-    replicas: int, extra_env: dict[str, str] | None = None
-) -> Iterator[Target]:
+def serve_modelhost(replicas: int, extra_env: dict[str, str] | None = None) -> Iterator[Target]:
     port = _free_port()
     with tempfile.TemporaryDirectory() as home:
         env = {

@@ -20,6 +20,7 @@ class FakeBackend:
     model_name = "fake-counter"
     vocab_size = 32
     eog_ids = frozenset({0})
+    separate_streams = False
 
     def __init__(self, max_seqs: int = 4, kv_capacity: int = 4096, seq_ctx: int = 256) -> None:
         self.max_seqs = max_seqs

@@ -55,7 +55,7 @@ async def test_32_concurrent_requests_get_exactly_max_tokens(
 async def test_greedy_output_matches_alone_and_in_a_batch(engine: LLMEngine, backend: Any) -> None:
     """Batch invariance at temperature 0. llama.cpp's CPU kernels do not promise bitwise
     equal logits for different batch shapes (matmul paths differ with the number of rows;
-    the unified KV attends over a larger, masked cache), so long greedy continuations can
+    a unified KV attends over a larger, masked cache), so long greedy continuations can
     drift apart after a few dozen tokens (seen here: first difference at token ~29 without
     prefix sharing). The first 16 tokens must agree."""
     prompts = [chat_tokens(backend, q) for q in QUESTIONS]

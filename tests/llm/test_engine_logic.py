@@ -40,6 +40,30 @@ async def test_chunked_prefill_keeps_positions_and_streams_running_sequences() -
         engine.close()
 
 
+async def test_a_short_prompt_is_prefilled_before_a_long_one_ends() -> None:
+    """The prompt budget goes to the prompt with the fewest tokens left: a short chat
+    arriving while a long prompt is prefilled in chunks does not wait for its last chunk."""
+    backend = FakeBackend(max_seqs=4)
+    backend.step_delay = 0.02  # the long prompt takes 8 steps: ~160 ms to get in behind it
+    engine = LLMEngine(backend, prefill_chunk=8)
+    firsts: list[str] = []
+
+    async def first_token(prompt: list[int], name: str) -> None:
+        stream = await engine.generate(prompt, SamplingParams(temperature=0, max_tokens=1))
+        async for _ in stream:
+            firsts.append(name)
+
+    try:
+        long = asyncio.create_task(first_token([7] * 60 + [9], "long"))
+        while not backend.batches:  # the long prompt's first chunk is in
+            await asyncio.sleep(0.001)
+        await first_token([20, 21], "short")
+        await long
+        assert firsts == ["short", "long"]
+    finally:
+        engine.close()
+
+
 async def test_shared_prefix_is_copied_not_recomputed() -> None:
     backend = FakeBackend(max_seqs=4)
     backend.step_delay = 0.005

@@ -63,6 +63,15 @@ class Backend(Protocol):
         """Tokens that end a generation (EOS, end-of-turn)."""
         ...
 
+    @property
+    def separate_streams(self) -> bool:
+        """True when each slot has a KV stream of its own (llama.cpp's default layout): one
+        `decode` then computes sequences together only while their slot ids are
+        consecutive (a batch is split at every gap), and `seq_copy` between slots copies
+        the source's whole stream (``seq_ctx`` cells). The slot table keeps running
+        sequences on neighbouring slots and copies only long prefixes."""
+        ...
+
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         """Tokens of ``text``; ``special`` parses control tokens and adds BOS if the model
         wants one."""

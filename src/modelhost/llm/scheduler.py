@@ -48,8 +48,8 @@ class StepPlan:
             self.sampled.append(seq)
 
 
-def _slot(seq: Sequence) -> int:
-    return seq.slot
+def _prompt_left(seq: Sequence) -> int:
+    return len(seq.prompt) - seq.n_past
 
 
 class Scheduler(DecodeLoop[Sequence]):
@@ -152,27 +152,33 @@ class Scheduler(DecodeLoop[Sequence]):
         self._waiting = kept
 
     def _plan(self) -> StepPlan:
-        """Decode tokens, then prompt chunks (the budget goes to the oldest prompts first),
-        each part in slot order: llama.cpp splits a batch over separate KV streams into
-        micro-batches of consecutive sequence ids, so slot order keeps that to one."""
-        plan = StepPlan()
+        """A decode token for every decoding sequence and prompt chunks, all in slot order:
+        llama.cpp splits a batch over separate KV streams into micro-batches of consecutive
+        sequence ids, and slot order keeps a run of neighbouring slots in one (a prompt's
+        first token rides along with the decode tokens, the rest of its chunk follows).
+
+        The prompt budget goes to the prompts with the fewest tokens left first (oldest
+        first among equals): a short chat arriving behind a 2,000-token prompt gets its
+        first token in the next step instead of after the long prompt's last chunk."""
+        parts: list[tuple[Sequence, list[int], bool, bool]] = []
         prefilling: list[Sequence] = []
-        decoding: list[Sequence] = []
         for seq in self._active:
-            (prefilling if seq.prefilling else decoding).append(seq)
-        for seq in sorted(decoding, key=_slot):
-            plan.add(seq, seq.generated[-1:], True)
+            if seq.prefilling:
+                prefilling.append(seq)
+            else:
+                parts.append((seq, seq.generated[-1:], True, False))
         budget = self._prefill_chunk
-        chunks: list[tuple[Sequence, list[int]]] = []
-        for seq in prefilling:
+        for seq in sorted(prefilling, key=_prompt_left) if len(prefilling) > 1 else prefilling:
             if budget <= 0:
                 break
             chunk = seq.prompt[seq.n_past : seq.n_past + budget]
-            chunks.append((seq, chunk))
             budget -= len(chunk)
-        for seq, chunk in sorted(chunks, key=lambda c: c[0].slot):
-            plan.add(seq, chunk, seq.n_past + len(chunk) == len(seq.prompt))
-            plan.prompt_tokens += len(chunk)
+            parts.append((seq, chunk, seq.n_past + len(chunk) == len(seq.prompt), True))
+        plan = StepPlan()
+        for seq, tokens, sample, prompt in sorted(parts, key=lambda p: p[0].slot):
+            plan.add(seq, tokens, sample)
+            if prompt:
+                plan.prompt_tokens += len(tokens)
         return plan
 
     def _decode(self, plan: StepPlan) -> Logits | None:

@@ -3,7 +3,9 @@
 A slot whose request finished keeps its KV as a cache. A new request takes a free slot;
 if some slot (idle or running) already holds KV for a prefix of its prompt (typically the
 same system prompt), that prefix is shared (``seq_copy``, or kept in place when the new
-request lands in that very slot) instead of being computed again.
+request lands in that very slot) instead of being computed again. With a KV stream per
+slot (``Backend.separate_streams``) running sequences are kept on neighbouring slots and
+a shared prefix is copied to a slot next to them rather than used where it lies.
 """
 
 from __future__ import annotations
@@ -43,9 +45,7 @@ class Slot:
 
 
 def _emptiest(slot: Slot) -> tuple[bool, int]:
-    """Empty slots first, lowest index first (running sequences on consecutive slots decode
-    in one llama.cpp micro-batch: separate KV streams batch by consecutive ids); then the
-    least recently used cache."""
+    """Empty slots first, lowest index first; then the least recently used cache."""
     return (bool(slot.cached), slot.last_used if slot.cached else slot.index)
 
 
@@ -53,6 +53,7 @@ class SlotTable:
     def __init__(self, backend: Backend, n_slots: int, min_reuse: int, cache_budget: int) -> None:
         self._backend = backend
         self._slots = [Slot(i) for i in range(n_slots)]
+        self._streams = backend.separate_streams
         self._min_reuse = max(1, min_reuse)
         self._cache_budget = max(0, cache_budget)
         self._clock = 0
@@ -71,9 +72,7 @@ class SlotTable:
         # choices 2..n of one request share the first one's prompt however short it is
         min_reuse = 1 if seq.after is not None else self._min_reuse
         source, reuse = self._best_prefix(seq.prompt, min_reuse)
-        target = min(free, key=_emptiest)
-        if source is not None and source.owner is None:
-            target = source  # reuse the idle cache in place
+        target = self._target(free, source)
         reuse = self._prepare(target, source, reuse)
         if reuse:
             self.stats.hits += 1
@@ -82,6 +81,28 @@ class SlotTable:
         target.owner, target.cached, target.last_used = seq, [], self._clock
         seq.slot, seq.n_past, seq.reused = target.index, reuse, reuse
         return True
+
+    def _target(self, free: list[Slot], source: Slot | None) -> Slot:
+        """The free slot a new sequence takes: the idle cache it reuses (kept in place),
+        else the emptiest. Where the backend batches only consecutive slots together, the
+        first choice is a slot that adds no gap between running sequences (each gap is one
+        more pass over the weights per step): the prefix is then copied over instead."""
+        in_place = source if source is not None and source.owner is None else None
+        if not self._streams:
+            return in_place or min(free, key=_emptiest)
+
+        def cost(slot: Slot) -> tuple[int, bool, bool, int]:
+            return (self._new_runs(slot.index), slot is not in_place, *_emptiest(slot))
+
+        return min(free, key=cost)
+
+    def _new_runs(self, index: int) -> int:
+        """How the number of runs of consecutive running slots changes if ``index`` runs
+        too: -1 when it joins two runs, 0 when it extends one, +1 when it stands alone."""
+        slots = self._slots
+        below = index > 0 and slots[index - 1].owner is not None
+        above = index + 1 < len(slots) and slots[index + 1].owner is not None
+        return 1 - below - above
 
     def release(self, seq: Sequence, keep_cache: bool = True) -> None:
         """Free ``seq``'s slot; its KV stays as a cache unless ``keep_cache`` is False.

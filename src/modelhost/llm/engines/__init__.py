@@ -12,7 +12,8 @@ folder, needs the vllm package and a CUDA GPU). Settings, all optional:
   it when two models share a host), ``threads_batch`` (prompt threads; default
   ``threads``), ``kv_capacity`` (KV cells shared by all requests; default
   ``max_seqs x seq_ctx``, so every slot can hold a full context), ``max_batch_tokens``
-  (tokens per decode step, 512);
+  (tokens per decode step, 512), ``kv_unified`` (false: a KV stream per request, each
+  attending over its own cells; true: one buffer shared by all, prefixes shared in place);
 - transformers: ``threads``, ``dtype``, ``device``, ``max_prefill_tokens``;
 - vllm: ``dtype``, ``gpu_memory_utilization``.
 
@@ -81,6 +82,13 @@ def _int(options: dict[str, Any], key: str) -> int | None:
     return number
 
 
+def _bool(options: dict[str, Any], key: str, default: bool) -> bool:
+    value = options.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidModelFolder(f'model.json: "llm.{key}" must be true or false, got {value!r}')
+    return value
+
+
 def _threads(options: dict[str, Any]) -> int | None:
     threads = _int(options, "threads")
     return _int(options, "n_threads") if threads is None else threads
@@ -99,6 +107,7 @@ def _llamacpp(model_path: Path, options: dict[str, Any]) -> Any:
         max_batch_tokens=_int_or(options, "max_batch_tokens", DEFAULT_BATCH_TOKENS),
         n_threads=_threads(options),
         n_threads_batch=_int(options, "threads_batch"),
+        kv_unified=_bool(options, "kv_unified", False),
     )
     return LLMEngine(backend, max_seqs, int(options.get("max_queue", 64)))
 

@@ -1,13 +1,18 @@
 """llama.cpp backend through llama-cpp-python's low-level API.
 
 The high-level ``llama_cpp.Llama`` owns a context with a single sequence slot; batching
-several requests needs a context created here with ``n_seq_max`` slots sharing one unified
-KV buffer, so sequences can also share cells (prefix reuse via ``llama_memory_seq_cp``).
-``kv_unified=False`` gives each slot a KV stream of its own instead (as llama-server runs):
-faster in a bare decode loop, but 2.6x the CPU on a batch of grammar-constrained requests
-with shared prefixes (issue 8, not understood yet), so it is not the default. Prefix reuse
-across streams copies the whole source stream (``llama_memory_seq_cp`` copies whole
-streams only) and trims the copy to the shared prefix.
+several requests needs a context created here with ``n_seq_max`` slots. By default each slot
+gets a KV stream of its own (as llama-server runs): a sequence attends over its own cells
+only, where one unified buffer makes every token attend over all sequences' cells (masked),
+which costs more the more sequences run. llama.cpp computes a batch over separate streams
+in one pass per run of consecutive sequence ids, so the slot table keeps running sequences
+on neighbouring slots (`separate_streams`). Prefix reuse across streams copies the source
+sequence's cells through the sequence-state API (``llama_memory_seq_cp`` would copy the
+whole stream) and trims the copy to the shared prefix. ``kv_unified=True`` gives one shared
+buffer instead, where a shared prefix is shared cells (metadata only). The KV buffer's
+untouched pages are given back after the context is created (`lazy_pages`): memory grows
+with the cells sequences really use, and the weights' pages are handed back before the KV
+is zeroed, so the two do not add up at start.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from modelhost.llm.chat_template import ChatTemplate
 from modelhost.llm.engines import machine_threads
 from modelhost.llm.engines.llamacpp.batch import NumpyBatch
 from modelhost.llm.engines.llamacpp.grammar import GrammarCompiler, GrammarConstraint
+from modelhost.llm.engines.llamacpp.lazy_pages import create_lazily, release_file_pages
 
 DEFAULT_SEQ_CTX = 2048
 DEFAULT_BATCH_TOKENS = 512
@@ -84,8 +90,8 @@ class LlamaCppBackend:
     ``seq_ctx`` (default 2048, at most the model's training context) sizes the KV cache:
     ``max_seqs x seq_ctx`` cells unless ``kv_capacity`` says otherwise (then each slot gets
     ``kv_capacity / max_seqs``). ``n_threads`` decode and ``n_threads_batch`` prompt
-    threads default to the cores this process may use. ``kv_unified=False`` gives each
-    slot a KV stream of its own instead of one shared buffer (see the module's notes);
+    threads default to the cores this process may use. ``kv_unified=True`` shares one KV
+    buffer between the slots instead of a stream each (see the module's notes);
     ``flash_attn`` None lets llama.cpp decide; ``n_ubatch`` defaults to the batch size.
     """
 
@@ -99,7 +105,7 @@ class LlamaCppBackend:
         max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
         n_threads: int | None = None,
         n_threads_batch: int | None = None,
-        kv_unified: bool = True,
+        kv_unified: bool = False,
         flash_attn: bool | None = None,
         n_ubatch: int | None = None,
     ) -> None:
@@ -123,10 +129,12 @@ class LlamaCppBackend:
         )
         try:
             self._vocab: Any = lc.llama_model_get_vocab(self._model)
-            self._ctx = self.new_context()
+            release_file_pages(str(path.resolve()))
+            self._ctx, released = create_lazily(self.new_context)
         except BaseException:
             self.close()
             raise
+        _log.debug("%d MiB of untouched KV and compute buffers given back", released >> 20)
         self._mem: Any = lc.llama_get_memory(self._ctx)
         self._n_vocab = int(lc.llama_vocab_n_tokens(self._vocab))
         self._max_seqs = max_seqs
@@ -211,6 +219,10 @@ class LlamaCppBackend:
         return self._eog
 
     @property
+    def separate_streams(self) -> bool:
+        return not self._unified
+
+    @property
     def chat_template(self) -> str:
         return self._template.source
 
@@ -286,9 +298,18 @@ class LlamaCppBackend:
         if self._unified:  # shared cells: only metadata changes
             lc.llama_memory_seq_cp(self._mem, src, dst, 0, length)
             return
-        # separate streams: llama.cpp copies a whole stream (at the next decode), then the
-        # copy is cut back to the shared prefix
-        lc.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
+        # separate streams: llama_memory_seq_cp would copy the whole source stream
+        # (seq_ctx cells, all committed in memory); the sequence-state API copies only the
+        # source's cells, and the copy is then cut back to the shared prefix
+        size = lc.llama_state_seq_get_size(self._ctx, src)
+        state = (ctypes.c_uint8 * size)()
+        copied = lc.llama_state_seq_get_data(self._ctx, state, size, src) == size and bool(
+            lc.llama_state_seq_set_data(self._ctx, state, size, dst)
+        )
+        if not copied:  # (not seen) the whole stream then, at the next decode
+            _log.warning("KV state copy %d -> %d failed; copying the whole stream", src, dst)
+            lc.llama_memory_seq_rm(self._mem, dst, -1, -1)
+            lc.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
         lc.llama_memory_seq_rm(self._mem, dst, length, -1)
 
     def close(self) -> None:

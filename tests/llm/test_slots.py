@@ -1,0 +1,102 @@
+"""The slot table alone (fake backend): which slot a new request takes, and what KV it
+shares. With separate KV streams (``separate_streams``) llama.cpp computes one pass over
+the weights per run of consecutive running slots, so a new request fills gaps first."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from itertools import pairwise
+
+import pytest
+from fake_backend import FakeBackend
+
+from modelhost.llm.params import SamplingParams
+from modelhost.llm.sequence import Sequence
+from modelhost.llm.slots import SlotTable
+from modelhost.llm.stream import Channel
+
+_channel: Channel
+
+
+@pytest.fixture(autouse=True)
+def _event_loop() -> Iterator[None]:
+    """Sequences need a consumer channel; nothing is sent to it here."""
+    global _channel
+    loop = asyncio.new_event_loop()
+    _channel = Channel(loop)
+    yield
+    loop.close()
+
+
+def _seq(prompt: list[int]) -> Sequence:
+    return Sequence(prompt, SamplingParams(temperature=0), _channel, max_new=8)
+
+
+def _table(consecutive: bool, slots: int = 6) -> tuple[SlotTable, FakeBackend]:
+    backend = FakeBackend(max_seqs=slots)
+    backend.separate_streams = consecutive
+    return SlotTable(backend, slots, min_reuse=1, cache_budget=10_000), backend
+
+
+def _run(table: SlotTable, backend: FakeBackend, seq: Sequence) -> Sequence:
+    """Admit ``seq`` and put its whole prompt into the fake KV, as the engine's prefill."""
+    assert table.acquire(seq)
+    kv = backend.kv[seq.slot]
+    del kv[seq.n_past :]
+    kv.extend(seq.prompt[len(kv) :])
+    seq.n_past = len(seq.prompt)
+    return seq
+
+
+def _runs(slots: list[int]) -> int:
+    ordered = sorted(slots)
+    return 1 + sum(1 for a, b in pairwise(ordered) if b != a + 1)
+
+
+def test_a_new_request_fills_the_gap_between_running_ones() -> None:
+    table, backend = _table(consecutive=True)
+    running = [_run(table, backend, _seq([10 + i, 1, 2])) for i in range(4)]
+    assert [s.slot for s in running] == [0, 1, 2, 3]
+    table.release(running[1])  # slot 1 keeps a cache; 0, 2, 3 still run
+    newcomer = _run(table, backend, _seq([30, 31, 32]))
+    assert newcomer.slot == 1
+    assert _runs([0, 1, 2, 3]) == 1
+
+
+def test_a_reused_idle_cache_is_copied_next_to_the_running_ones() -> None:
+    table, backend = _table(consecutive=True)
+    system = list(range(1, 13))
+    a = _run(table, backend, _seq(system + [20]))
+    b = _run(table, backend, _seq([5, 6, 7]))
+    c = _run(table, backend, _seq([8, 9, 10]))
+    table.release(a)  # slot 0 holds the system prompt as an idle cache
+    table.release(b)
+    # slot 1 lies next to running slot 2: the system prompt is copied from 0 to 1 there,
+    # even though slot 0's cache could have been taken in place
+    follower = _run(table, backend, _seq(system + [21]))
+    assert follower.slot in (1, 3)
+    assert follower.reused == len(system)
+    assert backend.copies[-1] == (0, follower.slot, len(system))
+    assert backend.kv[follower.slot][: len(system)] == system
+    assert _runs([c.slot, follower.slot]) == 1
+
+
+def test_without_consecutive_batching_an_idle_cache_is_reused_in_place() -> None:
+    table, backend = _table(consecutive=False)
+    system = list(range(1, 13))
+    a = _run(table, backend, _seq(system + [20]))
+    _run(table, backend, _seq([5, 6, 7]))
+    c = _run(table, backend, _seq([8, 9, 10]))
+    table.release(a)
+    follower = _run(table, backend, _seq(system + [21]))
+    assert follower.slot == 0 and follower.reused == len(system)
+    assert not backend.copies
+    assert c.slot == 2
+
+
+def test_the_first_request_takes_the_lowest_empty_slot() -> None:
+    table, backend = _table(consecutive=True)
+    first = _run(table, backend, _seq([1, 2, 3]))
+    second = _run(table, backend, _seq([4, 5, 6]))
+    assert (first.slot, second.slot) == (0, 1)
