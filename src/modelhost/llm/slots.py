@@ -107,9 +107,9 @@ class SlotTable:
     def release(self, seq: Sequence, keep_cache: bool = True) -> None:
         """Free ``seq``'s slot; its KV stays as a cache unless ``keep_cache`` is False.
 
-        Idle caches are bounded by ``cache_budget`` tokens (oldest dropped first): besides
-        taking room, cached cells far up in the KV buffer make every step attend over a
-        longer (masked) window.
+        Idle caches are bounded by ``cache_budget`` tokens (oldest dropped first): they take
+        room (memory, with separate streams), and in one shared KV buffer cached cells far
+        up make every step attend over a longer (masked) window.
         """
         slot = self._slots[seq.slot]
         self._clock += 1
