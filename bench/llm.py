@@ -12,7 +12,9 @@ chat questions cycled, chat completion at temperature 0 with 128 output tokens, 
 requests one after the other, after one warm-up pass that is not counted. Other workloads
 (prompts built deterministically by bench/llm_prompts.py):
 
-- ``prefill``: ~1,000-token prompts, all different, 64 output tokens, the same levels;
+- ``prefill``: ~1,000-token prompts, 64 output tokens, the same levels, 2 requests per
+  client; no prompt is sent twice in a run (each measurement starts further on in the
+  list), so neither server answers one from its prefix cache;
 - ``mixed``: 16 clients of short chats while 2 clients send ~2,000-token prompts (64 output
   tokens) one after the other: TTFT p50/p99 of the short chats, beside the long ones';
 - ``shared``: the short chats behind one ~500-token system prompt shared by every client:
@@ -125,6 +127,7 @@ class Spec:
     long: Workload | None = None  # mixed: what the long-prompt clients send
     long_clients: int = 0
     about: dict[str, Any] = field(default_factory=dict)
+    per_client: int | None = None  # None: --requests-per-client
 
 
 def workload_specs(names: list[str]) -> list[Spec]:
@@ -135,16 +138,21 @@ def workload_specs(names: list[str]) -> list[Spec]:
         "short": Spec("short", short, 512, about={"prompt": "short chat question"}),
         "prefill": Spec(
             "prefill",
-            Workload(long_prompts(256, 1000), 64),
+            Workload(long_prompts(512, 1000), 64),
             1280,
-            about={"prompt": "~1,000 tokens, each different", "max_tokens": 64},
+            about={
+                "prompt": "~1,000 tokens, each different (none sent twice)",
+                "max_tokens": 64,
+                "requests_per_client": 2,
+            },
+            per_client=2,
         ),
         "mixed": Spec(
             "mixed",
             short,
             2304,
             levels=[16],
-            long=Workload(long_prompts(64, 2000, seed=1), 64),
+            long=Workload(long_prompts(256, 2000, seed=1), 64),
             long_clients=2,
             about={"short_clients": 16, "long_clients": 2, "long_prompt": "~2,000 tokens"},
         ),
@@ -162,14 +170,14 @@ def workload_specs(names: list[str]) -> list[Spec]:
 
 
 async def _measure(
-    client: Any, running: Running, spec: Spec, level: int, per_client: int
+    client: Any, running: Running, spec: Spec, level: int, per_client: int, start: int
 ) -> dict[str, Any]:
     target = running.target
     if spec.long is None:
-        results, wall = await run_level(client, target, spec.workload, level, per_client)
+        results, wall = await run_level(client, target, spec.workload, level, per_client, start)
         return summarise(target.system, level, results, wall, spec.workload.max_tokens)
     short, long, wall = await run_mixed(
-        client, target, spec.workload, spec.long, (level, spec.long_clients), per_client
+        client, target, spec.workload, spec.long, (level, spec.long_clients), per_client, start
     )
     row = summarise(target.system, level, short, wall, spec.workload.max_tokens)
     long_row = summarise(target.system, spec.long_clients, long, wall, spec.long.max_tokens)
@@ -187,7 +195,9 @@ def bench_paired(
     runnings: list[Running], spec: Spec, levels: list[int], rounds: int, per_client: int
 ) -> list[dict[str, Any]]:
     """Every system at every level, ``rounds`` times, the order flipping each round; one raw
-    row per measurement (``round`` set)."""
+    row per measurement (``round`` set). Each measurement starts further on in the prompt
+    list (both systems alike), so that a workload of distinct prompts (``prefill``) does not
+    meet a prompt again that a server may still hold in its prefix cache."""
 
     async def go() -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
@@ -196,14 +206,16 @@ def bench_paired(
             for running, client in zip(runnings, clients, strict=True):
                 warm = min(4, max(levels))  # warm-up, not counted
                 await run_level(client, running.target, spec.workload, warm, 1)
+            start = min(4, max(levels))  # after the warm-up's prompts
             for level in levels:
                 for n in range(rounds):
                     pairs = list(zip(runnings, clients, strict=True))
                     for running, client in pairs if n % 2 == 0 else pairs[::-1]:
-                        row = await _measure(client, running, spec, level, per_client)
+                        row = await _measure(client, running, spec, level, per_client, start)
                         row.update(workload=spec.name, round=n)
                         rows.append(row)
                         _progress(row)
+                    start += level * per_client
         finally:
             for client in clients:
                 await client.aclose()
@@ -537,7 +549,8 @@ def _bench_paired_spec(
             slots = Slots(MAX_SEQS, spec.seq_ctx)
             runnings = [stack.enter_context(starters[s](slots)) for s in paired]
             levels = spec.levels or args.levels
-            rows = bench_paired(runnings, spec, levels, args.rounds, args.requests_per_client)
+            per_client = spec.per_client or args.requests_per_client
+            rows = bench_paired(runnings, spec, levels, args.rounds, per_client)
             for running in runnings:
                 system = running.target.system
                 memory.setdefault(spec.name, {})[system] = running.memory()

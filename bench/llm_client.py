@@ -219,9 +219,11 @@ async def run_level(
     workload: Workload,
     concurrency: int,
     requests_per_client: int,
+    start: int = 0,
 ) -> tuple[list[RequestResult], float]:
-    """Run ``concurrency`` closed-loop clients; return every request's result and the wall time."""
-    turn = itertools.count()
+    """Run ``concurrency`` closed-loop clients; return every request's result and the wall
+    time. Prompts are taken in turn from ``workload.prompts[start]`` on."""
+    turn = itertools.count(start)
     results: list[RequestResult] = []
 
     async def one_client() -> None:
@@ -245,14 +247,15 @@ async def run_mixed(
     long: Workload,
     clients: tuple[int, int],
     requests_per_client: int,
+    start: int = 0,
 ) -> tuple[list[RequestResult], list[RequestResult], float]:
     """``clients[0]`` closed-loop short-chat clients (``requests_per_client`` each) while
     ``clients[1]`` clients send long prompts one after the other until the short ones are
     done (their last request is waited for). Returns (short results, long results, wall time
-    of the short clients)."""
+    of the short clients). Both take their prompts in turn from index ``start`` on."""
     done = asyncio.Event()
     long_results: list[RequestResult] = []
-    turn = itertools.count()
+    turn = itertools.count(start)
 
     async def long_client() -> None:
         while not done.is_set():
@@ -263,7 +266,9 @@ async def run_mixed(
     loaders = [asyncio.create_task(long_client()) for _ in range(clients[1])]
     await asyncio.sleep(0.5)  # the long prompts are in prefill when the short chats start
     try:
-        results, wall = await run_level(client, target, short, clients[0], requests_per_client)
+        results, wall = await run_level(
+            client, target, short, clients[0], requests_per_client, start
+        )
     finally:
         done.set()
         await asyncio.gather(*loaders)
