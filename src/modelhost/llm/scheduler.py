@@ -160,25 +160,24 @@ class Scheduler(DecodeLoop[Sequence]):
         The prompt budget goes to the prompts with the fewest tokens left first (oldest
         first among equals): a short chat arriving behind a 2,000-token prompt gets its
         first token in the next step instead of after the long prompt's last chunk."""
-        parts: list[tuple[Sequence, list[int], bool, bool]] = []
+        plan = StepPlan()
+        parts: list[tuple[Sequence, list[int], bool]] = []
         prefilling: list[Sequence] = []
         for seq in self._active:
             if seq.prefilling:
                 prefilling.append(seq)
             else:
-                parts.append((seq, seq.generated[-1:], True, False))
+                parts.append((seq, seq.generated[-1:], True))
         budget = self._prefill_chunk
-        for seq in sorted(prefilling, key=_prompt_left) if len(prefilling) > 1 else prefilling:
+        for seq in sorted(prefilling, key=_prompt_left):
             if budget <= 0:
                 break
             chunk = seq.prompt[seq.n_past : seq.n_past + budget]
             budget -= len(chunk)
-            parts.append((seq, chunk, seq.n_past + len(chunk) == len(seq.prompt), True))
-        plan = StepPlan()
-        for seq, tokens, sample, prompt in sorted(parts, key=lambda p: p[0].slot):
+            plan.prompt_tokens += len(chunk)
+            parts.append((seq, chunk, seq.n_past + len(chunk) == len(seq.prompt)))
+        for seq, tokens, sample in sorted(parts, key=lambda p: p[0].slot):
             plan.add(seq, tokens, sample)
-            if prompt:
-                plan.prompt_tokens += len(tokens)
         return plan
 
     def _decode(self, plan: StepPlan) -> Logits | None:
