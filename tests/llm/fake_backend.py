@@ -31,6 +31,8 @@ class FakeBackend:
         self.copies: list[tuple[int, int, int]] = []
         self.fail_next = False
         self.batches: list[int] = []
+        self.seq_batches: list[list[int]] = []
+        """Each decode's sequence ids, token by token."""
         self.step_delay = 0.0
         """Seconds each decode takes, to keep sequences running while a test acts."""
 
@@ -69,6 +71,7 @@ class FakeBackend:
                 row[(token + 1) % self.vocab_size] = 10.0
                 rows.append(row)
         self.batches.append(len(tokens))
+        self.seq_batches.append(list(seq_ids))
         return np.stack(rows) if rows else np.empty((0, self.vocab_size), dtype=np.float32)
 
     def seq_remove(self, seq_id: int, start: int = 0) -> bool:

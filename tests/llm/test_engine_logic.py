@@ -64,6 +64,30 @@ async def test_a_short_prompt_is_prefilled_before_a_long_one_ends() -> None:
         engine.close()
 
 
+async def test_a_waiting_prompt_below_a_fed_slot_rides_along_with_one_token() -> None:
+    """A prompt that gets none of the step's prompt budget, in a slot below one that is
+    fed, is fed one token anyway: llama.cpp computes a batch over separate KV streams in
+    one pass per run of consecutive sequence ids, and a skipped slot would split the run."""
+    backend = FakeBackend(max_seqs=4)
+    backend.step_delay = 0.01
+    engine = LLMEngine(backend, prefill_chunk=8)
+    live = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
+    try:
+        decoding = await engine.generate([1, 2], live)  # slot 0
+        await decoding.__anext__()
+        long = asyncio.create_task(run(engine, [3] * 200 + [4], temperature=0, max_tokens=1))
+        while not any(1 in ids for ids in backend.seq_batches):  # slot 1's first chunk is in
+            await asyncio.sleep(0.001)
+        await run(engine, [5] * 19 + [6], temperature=0, max_tokens=1)  # slot 2: fewer left
+        await long
+        await decoding.aclose()
+        shared = [ids for ids in backend.seq_batches if ids.count(2) == 8]
+        assert shared, "the short prompt got the whole budget in some step"
+        assert all(ids.count(1) == 1 and ids.count(0) == 1 for ids in shared)
+    finally:
+        engine.close()
+
+
 async def test_shared_prefix_is_copied_not_recomputed() -> None:
     backend = FakeBackend(max_seqs=4)
     backend.step_delay = 0.005

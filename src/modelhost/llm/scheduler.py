@@ -159,7 +159,11 @@ class Scheduler(DecodeLoop[Sequence]):
 
         The prompt budget goes to the prompts with the fewest tokens left first (oldest
         first among equals): a short chat arriving behind a 2,000-token prompt gets its
-        first token in the next step instead of after the long prompt's last chunk."""
+        first token in the next step instead of after the long prompt's last chunk. A prompt
+        left without budget still gets one token when its slot lies below a fed one: leaving
+        it out would split the run of slots in two passes over the weights (at 32 clients of
+        1,000-token prompts that was 5.8 runs per step instead of 2.1, and 7% of the
+        throughput)."""
         plan = StepPlan()
         parts: list[tuple[Sequence, list[int], bool]] = []
         prefilling: list[Sequence] = []
@@ -169,14 +173,23 @@ class Scheduler(DecodeLoop[Sequence]):
             else:
                 parts.append((seq, seq.generated[-1:], True))
         budget = self._prefill_chunk
+        unfed: list[Sequence] = []
         for seq in sorted(prefilling, key=_prompt_left):
             if budget <= 0:
-                break
+                unfed.append(seq)
+                continue
             chunk = seq.prompt[seq.n_past : seq.n_past + budget]
             budget -= len(chunk)
-            plan.prompt_tokens += len(chunk)
             parts.append((seq, chunk, seq.n_past + len(chunk) == len(seq.prompt)))
+        if parts:  # a waiting prompt below the last fed slot would split the run: one token
+            last = max(seq.slot for seq, _, _ in parts)
+            for seq in unfed:
+                if seq.slot < last:
+                    chunk = seq.prompt[seq.n_past : seq.n_past + 1]
+                    parts.append((seq, chunk, seq.n_past + 1 == len(seq.prompt)))
         for seq, tokens, sample in sorted(parts, key=lambda p: p[0].slot):
+            if seq.prefilling:
+                plan.prompt_tokens += len(tokens)
             plan.add(seq, tokens, sample)
         return plan
 
