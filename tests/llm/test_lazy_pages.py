@@ -15,6 +15,7 @@ import pytest
 from modelhost.llm.engines.llamacpp.lazy_pages import (
     MIN_BYTES,
     create_lazily,
+    new_spans,
     release_file_pages,
 )
 
@@ -61,6 +62,26 @@ def test_zero_pages_are_given_back_and_data_pages_kept() -> None:
         assert data[page * 100] == 3
     finally:
         libc.free(holder["address"])
+
+
+def test_only_the_new_part_of_a_merged_mapping_is_looked_at() -> None:
+    """A new mapping the kernel merged with an older neighbour (which another thread may
+    be writing or unmapping right now): only the new address range counts."""
+    mb = 1 << 20
+    before = {(100 * mb, 110 * mb), (200 * mb, 201 * mb), (300 * mb, 310 * mb)}
+    after = {
+        (60 * mb, 110 * mb),  # 50 MiB new below the first: merged with it
+        (200 * mb, 201 * mb),  # unchanged
+        (290 * mb, 320 * mb),  # grown on both sides of the third
+        (400 * mb, 432 * mb),  # on its own
+    }
+    assert new_spans(before, after) == [
+        (60 * mb, 100 * mb),
+        (290 * mb, 300 * mb),
+        (310 * mb, 320 * mb),
+        (400 * mb, 432 * mb),
+    ]
+    assert new_spans(after, after) == []
 
 
 def test_small_buffers_are_left_alone() -> None:

@@ -13,7 +13,8 @@ next access, so dropping pages that hold zeros changes nothing a program can obs
 kernel then commits each page when a sequence first writes KV into it. Only new anonymous
 mappings of at least ``MIN_BYTES`` that appeared while the context was created are looked
 at (the KV and compute buffers; glibc serves allocations that large with a mapping of their
-own), only their all-zero pages are dropped, and the first page of each mapping (malloc's
+own; where the kernel merged one with an older neighbour, only the new part), only their
+all-zero pages are dropped, and the first page of each mapping (malloc's
 header) is kept. Linux only; anywhere else, or on any surprise, nothing is dropped.
 """
 
@@ -51,6 +52,26 @@ def anonymous_mappings() -> set[Mapping]:
     return found
 
 
+def new_spans(before: set[Mapping], after: set[Mapping]) -> list[Mapping]:
+    """Address ranges mapped in ``after`` that no mapping of ``before`` covered. The kernel
+    merges a new mapping with an anonymous neighbour of the same protection, so a changed
+    range can hold older memory of other owners (say a buffer another thread is freeing or
+    writing): only its new part is ours to look at."""
+    old = sorted(before)
+    spans: list[Mapping] = []
+    for start, end in sorted(after - before):
+        cur = start
+        for old_start, old_end in old:
+            if old_end <= cur or old_start >= end:
+                continue
+            if old_start > cur:
+                spans.append((cur, old_start))
+            cur = max(cur, old_end)
+        if cur < end:
+            spans.append((cur, end))
+    return spans
+
+
 def release_file_pages(path: str) -> int:
     """Drop this process's resident pages of read-only mappings of the file ``path`` (its
     bytes stay in the page cache); returns the bytes of the mappings handed back."""
@@ -78,7 +99,7 @@ def create_lazily(create: Callable[[], T]) -> tuple[T, int]:
         return create(), 0
     before = anonymous_mappings()
     made = create()
-    fresh = [m for m in anonymous_mappings() - before if m[1] - m[0] >= MIN_BYTES]
+    fresh = [m for m in new_spans(before, anonymous_mappings()) if m[1] - m[0] >= MIN_BYTES]
     released = 0
     try:
         for start, end in fresh:
