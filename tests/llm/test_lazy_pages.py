@@ -21,6 +21,7 @@ from modelhost.llm.engines.llamacpp.lazy_pages import (
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 SIZE = MIN_BYTES * 2
+_PRIVATE_ANON = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
 
 
 def _rss_kib() -> int:
@@ -30,16 +31,21 @@ def _rss_kib() -> int:
 
 def test_zero_pages_are_given_back_and_data_pages_kept() -> None:
     libc = ctypes.CDLL(None)
-    libc.malloc.restype = ctypes.c_void_p
-    libc.free.argtypes = (ctypes.c_void_p,)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = (
+        ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long
+    )  # fmt: skip
+    libc.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
     page = mmap.PAGESIZE
     holder: dict[str, int] = {}
 
     def allocate() -> str:
-        # like llama.cpp's KV buffer: one big allocation (glibc maps it on its own), zeroed
-        # by a memset that makes every page resident, a few pages then written
-        address = libc.malloc(SIZE)
-        assert address
+        # like llama.cpp's KV buffer: one big private anonymous mapping of its own (what
+        # glibc's malloc makes for it; mapped here directly, since after a long test session
+        # malloc may serve 32 MiB from a free chunk of its heap), zeroed by a memset that makes
+        # every page resident, a few pages then written
+        address = libc.mmap(None, SIZE, mmap.PROT_READ | mmap.PROT_WRITE, _PRIVATE_ANON, -1, 0)
+        assert address and address != ctypes.c_void_p(-1).value
         ctypes.memset(address, 0, SIZE)
         data = np.ctypeslib.as_array((ctypes.c_uint8 * SIZE).from_address(address))
         data[page * 10 : page * 10 + 5] = 7
@@ -61,7 +67,7 @@ def test_zero_pages_are_given_back_and_data_pages_kept() -> None:
         data[page * 100] = 3  # and can be written again
         assert data[page * 100] == 3
     finally:
-        libc.free(holder["address"])
+        libc.munmap(holder["address"], SIZE)
 
 
 def test_only_the_new_part_of_a_merged_mapping_is_looked_at() -> None:

@@ -13,7 +13,8 @@ next access, so dropping pages that hold zeros changes nothing a program can obs
 kernel then commits each page when a sequence first writes KV into it. Only new anonymous
 mappings of at least ``MIN_BYTES`` that appeared while the context was created are looked
 at (the KV and compute buffers; glibc serves allocations that large with a mapping of their
-own; where the kernel merged one with an older neighbour, only the new part), only their
+own unless its heap holds a free chunk as big, and then nothing is dropped; where the kernel
+merged one with an older neighbour, only the new part), only their
 all-zero pages are dropped, and the first page of each mapping (malloc's
 header) is kept. Linux only; anywhere else, or on any surprise, nothing is dropped.
 """
