@@ -11,12 +11,12 @@ holds ``max_seqs x seq_ctx`` cells of memory from the start, used or not. Anonym
 whose pages are handed back with ``madvise(MADV_DONTNEED)`` reads as zeros again on the
 next access, so dropping pages that hold zeros changes nothing a program can observe; the
 kernel then commits each page when a sequence first writes KV into it. Only new anonymous
-mappings of at least ``MIN_BYTES`` that appeared while the context was created are looked
-at (the KV and compute buffers; glibc serves allocations that large with a mapping of their
-own unless its heap holds a free chunk as big, and then nothing is dropped; where the kernel
-merged one with an older neighbour, only the new part), only their
-all-zero pages are dropped, and the first page of each mapping (malloc's
-header) is kept. Linux only; anywhere else, or on any surprise, nothing is dropped.
+address ranges of at least ``MIN_BYTES`` that were mapped while the context was created are
+looked at: the KV and compute buffers, which glibc serves with a mapping of their own (unless
+its heap holds a free chunk as big: then nothing is dropped). Where the kernel merged such a
+mapping with an older neighbour, only the new range counts (`new_spans`). Only all-zero pages
+are dropped, and the first page of each range (malloc's header) is kept. Linux only;
+anywhere else, or on any surprise, nothing is dropped.
 """
 
 from __future__ import annotations
