@@ -13,7 +13,12 @@ from typing import Any
 import pytest
 import uvicorn
 
-from modelhost.gateway.http_protocol import MAX_HELD, CoalescingTransport, HttpProtocol
+from modelhost.gateway.http_protocol import (
+    MAX_HELD,
+    CoalescingTransport,
+    HttpProtocol,
+    chunk_writer,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -26,11 +31,13 @@ def anyio_backend() -> str:
 
 
 class App:
-    """Answers by path: /json, /stream (waits for `release` between chunks), /bad-header,
-    /empty (204)."""
+    """Answers by path: /json, /stream (waits for `release` between chunks), /big, /direct
+    (written with `chunk_writer`), /bad-header, /empty (204)."""
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
+        self.direct = 0  # /direct: pieces write_chunk took
+        self.refused_after_end: bool | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -49,6 +56,18 @@ class App:
                 piece = (b"%04d" % (n % 10000)) * 256
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
+        elif path == "/direct":  # 4 MiB through write_chunk; `send` only where it says no
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            write = chunk_writer(send)
+            assert write is not None
+            for n in range(4096):
+                piece = (b"%04d" % (n % 10000)) * 256
+                if write(piece):
+                    self.direct += 1
+                else:
+                    await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+            self.refused_after_end = write(b"late")
         elif path == "/bad-header":
             headers = [(b"x-evil", b"a\r\nset-cookie: injected")]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -163,6 +182,37 @@ async def test_large_streamed_body_arrives_whole_through_a_slow_reader(
     assert len(body) == 4096 * 1024
     assert body == b"".join((b"%04d" % n) * 256 for n in range(4096))
     writer.close()
+
+
+async def test_chunks_written_directly_keep_their_order_and_flow_control(
+    server: tuple[int, App],
+) -> None:
+    port, app = server
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
+    writer.write(b"GET /direct HTTP/1.1\r\nHost: x\r\n\r\n")
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    await asyncio.sleep(0.5)  # a full socket buffer: write_chunk must say no, `send` waits
+    pieces = []
+    while True:
+        size = int(await asyncio.wait_for(reader.readuntil(b"\r\n"), 10), 16)
+        data = await reader.readexactly(size + 2)
+        if size == 0:
+            break
+        pieces.append(data[:-2])
+    assert b"".join(pieces) == b"".join((b"%04d" % n) * 256 for n in range(4096))
+    # Most pieces went directly, and the paused transport refused some (they were sent).
+    assert 0 < app.direct < 4096
+    assert app.refused_after_end is False  # nothing is written after the response ended
+    writer.write(post("/json", b"after"))  # the connection is still in step
+    assert (await read_response(reader))[2] == b'{"echo": "after"}'
+    writer.close()
+
+
+def test_chunk_writer_is_none_for_a_send_of_another_server() -> None:
+    async def send(message: Any) -> None:
+        return None
+
+    assert chunk_writer(send) is None
 
 
 async def test_head_and_no_content_have_no_chunked_body(server: tuple[int, App]) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from modelhost.errors import PredictFailed, WorkerUnavailable
-from modelhost.supervision.channel import Stream, WorkerChannel
+from modelhost.supervision.channel import Head, Stream, WorkerChannel
 from modelhost.wire.protocol import CREDIT_EVERY, STREAM_WINDOW, FrameProtocol, Kind, encode
 from modelhost.worker.server import _Window
 
@@ -141,3 +141,82 @@ async def test_a_window_waits_for_credit() -> None:
     assert not waiting.done()
     window.grant(10)
     await asyncio.wait_for(waiting, 1)
+
+
+class _Channel:
+    """What a `Stream` calls on its channel."""
+
+    def __init__(self) -> None:
+        self.credits: list[int] = []
+        self.cancelled: list[int] = []
+
+    def credit(self, rid: int, passed: int) -> None:
+        self.credits.append(passed)
+
+    def cancel(self, rid: int) -> None:
+        self.cancelled.append(rid)
+
+
+async def _until_waiting(stream: Stream) -> None:
+    while stream._waiter is None:
+        await asyncio.sleep(0)
+
+
+async def test_an_attached_sink_takes_chunks_only_when_that_keeps_their_order() -> None:
+    channel = _Channel()
+    stream = Stream(Head(200, "text/plain", None), channel, 7)  # type: ignore[arg-type]
+    wire: list[bytes] = []  # what reached the client, in order
+    accept = True
+
+    def sink(chunk: bytes) -> bool:
+        if accept:
+            wire.append(chunk)
+        return accept
+
+    stream._put(b"a")  # before the head was sent: queued
+    stream.attach(sink)
+    stream._put(b"b")  # "a" is still queued: "b" waits behind it
+    chunks = aiter(stream)
+
+    def nxt() -> Any:  # the next queued chunk; one wrongly sent directly never comes
+        return asyncio.wait_for(anext(chunks), 5)
+
+    for expected in (b"a", b"b"):
+        chunk = await nxt()
+        assert chunk == expected
+        stream._put(b"c" if expected == b"a" else b"d")  # the consumer holds one: queued
+        wire.append(chunk)  # the consumer sends it
+    assert await nxt() == b"c"
+    wire.append(b"c")
+    assert await nxt() == b"d"
+    wire.append(b"d")
+    waiting = asyncio.ensure_future(nxt())
+    await _until_waiting(stream)  # the consumer waits on an empty queue
+    stream._put(b"e")  # straight to the client
+    assert wire[-1] == b"e" and not waiting.done()
+    accept = False
+    stream._put(b"f")  # refused (a slow client): queued, and the consumer wakes
+    accept = True
+    assert await waiting == b"f"
+    stream._put(b"g")  # the consumer holds "f": queued even though the sink would take it
+    wire.append(b"f")
+    assert await nxt() == b"g"
+    wire.append(b"g")
+    waiting = asyncio.ensure_future(nxt())
+    await _until_waiting(stream)
+    stream._put(b"h")
+    stream.close()  # the end is queued: iteration stops
+    with pytest.raises(StopAsyncIteration):
+        await waiting
+    assert b"".join(wire) == b"abcdefgh"
+    assert stream.passed == 8 and channel.cancelled == [7]
+
+
+async def test_chunks_passed_through_a_sink_are_credited() -> None:
+    channel = _Channel()
+    stream = Stream(Head(200, "x", None), channel, 1)  # type: ignore[arg-type]
+    stream.attach(lambda chunk: True)
+    piece = b"x" * (CREDIT_EVERY // 2)
+    for _ in range(5):
+        stream._put(piece)
+    assert channel.credits == [CREDIT_EVERY, 2 * CREDIT_EVERY]

@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from collections.abc import Callable
 from typing import Any, cast
 
 import httptools
@@ -117,6 +118,15 @@ class CoalescingTransport:
         self._held = 0
         self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
 
+    def write_now(self, data: bytes) -> None:
+        """Write `data` at once, after what is held (a piece of a stream that arrives by
+        itself: holding it to the end of the loop turn would join it with nothing)."""
+        if self._pending:
+            self._pending.append(data)
+            self.flush()
+        else:
+            self._transport.write(data)
+
     def close(self) -> None:
         self.flush()
         self._transport.close()
@@ -187,6 +197,29 @@ class Cycle(RequestResponseCycle):
         content.append(b"\r\n")
         self.transport.write(b"".join(content))
 
+    def write_chunk(self, body: bytes) -> bool:
+        """Write one non-empty piece of a started chunked body now, without awaiting `send`:
+        what `send({"type": "http.response.body", "body": body, "more_body": True})` writes.
+        False, and nothing written, where `send` would wait or do something else: the
+        transport is flow-controlled (its buffer is full), the client is gone, the response
+        is not chunked (HEAD, content-length) or not in progress."""
+        if (
+            self.flow.write_paused
+            or self.disconnected
+            or not self.response_started
+            or self.response_complete
+            or not self.chunked_encoding
+            or self.scope["method"] == "HEAD"
+        ):
+            return False
+        framed = b"%x\r\n%s\r\n" % (len(body), body)
+        transport = self.transport
+        if isinstance(transport, CoalescingTransport):
+            transport.write_now(framed)
+        else:
+            transport.write(framed)
+        return True
+
     def abort(self) -> None:
         """Close the connection with the response unfinished: what was written goes out
         (the transport flushes on close), the end of the response never does. The cycle
@@ -195,6 +228,13 @@ class Cycle(RequestResponseCycle):
         self.disconnected = True
         self.message_event.set()
         self.transport.close()
+
+
+def chunk_writer(send: Any) -> Callable[[bytes], bool] | None:
+    """`Cycle.write_chunk` of the response `send` belongs to, or None when `send` is not
+    this protocol's (another server runs the app, or a middleware wrapped `send`)."""
+    cycle = getattr(send, "__self__", None)
+    return cycle.write_chunk if isinstance(cycle, Cycle) else None
 
 
 class HttpProtocol(HttpToolsProtocol):

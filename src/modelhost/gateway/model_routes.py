@@ -29,7 +29,7 @@ from modelhost.errors import (
 from modelhost.gateway import body as bodies
 from modelhost.gateway.auth import MODEL_KINDS, Authenticator, Principal
 from modelhost.gateway.http_errors import error_body, error_headers, sse_error_event, status_of
-from modelhost.gateway.http_protocol import ABORT
+from modelhost.gateway.http_protocol import ABORT, chunk_writer
 from modelhost.gateway.metrics import LatencyRecorder
 from modelhost.gateway.request_checks import ALLOW, MODEL_METHODS, is_media_type, wants_meta
 from modelhost.gateway.routes import Match, ModelEntry, RouteTable
@@ -420,6 +420,9 @@ async def _send_stream(
         await send(
             {"type": "http.response.start", "status": stream.head.status, "headers": headers}
         )
+        writer = chunk_writer(send)
+        if writer is not None:  # chunks go from the worker's frames to the client directly
+            stream.attach(writer)
         try:
             async for chunk in stream:
                 if stream.done:

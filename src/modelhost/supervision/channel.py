@@ -33,48 +33,108 @@ class Head:
     headers: dict[str, str] | None
 
 
+# Writes one chunk to the client at once and says True, or says False when it cannot now
+# (the client's connection is flow-controlled or gone): then the chunk is queued instead.
+Sink = Callable[[bytes], bool]
+
+
 class Stream:
     """Chunks of a streamed reply; iterate it, or `close()` it to cancel the request.
 
-    Bounded: the worker sends at most `STREAM_WINDOW` bytes beyond what was iterated here
-    (passed on to the client); every `CREDIT_EVERY` bytes iterated are reported to it (a
-    CREDIT frame), so a slow client pauses the model's generator instead of filling memory.
+    Two ways out. Iterating yields the chunks queued here. Once the consumer has sent the
+    response head it may `attach` a sink: from then on a chunk that arrives while nothing is
+    queued or being sent goes straight from the worker's frame to the client's connection,
+    in the frame handler: no queue, no task switch, no `send` per token. A chunk the sink
+    refuses (a slow client) is queued, and so is every later one until the queue is drained,
+    so the order holds; iteration then ends with the end of the stream or its error.
+
+    Bounded: the worker sends at most `STREAM_WINDOW` bytes beyond what was passed on to the
+    client; every `CREDIT_EVERY` bytes passed on are reported to it (a CREDIT frame), so a
+    slow client pauses the model's generator instead of filling memory.
     """
+
+    __slots__ = (
+        "_busy",
+        "_channel",
+        "_credited",
+        "_items",
+        "_rid",
+        "_sink",
+        "_waiter",
+        "done",
+        "head",
+        "passed",
+    )
 
     def __init__(self, head: Head, channel: WorkerChannel, rid: int) -> None:
         self.head = head
         self._channel = channel
         self._rid = rid
-        self._queue: asyncio.Queue[bytes | ModelhostError | None] = asyncio.Queue()
+        self._items: deque[bytes | ModelhostError | None] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._sink: Sink | None = None
+        self._busy = False  # the consumer holds a chunk it took from the queue
         self.done = False
-        self.passed = 0  # bytes iterated (handed to the client)
+        self.passed = 0  # bytes handed to the client
         self._credited = 0  # the last `passed` reported to the worker
 
+    def attach(self, sink: Sink) -> None:
+        """Pass later chunks to `sink` directly (see the class); call after the head is sent."""
+        self._sink = sink
+
     def _put(self, item: bytes | ModelhostError | None) -> None:
-        self._queue.put_nowait(item)
+        sink = self._sink
+        if (
+            sink is not None
+            and item.__class__ is bytes
+            and not self._items
+            and not self._busy
+            and sink(item)
+        ):
+            self._passed(len(item))
+            return
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _passed(self, n: int) -> None:
+        # One add and one compare per chunk on the fast path.
+        self.passed += n
+        if self.passed - self._credited >= CREDIT_EVERY:
+            self._credited = self.passed
+            self._channel.credit(self._rid, self.passed)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        items = self._items
         while True:
-            item = await self._queue.get()
+            while not items:
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+            item = items.popleft()
             if item is None:
                 self.done = True
                 return
             if isinstance(item, ModelhostError):
                 self.done = True
                 raise item
-            yield item
+            self._busy = True
+            try:
+                yield item
+            finally:
+                self._busy = False
             # The consumer is back: the chunk was sent (or is held by a flow-controlled
-            # transport). One add and one compare per chunk on the fast path.
-            self.passed += len(item)
-            if self.passed - self._credited >= CREDIT_EVERY:
-                self._credited = self.passed
-                self._channel.credit(self._rid, self.passed)
+            # transport).
+            self._passed(len(item))
 
     def close(self) -> None:
         if not self.done:
             self.done = True
             self._channel.cancel(self._rid)
-            self._queue.put_nowait(None)
+            self._put(None)
 
 
 Reply = tuple[Head, bytes]
