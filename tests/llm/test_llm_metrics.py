@@ -97,3 +97,36 @@ async def test_a_stream_closed_early_counts_as_abort(engine: LLMEngine) -> None:
     assert _value(m, "success", "vllm:request_success_total", finished_reason="abort") == 1
     assert _value(m, "generation_tokens", "vllm:generation_tokens_total") == 3
     assert _value(m, "running", "vllm:num_requests_running") == 0
+
+
+def test_a_histogram_batch_counts_what_observe_would() -> None:
+    from prometheus_client import Histogram
+
+    from modelhost.llm.metrics import FLUSH_EVERY, ITL_BUCKETS, HistogramBatch
+
+    def child(name: str) -> Any:
+        return Histogram(name, "x", ["m"], buckets=ITL_BUCKETS, registry=None).labels("a")
+
+    direct, batched = child("direct_seconds"), child("batched_seconds")
+    batch = HistogramBatch(batched)
+    # on a bound, between bounds, below the first, above the last (+Inf)
+    amounts = [0.01, 0.0101, 0.001, 0.3, 0.30001, 79.0, 80.0, 500.0, 0.0]
+    for amount in amounts:
+        direct.observe(amount)
+        batch.observe(amount)
+
+    def samples(h: Any) -> list[tuple[str, dict[str, str], float]]:
+        return [
+            (s.name.split("_", 1)[1], s.labels, s.value)
+            for m in h.collect()
+            for s in m.samples
+            if not s.name.endswith("_created")
+        ]
+
+    assert all(value == 0 for _, _, value in samples(batched))  # nothing written yet
+    batch.flush()
+    assert samples(batched) == samples(direct)
+    for _ in range(FLUSH_EVERY):  # a full batch is written without a flush
+        batch.observe(0.02)
+    count = [v for name, _, v in samples(batched) if name == "seconds_count"]
+    assert count == [len(amounts) + FLUSH_EVERY]
