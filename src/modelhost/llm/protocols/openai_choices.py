@@ -37,6 +37,20 @@ class ChoiceState:
         self.logprobs: list[Logprob] = []
         self.completion_tokens = 0
 
+    def text_only(self, event: TokenEvent) -> str | None:
+        """The event's text when `feed` would make a piece of that text alone (no splitter,
+        no logprobs, not the last event), counted as `feed` counts it; None otherwise: then
+        call `feed`."""
+        if (
+            self._splitter is not None
+            or event.finish_reason is not None
+            or event.logprob is not None
+            or self._pending
+        ):
+            return None
+        self.completion_tokens = event.completion_tokens
+        return event.text
+
     def feed(self, event: TokenEvent) -> Piece:
         if event.logprob is not None:
             self._pending.append(event.logprob)

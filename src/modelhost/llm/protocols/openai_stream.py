@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
+
+import orjson
 
 from modelhost.llm.protocols import openai
 from modelhost.llm.protocols.openai import ResponseHeader
@@ -28,9 +30,35 @@ from modelhost.llm.protocols.openai_choices import (
 )
 from modelhost.llm.stream import TokenEvent, TokenStream
 
+# Stands for a chunk's text while its event is rendered once (`TextEvents`).
+_MARK = "\x00text\x00"
+_MARK_JSON = b'"\\u0000text\\u0000"'
+
+
+class TextEvents:
+    """One choice's event for a piece that is only text, as bytes: the event rendered once
+    around a marker, then the JSON string of each text put between its two halves. The
+    same bytes as `openai.sse` of the chunk dict, without building and serialising the
+    dict for every token."""
+
+    __slots__ = ("_parts", "_render")
+
+    def __init__(self, render: Callable[[int, str], dict[str, Any]]) -> None:
+        self._render = render
+        self._parts: dict[int, tuple[bytes, bytes]] = {}
+
+    def __call__(self, index: int, text: str) -> bytes:
+        parts = self._parts.get(index)
+        if parts is None:
+            before, _, after = openai.sse(self._render(index, _MARK)).partition(_MARK_JSON)
+            parts = self._parts[index] = (before, after)
+        return parts[0] + orjson.dumps(text) + parts[1]
+
 
 class ChunkShape(Protocol):
     object: str
+    # the event of a piece that is only text (no finish, no logprobs), as `chunks` renders it
+    text: TextEvents
 
     def opening(self, index: int) -> dict[str, Any] | None: ...
 
@@ -42,6 +70,9 @@ class ChatChunks:
 
     def __init__(self, head: ResponseHeader, with_usage: bool, logprobs: bool = False) -> None:
         self._head, self._with_usage, self._logprobs = head, with_usage, logprobs
+        self.text = TextEvents(
+            lambda index, text: self._chunk(index, {"content": text}, None, None)
+        )
 
     def opening(self, index: int) -> dict[str, Any] | None:
         role = {"role": "assistant", "content": ""}
@@ -63,6 +94,9 @@ class CompletionChunks:
     def __init__(self, head: ResponseHeader, with_usage: bool, logprobs: int | None = None) -> None:
         self._head, self._with_usage, self._logprobs = head, with_usage, logprobs
         self._offsets: dict[int, int] = {}
+        self.text = TextEvents(
+            lambda index, text: openai.completion_chunk(head, text, None, with_usage, index)
+        )
 
     def opening(self, index: int) -> dict[str, Any] | None:
         return None
@@ -95,11 +129,19 @@ async def sse_events(
             if opening is not None:
                 yield openai.sse(opening)
         prompt_tokens = cached = 0
-        async for index, event in _events(streams):
+        text_event = shape.text
+        events = _events(streams) if len(streams) > 1 else _tagged(streams[0])
+        async for index, event in events:
             prompt_tokens = event.prompt_tokens
             if index == 0:  # the prompt is computed once: the first choice's cache use
                 cached = event.cached_tokens
-            piece = states[index].feed(event)
+            state = states[index]
+            text = state.text_only(event)
+            if text is not None:  # most tokens: a piece that is only text
+                if text:
+                    yield text_event(index, text)
+                continue
+            piece = state.feed(event)
             if piece:
                 for chunk in shape.chunks(index, piece):
                     yield openai.sse(chunk)
@@ -115,12 +157,13 @@ async def sse_events(
     yield openai.SSE_DONE
 
 
+async def _tagged(stream: TokenStream) -> AsyncIterator[tuple[int, TokenEvent]]:
+    async for event in stream:
+        yield 0, event
+
+
 async def _events(streams: list[TokenStream]) -> AsyncIterator[tuple[int, TokenEvent]]:
     """Every stream's events, as they come, tagged with the stream's index."""
-    if len(streams) == 1:
-        async for event in streams[0]:
-            yield 0, event
-        return
     queue: asyncio.Queue[tuple[int, TokenEvent | BaseException | None]] = asyncio.Queue()
 
     async def pump(index: int, stream: TokenStream) -> None:
