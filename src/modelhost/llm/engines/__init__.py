@@ -12,7 +12,8 @@ folder, needs the vllm package and a CUDA GPU). Settings, all optional:
   it when two models share a host), ``threads_batch`` (prompt threads; default
   ``threads``), ``kv_capacity`` (KV cells shared by all requests; default
   ``max_seqs x seq_ctx``, so every slot can hold a full context), ``max_batch_tokens``
-  (tokens per decode step, 512), ``kv_unified`` (false: a KV stream per request, each
+  (tokens per decode step, 512), ``prefill_chunk`` (prompt tokens per step, 256, at most
+  ``max_batch_tokens - max_seqs``), ``kv_unified`` (false: a KV stream per request, each
   attending over its own cells; true: one buffer shared by all, prefixes shared in place);
 - transformers: ``threads``, ``dtype``, ``device``, ``max_prefill_tokens``;
 - vllm: ``dtype``, ``gpu_memory_utilization``.
@@ -95,10 +96,11 @@ def _threads(options: dict[str, Any]) -> int | None:
 
 
 def _llamacpp(model_path: Path, options: dict[str, Any]) -> Any:
-    from modelhost.llm.engine import LLMEngine
+    from modelhost.llm.engine import DEFAULT_PREFILL_CHUNK, LLMEngine
     from modelhost.llm.engines.llamacpp.backend import DEFAULT_BATCH_TOKENS, LlamaCppBackend
 
     max_seqs = _int_or(options, "max_seqs", 32)
+    prefill_chunk = _int_or(options, "prefill_chunk", DEFAULT_PREFILL_CHUNK)
     backend = LlamaCppBackend(
         model_path,
         max_seqs=max_seqs,
@@ -109,7 +111,12 @@ def _llamacpp(model_path: Path, options: dict[str, Any]) -> Any:
         n_threads_batch=_int(options, "threads_batch"),
         kv_unified=_bool(options, "kv_unified", False),
     )
-    return LLMEngine(backend, max_seqs, int(options.get("max_queue", 64)))
+    return LLMEngine(
+        backend,
+        max_seqs,
+        int(options.get("max_queue", 64)),
+        prefill_chunk=prefill_chunk,
+    )
 
 
 def _transformers(model_path: Path, options: dict[str, Any]) -> Any:
