@@ -9,6 +9,12 @@ JSON under ``raw_rounds``.
 
 prints the README section rendered from a results file, or writes it between the
 ``<!-- bench-llm:start -->`` / ``<!-- bench-llm:end -->`` markers of ``--readme``.
+
+    python -m bench.llm_report bench/results/llm.json --merge rerun.json
+
+puts a partial rerun (e.g. ``--workload short``) into the results file: its workloads'
+rows, its decode ceiling and its memory rows replace the old ones, the rest stay, and
+``reruns`` records what came from which command and when (the README says so).
 """
 
 from __future__ import annotations
@@ -228,9 +234,40 @@ def readme_section(data: dict[str, Any]) -> str:
             f" modelhost and llama-server: median of {rounds} alternating rounds per level"
             " (± half the spread of the rounds' tokens/s); other peers: one run each."
         )
-    lines = [head, "", *throughput_table(data), *ceiling_line(data), *workload_lines(data)]
+    lines = [head, *rerun_lines(data), "", *throughput_table(data), *ceiling_line(data)]
+    lines += workload_lines(data)
     lines += memory_lines(data)
     return "\n".join(lines)
+
+
+def merge(base: dict[str, Any], rerun: dict[str, Any]) -> dict[str, Any]:
+    """`base` with the rows of `rerun`'s workloads, its ceiling and memory rows, replaced."""
+    workloads = list(rerun.get("workloads") or ["short"])
+    out = dict(base)
+    kept = [r for r in base["results"] if r.get("workload", "short") not in workloads]
+    out["results"] = kept + list(rerun["results"])
+    replaced = list(workloads)
+    out["memory"] = {**base.get("memory", {}), **rerun.get("memory", {})}  # RSS per workload
+    if (rerun.get("ceiling") or {}).get("decode_tok_s"):
+        out["ceiling"] = rerun["ceiling"]
+        replaced.append("decode ceiling")
+    if rerun.get("memory_by_slots"):
+        out["memory_by_slots"] = {**base.get("memory_by_slots", {}), **rerun["memory_by_slots"]}
+        replaced.append("memory")
+    entry = {"time": rerun.get("time"), "command": rerun.get("command"), "replaced": replaced}
+    out["reruns"] = [*base.get("reruns", []), entry]
+    return out
+
+
+def rerun_lines(data: dict[str, Any]) -> list[str]:
+    lines = []
+    for r in data.get("reruns") or []:
+        lines += [
+            "",
+            f"Rerun on {r.get('time', '?')} with `{str(r.get('command', '?')).strip()}`: "
+            f"{', '.join(r.get('replaced', []))}; the other rows are from the run above.",
+        ]
+    return lines
 
 
 def update_readme(readme: Path, data: dict[str, Any]) -> bool:
@@ -248,8 +285,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("json", nargs="?", type=Path, default=Path("bench/results/llm.json"))
     ap.add_argument("--readme", type=Path, help="write the section into this README")
+    ap.add_argument("--merge", type=Path, help="a partial rerun to put into the results file")
     args = ap.parse_args()
     data = json.loads(args.json.read_text())
+    if args.merge is not None:
+        data = merge(data, json.loads(args.merge.read_text()))
+        args.json.write_text(json.dumps(data, indent=1))
     if args.readme is None:
         print(readme_section(data))
     elif not update_readme(args.readme, data):
