@@ -78,9 +78,13 @@ def plot_llm(json_path: Path, png_path: Path) -> Path:
     ttft_ax.set_title("time to first token")
     tok_ax.legend(fontsize=8)
     workload = data.get("workload", {})
+    # the short rows plotted come from the last rerun merged in that had them, if any
+    # (bench.llm_report --merge)
+    short_reruns = [r for r in data.get("reruns", []) if "short" in r.get("replaced", [])]
+    when = short_reruns[-1].get("time") if short_reruns else data.get("time", "")
     fig.suptitle(
         f"{workload.get('model', 'LLM')}, {workload.get('max_tokens', '?')} tokens/request, "
-        f"{data.get('cpu_count', '?')} CPUs, {data.get('time', '')}",
+        f"{data.get('cpu_count', '?')} CPUs, {when}",
         fontsize=10,
     )
     fig.tight_layout()
