@@ -126,6 +126,26 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[bytes, dict[bytes
     return status, headers, body
 
 
+BIG_BODY = b"".join((b"%04d" % n) * 256 for n in range(4096))  # /big and /direct
+
+
+async def slowly_read_body(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str
+) -> bytes:
+    """GET `path`, wait until the server meets a full socket buffer (flow control pauses
+    it), then read the chunked body."""
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    await asyncio.sleep(0.5)
+    pieces = []
+    while True:
+        size = int(await asyncio.wait_for(reader.readuntil(b"\r\n"), 10), 16)
+        data = await reader.readexactly(size + 2)
+        if size == 0:
+            return b"".join(pieces)
+        pieces.append(data[:-2])
+
+
 async def test_json_answer_in_one_piece_and_keep_alive(server: tuple[int, App]) -> None:
     port, _ = server
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -168,19 +188,9 @@ async def test_large_streamed_body_arrives_whole_through_a_slow_reader(
 ) -> None:
     port, _ = server
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
-    writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
-    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    await asyncio.sleep(0.5)  # the server meets a full socket buffer: flow control pauses it
-    pieces = []
-    while True:
-        size = int(await asyncio.wait_for(reader.readuntil(b"\r\n"), 10), 16)
-        data = await reader.readexactly(size + 2)
-        if size == 0:
-            break
-        pieces.append(data[:-2])
-    body = b"".join(pieces)
+    body = await slowly_read_body(reader, writer, "/big")
     assert len(body) == 4096 * 1024
-    assert body == b"".join((b"%04d" % n) * 256 for n in range(4096))
+    assert body == BIG_BODY
     writer.close()
 
 
@@ -189,17 +199,8 @@ async def test_chunks_written_directly_keep_their_order_and_flow_control(
 ) -> None:
     port, app = server
     reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
-    writer.write(b"GET /direct HTTP/1.1\r\nHost: x\r\n\r\n")
-    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    await asyncio.sleep(0.5)  # a full socket buffer: write_chunk must say no, `send` waits
-    pieces = []
-    while True:
-        size = int(await asyncio.wait_for(reader.readuntil(b"\r\n"), 10), 16)
-        data = await reader.readexactly(size + 2)
-        if size == 0:
-            break
-        pieces.append(data[:-2])
-    assert b"".join(pieces) == b"".join((b"%04d" % n) * 256 for n in range(4096))
+    # a full socket buffer meanwhile: write_chunk must say no, and `send` waits
+    assert await slowly_read_body(reader, writer, "/direct") == BIG_BODY
     # Most pieces went directly, and the paused transport refused some (they were sent).
     assert 0 < app.direct < 4096
     assert app.refused_after_end is False  # nothing is written after the response ended
