@@ -12,8 +12,8 @@ folder, needs the vllm package and a CUDA GPU). Settings, all optional:
   it when two models share a host), ``threads_batch`` (prompt threads; default
   ``threads``), ``kv_capacity`` (KV cells shared by all requests; default
   ``max_seqs x seq_ctx``, so every slot can hold a full context), ``max_batch_tokens``
-  (tokens per decode step, 512), ``prefill_chunk`` (prompt tokens per step, 256, at most
-  ``max_batch_tokens - max_seqs``), ``kv_unified`` (false: a KV stream per request, each
+  (tokens per decode step, 512), ``prefill_chunk`` (prompt tokens per step; default and
+  most: ``max_batch_tokens - max_seqs``), ``kv_unified`` (false: a KV stream per request, each
   attending over its own cells; true: one buffer shared by all, prefixes shared in place);
 - transformers: ``threads``, ``dtype``, ``device``, ``max_prefill_tokens``;
 - vllm: ``dtype``, ``gpu_memory_utilization``.
