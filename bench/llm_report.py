@@ -260,12 +260,12 @@ def merge(base: dict[str, Any], rerun: dict[str, Any]) -> dict[str, Any]:
 
 
 def rerun_lines(data: dict[str, Any]) -> list[str]:
-    lines = []
+    lines = [] if not data.get("reruns") else ["", "The rows not named below are from that run."]
     for r in data.get("reruns") or []:
         lines += [
             "",
             f"Rerun on {r.get('time', '?')} with `{str(r.get('command', '?')).strip()}`: "
-            f"{', '.join(r.get('replaced', []))}; the other rows are from the run above.",
+            f"{', '.join(r.get('replaced', []))} rows from that run.",
         ]
     return lines
 
