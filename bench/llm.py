@@ -60,7 +60,6 @@ Prints the tables (bench/llm_report.py); writes bench/results/llm.json, bench/re
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -76,6 +75,7 @@ from typing import Any
 
 from bench import llm_report
 from bench.llm_client import Workload, new_client, run_level, run_mixed, summarise
+from bench.llm_client import run as run_client
 from bench.llm_systems import (
     MAX_SEQS,
     Running,
@@ -218,10 +218,10 @@ def bench_paired(
                     start += level * per_client
         finally:
             for client in clients:
-                await client.aclose()
+                await client.close()
         return rows
 
-    return asyncio.run(go())
+    return run_client(go())
 
 
 def bench_http(
@@ -247,7 +247,7 @@ def bench_http(
                 _progress(row)
         return rows
 
-    return asyncio.run(go())
+    return run_client(go())
 
 
 def bench_engine(
@@ -392,6 +392,17 @@ def _busy_cpus(interval: float = 1.0) -> float:
     return round(busy * (os.cpu_count() or 1), 2)
 
 
+def cpu_model() -> str | None:
+    """The CPU's name from /proc/cpuinfo (results differ between CPU kinds)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def _note_load(phase: str, load: dict[str, float]) -> None:
     load[phase] = _busy_cpus()
     print(f"measuring {phase} (CPUs busy before it: {load[phase]:.2f}) ...", file=sys.stderr)
@@ -502,6 +513,7 @@ def main() -> None:
         "command": "python -m bench.llm " + " ".join(sys.argv[1:]),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
+        "cpu_model": cpu_model(),
         "cpus_busy_before": load,
         "labels": {s: LABELS[s] for s in systems},
         "rounds": args.rounds,

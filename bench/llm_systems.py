@@ -279,7 +279,9 @@ def start_llama_server(
     with server_process(cmd, log=log) as proc:
         base = f"http://127.0.0.1:{port}"
         _wait_ready(base + "/health", proc, log, timeout=120)
-        target = Target("llama-server", base + "/v1/chat/completions")
+        # it closes the connection after each streamed answer (cpp-httplib; its
+        # "Keep-Alive" header notwithstanding), so every request opens a new one
+        target = Target("llama-server", base + "/v1/chat/completions", keep_alive=False)
         yield Running(target, lambda: peak_rss(proc.pid), log)
 
 
