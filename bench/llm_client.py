@@ -181,13 +181,10 @@ async def _post(
     have been closed by the server before any response came (a server may close an idle
     connection at any time; httpx checks a pooled connection before using it, aiohttp
     does not)."""
-    for attempt in (1, 2):
-        try:
-            return await client.post(url, data=data, headers=headers)
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    try:
+        return await client.post(url, data=data, headers=headers)
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+        return await client.post(url, data=data, headers=headers)
 
 
 def _read_usage(res: RequestResult, chunk: dict[str, Any]) -> None:
@@ -215,11 +212,12 @@ async def _seed_request(
         ) as resp:
             raw = await resp.read()
         res.end = time.perf_counter()
-        answer = orjson.loads(raw).get("answer") if resp.status == 200 else None
+        parsed = orjson.loads(raw) if resp.status == 200 else None
+        answer = parsed.get("answer") if isinstance(parsed, dict) else None
         if not isinstance(answer, str):
             res.error = f"HTTP {resp.status}: {raw[:300].decode(errors='replace')}"
             return res
-    except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as exc:
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         res.end = time.perf_counter()
         res.error = _describe(exc)
         return res
