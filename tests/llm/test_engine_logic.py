@@ -88,6 +88,45 @@ async def test_a_waiting_prompt_below_a_fed_slot_rides_along_with_one_token() ->
         engine.close()
 
 
+async def test_prompts_fill_what_the_decode_tokens_leave_of_a_step() -> None:
+    """With one request decoding, a long prompt goes in chunks of ``max_batch_tokens - 1``:
+    every step but the prompt's last is a full batch (whole micro-batches in llama.cpp)."""
+    backend = FakeBackend(max_seqs=4)
+    backend.max_batch_tokens = 16
+    backend.step_delay = 0.002
+    engine = LLMEngine(backend, prefill_chunk=64)
+    live = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
+    try:
+        decoding = await engine.generate([1, 2], live)  # slot 0
+        await decoding.__anext__()
+        events = await run(engine, [3] * 60 + [4], temperature=0, max_tokens=2)
+        assert [e.token_id for e in events] == counting(4, 2)
+        await decoding.aclose()
+        prompt_steps = [ids for ids in backend.seq_batches if 1 in ids]
+        assert [ids.count(1) for ids in prompt_steps] == [15, 15, 15, 15, 1, 1]
+        assert all(len(ids) == 16 for ids in prompt_steps[:4])
+    finally:
+        engine.close()
+
+
+async def test_one_token_rides_along_within_the_batch() -> None:
+    """Prompts that ride along with one token take it from the fed chunks: no step grows
+    past ``max_batch_tokens``, and every prompt still gets in."""
+    backend = FakeBackend(max_seqs=4)
+    backend.max_batch_tokens = 8
+    backend.step_delay = 0.002
+    engine = LLMEngine(backend, prefill_chunk=64)
+    try:
+        prompts = [[5] * 30 + [6], [7] * 3 + [8], [9] * 20 + [10], [11] * 2 + [12]]
+        results = await asyncio.gather(
+            *(run(engine, p, temperature=0, max_tokens=2) for p in prompts)
+        )
+        assert [[e.token_id for e in r] for r in results] == [counting(p[-1], 2) for p in prompts]
+        assert max(backend.batches) <= 8
+    finally:
+        engine.close()
+
+
 async def test_shared_prefix_is_copied_not_recomputed() -> None:
     backend = FakeBackend(max_seqs=4)
     backend.step_delay = 0.005

@@ -34,3 +34,17 @@ def test_prefill_chunk_sets_the_prompt_tokens_per_step() -> None:
 def test_a_bad_prefill_chunk_is_refused(value: object) -> None:
     with pytest.raises(InvalidModelFolder, match=r"llm\.prefill_chunk"):
         build_engine(_demo(), {"prefill_chunk": value})
+
+
+def test_prefill_chunk_defaults_to_the_batch_size() -> None:
+    options = {"max_seqs": 2, "seq_ctx": 256, "max_batch_tokens": 128}
+    engine = build_engine(_demo(), options)
+    try:
+        assert engine._scheduler._prefill_chunk == 128
+    finally:
+        engine.close()
+
+
+def test_a_batch_smaller_than_the_slots_is_refused() -> None:
+    with pytest.raises(InvalidModelFolder, match=r"max_batch_tokens.*at least.*max_seqs"):
+        build_engine(_demo(), {"max_seqs": 8, "max_batch_tokens": 4})

@@ -25,10 +25,10 @@ from modelhost.llm.stream import Channel, TokenStream
 
 DEFAULT_MAX_QUEUE = 64
 # As many prompt tokens as a step has room for beside the running requests' tokens (the
-# scheduler caps it at max_batch_tokens - max_seqs: 480 with the defaults). Measured on the
-# prefill-heavy workload at 32 clients, modelhost alone, one run each: 480 against 256 gave
-# TTFT p50 6.4 s against 16.9 s and 23.6 against 22.3 tok/s; the mixed workload's short-chat
-# TTFT p99 went from 0.9 s to 1.8 s (llama-server: 11 s).
+# scheduler caps it at max_batch_tokens, and each step at what the decode tokens leave).
+# Measured on the prefill-heavy workload at 32 clients, modelhost alone, one run each: 480
+# against 256 gave TTFT p50 6.4 s against 16.9 s and 23.6 against 22.3 tok/s; the mixed
+# workload's short-chat TTFT p99 went from 0.9 s to 1.8 s (llama-server: 11 s).
 DEFAULT_PREFILL_CHUNK = 512
 DEFAULT_MIN_PREFIX_REUSE = 8
 

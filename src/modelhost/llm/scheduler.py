@@ -52,6 +52,19 @@ def _prompt_left(seq: Sequence) -> int:
     return len(seq.prompt) - seq.n_past
 
 
+def _trim(fed: list[tuple[Sequence, int]], over: int) -> list[tuple[Sequence, int]]:
+    """Take ``over`` tokens off the fed chunks, the last given first, each keeping one."""
+    trimmed = list(fed)
+    for i in range(len(trimmed) - 1, -1, -1):
+        if over <= 0:
+            break
+        seq, n = trimmed[i]
+        cut = min(over, n - 1)
+        trimmed[i] = (seq, n - cut)
+        over -= cut
+    return trimmed
+
+
 class Scheduler(DecodeLoop[Sequence]):
     """The decode loop of `LLMEngine` (see `DecodeLoop` for its threads)."""
 
@@ -67,7 +80,8 @@ class Scheduler(DecodeLoop[Sequence]):
         self._backend = backend
         self._slots = SlotTable(backend, max_seqs, min_prefix_reuse, prefix_cache_tokens)
         self.counters.prefix = self._slots.stats
-        self._prefill_chunk = max(1, min(prefill_chunk, backend.max_batch_tokens - max_seqs))
+        self._batch_tokens = backend.max_batch_tokens
+        self._prefill_chunk = max(1, min(prefill_chunk, self._batch_tokens))
         self._pieces = backend.token_bytes
         self._eog = backend.eog_ids
         self._cancels: deque[Sequence] = deque()
@@ -157,13 +171,19 @@ class Scheduler(DecodeLoop[Sequence]):
         sequence ids, and slot order keeps a run of neighbouring slots in one (a prompt's
         first token rides along with the decode tokens, the rest of its chunk follows).
 
+        Prompts get what the batch has left beside the decode tokens (at most
+        ``prefill_chunk``), so that a step fills whole micro-batches: a 1,034-token prompt
+        alone went in 512 + 512 + 10 tokens in 3,242 and 3,585 ms against 3,349 and
+        3,635 ms as 480 + 480 + 74 (medians of two runs of 4 and 6 alternating trials,
+        512 faster in all 10; through the server: TTFT 3.37 s against 3.58 s).
+
         The prompt budget goes to the prompts with the fewest tokens left first (oldest
         first among equals): a short chat arriving behind a 2,000-token prompt gets its
         first token in the next step instead of after the long prompt's last chunk. A prompt
         left without budget still gets one token when its slot lies below a fed one: leaving
         it out would split the run of slots in two passes over the weights (at 32 clients of
         1,000-token prompts that was 5.8 runs per step instead of 2.1, and 7% of the
-        throughput)."""
+        throughput); the fed chunks give up as many tokens as those take."""
         plan = StepPlan()
         parts: list[tuple[Sequence, list[int], bool]] = []
         prefilling: list[Sequence] = []
@@ -172,21 +192,25 @@ class Scheduler(DecodeLoop[Sequence]):
                 prefilling.append(seq)
             else:
                 parts.append((seq, seq.generated[-1:], True))
-        budget = self._prefill_chunk
+        room = max(1, self._batch_tokens - len(parts))
+        budget = min(self._prefill_chunk, room)
+        fed: list[tuple[Sequence, int]] = []
         unfed: list[Sequence] = []
         for seq in sorted(prefilling, key=_prompt_left):
-            if budget <= 0:
+            n = min(budget, _prompt_left(seq))
+            if n > 0:
+                fed.append((seq, n))
+                budget -= n
+            else:
                 unfed.append(seq)
-                continue
-            chunk = seq.prompt[seq.n_past : seq.n_past + budget]
-            budget -= len(chunk)
-            parts.append((seq, chunk, seq.n_past + len(chunk) == len(seq.prompt)))
-        if parts:  # a waiting prompt below the last fed slot would split the run: one token
-            last = max(seq.slot for seq, _, _ in parts)
-            for seq in unfed:
-                if seq.slot < last:
-                    chunk = seq.prompt[seq.n_past : seq.n_past + 1]
-                    parts.append((seq, chunk, seq.n_past + 1 == len(seq.prompt)))
+        if parts or fed:  # a waiting prompt below the last fed slot would split the run
+            last = max([p[0].slot for p in parts] + [seq.slot for seq, _ in fed])
+            ridden = [seq for seq in unfed if seq.slot < last]
+            fed = _trim(fed, sum(n for _, n in fed) + len(ridden) - room)
+            fed += [(seq, 1) for seq in ridden]
+        for seq, n in fed:
+            chunk = seq.prompt[seq.n_past : seq.n_past + n]
+            parts.append((seq, chunk, seq.n_past + n == len(seq.prompt)))
         for seq, tokens, sample in sorted(parts, key=lambda p: p[0].slot):
             if seq.prefilling:
                 plan.prompt_tokens += len(tokens)

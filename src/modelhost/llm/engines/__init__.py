@@ -12,8 +12,9 @@ folder, needs the vllm package and a CUDA GPU). Settings, all optional:
   it when two models share a host), ``threads_batch`` (prompt threads; default
   ``threads``), ``kv_capacity`` (KV cells shared by all requests; default
   ``max_seqs x seq_ctx``, so every slot can hold a full context), ``max_batch_tokens``
-  (tokens per decode step, 512), ``prefill_chunk`` (prompt tokens per step; default and
-  most: ``max_batch_tokens - max_seqs``), ``kv_unified`` (false: a KV stream per request, each
+  (tokens per decode step, 512; at least ``max_seqs``), ``prefill_chunk`` (prompt tokens per
+  step, at most what the step has left beside the decode tokens; default and most:
+  ``max_batch_tokens``), ``kv_unified`` (false: a KV stream per request, each
   attending over its own cells; true: one buffer shared by all, prefixes shared in place);
 - transformers: ``threads``, ``dtype``, ``device``, ``max_prefill_tokens``;
 - vllm: ``dtype``, ``gpu_memory_utilization``.
@@ -96,17 +97,23 @@ def _threads(options: dict[str, Any]) -> int | None:
 
 
 def _llamacpp(model_path: Path, options: dict[str, Any]) -> Any:
-    from modelhost.llm.engine import DEFAULT_PREFILL_CHUNK, LLMEngine
+    from modelhost.llm.engine import LLMEngine
     from modelhost.llm.engines.llamacpp.backend import DEFAULT_BATCH_TOKENS, LlamaCppBackend
 
     max_seqs = _int_or(options, "max_seqs", 32)
-    prefill_chunk = _int_or(options, "prefill_chunk", DEFAULT_PREFILL_CHUNK)
+    batch_tokens = _int_or(options, "max_batch_tokens", DEFAULT_BATCH_TOKENS)
+    prefill_chunk = _int_or(options, "prefill_chunk", batch_tokens)
+    if batch_tokens < max_seqs:
+        raise InvalidModelFolder(
+            f'model.json: "llm.max_batch_tokens" ({batch_tokens}) must be at least '
+            f'"llm.max_seqs" ({max_seqs}): every running request puts a token in each step'
+        )
     backend = LlamaCppBackend(
         model_path,
         max_seqs=max_seqs,
         seq_ctx=_int(options, "seq_ctx"),
         kv_capacity=_int(options, "kv_capacity"),
-        max_batch_tokens=_int_or(options, "max_batch_tokens", DEFAULT_BATCH_TOKENS),
+        max_batch_tokens=batch_tokens,
         n_threads=_threads(options),
         n_threads_batch=_int(options, "threads_batch"),
         kv_unified=_bool(options, "kv_unified", False),
