@@ -12,12 +12,21 @@ from llm_helpers import run, text_of
 from modelhost.errors import PredictFailed
 from modelhost.llm.engine import LLMEngine
 from modelhost.llm.params import SamplingParams
+from modelhost.llm.stream import TokenStream
 
 pytestmark = pytest.mark.anyio
 
 
 def counting(start: int, n: int, vocab: int = 32) -> list[int]:
     return [(start + i) % vocab for i in range(1, n + 1)]
+
+
+async def _decoding_in_slot_0(engine: LLMEngine) -> TokenStream:
+    """A request that keeps decoding (in slot 0) until it is closed."""
+    live = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
+    decoding = await engine.generate([1, 2], live)
+    await decoding.__anext__()
+    return decoding
 
 
 async def test_chunked_prefill_keeps_positions_and_streams_running_sequences() -> None:
@@ -71,10 +80,8 @@ async def test_a_waiting_prompt_below_a_fed_slot_rides_along_with_one_token() ->
     backend = FakeBackend(max_seqs=4)
     backend.step_delay = 0.01
     engine = LLMEngine(backend, prefill_chunk=8)
-    live = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
     try:
-        decoding = await engine.generate([1, 2], live)  # slot 0
-        await decoding.__anext__()
+        decoding = await _decoding_in_slot_0(engine)
         long = asyncio.create_task(run(engine, [3] * 200 + [4], temperature=0, max_tokens=1))
         while not any(1 in ids for ids in backend.seq_batches):  # slot 1's first chunk is in
             await asyncio.sleep(0.001)
@@ -95,10 +102,8 @@ async def test_prompts_fill_what_the_decode_tokens_leave_of_a_step() -> None:
     backend.max_batch_tokens = 16
     backend.step_delay = 0.002
     engine = LLMEngine(backend, prefill_chunk=64)
-    live = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
     try:
-        decoding = await engine.generate([1, 2], live)  # slot 0
-        await decoding.__anext__()
+        decoding = await _decoding_in_slot_0(engine)
         events = await run(engine, [3] * 60 + [4], temperature=0, max_tokens=2)
         assert [e.token_id for e in events] == counting(4, 2)
         await decoding.aclose()
