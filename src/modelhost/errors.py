@@ -15,6 +15,7 @@
     ├── TooManyRequests       throttled; `retry_after` seconds (429)
     │   └── QueueFull         a version's `max_queue` requests are in flight already
     ├── PredictFailed         the model's predict raised (500)
+    ├── UpstreamUnavailable   a model's upstream server (proxy mode) cannot be reached (502)
     ├── ModelNotReady         loading, or init failed; `reason` says why (503)
     ├── WorkerUnavailable     the worker process is gone or timed out (503)
     └── PredictTimeout        predict did not answer within MODELHOST_PREDICT_TIMEOUT_S (504)
@@ -100,6 +101,12 @@ class PredictFailed(ModelhostError):
     code = "predict_error"
 
 
+class UpstreamUnavailable(ModelhostError):
+    """The server a model forwards to (`prt.models.server` proxy or local) did not answer."""
+
+    code = "upstream_unavailable"
+
+
 class ModelNotReady(ModelhostError):
     code = "model_not_ready"
 
@@ -127,6 +134,7 @@ _BY_CODE: dict[str, type[ModelhostError]] = {
         PayloadTooLarge,
         UnsupportedMediaType,
         PredictFailed,
+        UpstreamUnavailable,
         ModelNotReady,
         WorkerUnavailable,
         PredictTimeout,

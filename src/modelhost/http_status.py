@@ -25,6 +25,7 @@ STATUS: tuple[tuple[type[e.ModelhostError], int], ...] = (
     (e.QueueFull, 429),  # with Retry-After, like every TooManyRequests
     (e.TooManyRequests, 429),
     (e.PredictFailed, 500),
+    (e.UpstreamUnavailable, 502),
     (e.ModelNotReady, 503),
     (e.WorkerUnavailable, 503),
     (e.PredictTimeout, 504),

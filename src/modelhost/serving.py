@@ -52,7 +52,7 @@ from typing import Any
 import httpx
 from starlette.responses import Response, StreamingResponse
 
-from modelhost.errors import BadRequest, ModelNotReady
+from modelhost.errors import BadRequest, ModelNotReady, UpstreamUnavailable
 from modelhost.worker.responses import GATEWAY_OWN_HEADERS
 
 initialized = False  # Practicus' flag: start_serving succeeded and stop() was not called
@@ -210,9 +210,16 @@ async def _forward(base: str, token: str | None, req: _Outgoing) -> Response:
         headers["authorization"] = f"Bearer {token}"
     url = base.rstrip("/") + "/" + req.path.lstrip("/")
     client = _http()
-    upstream = await client.send(
-        client.build_request(req.method, url, headers=headers, content=req.body), stream=True
-    )
+    try:
+        upstream = await client.send(
+            client.build_request(req.method, url, headers=headers, content=req.body), stream=True
+        )
+    except httpx.TransportError as exc:  # refused, reset, timed out, name not found
+        origin = base.split("?", 1)[0]
+        raise UpstreamUnavailable(
+            f"the model's server at {origin} did not answer ({type(exc).__name__}: {exc}); "
+            "check that it runs and that proxy_base_url is right"
+        ) from exc
     content_type = upstream.headers.get("content-type", "application/octet-stream")
     kept = {k: v for k, v in upstream.headers.items() if k.lower() not in GATEWAY_OWN_HEADERS}
     if content_type.startswith("text/event-stream"):

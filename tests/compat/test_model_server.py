@@ -236,3 +236,9 @@ def test_proxy_mode_forwards_any_path_streaming_too(server: Server, tmp_path: Pa
         assert all(token not in auth for _, auth in upstream.seen)  # the client's never goes up
     finally:
         upstream.stop()
+    # the upstream gone: a 502 naming where the model forwards, not a bare 500
+    gone = httpx.post(api_url + "chat/completions", headers=bearer(token), json={"messages": []})
+    assert gone.status_code == 502, gone.text
+    error = gone.json()["error"]
+    assert error["type"] == "upstream_unavailable", error
+    assert f"127.0.0.1:{upstream.port}" in error["message"], error

@@ -29,6 +29,7 @@ EXPECTED = {
     errors.TooManyRequests: 429,
     errors.QueueFull: 429,
     errors.PredictFailed: 500,
+    errors.UpstreamUnavailable: 502,
     errors.ModelNotReady: 503,
     errors.WorkerUnavailable: 503,
     HandshakeRefused: 503,

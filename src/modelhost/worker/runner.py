@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from modelhost.errors import BadRequest, NotFound, PredictFailed
+from modelhost.errors import ModelhostError, NotFound, PredictFailed
 from modelhost.worker.calling import CallPlan, is_csv, predict_error
 from modelhost.worker.codec import encode_chunk, encode_result
 from modelhost.worker.loader import LoadedModel
@@ -99,7 +99,7 @@ class PythonModelRunner:
                 result = await self.model.predict(*args, **kwargs)
             else:
                 result = await self._call(self.model.predict, *args, **kwargs)
-        except BadRequest:
+        except ModelhostError:  # ours (e.g. prt.models.server's 502): its status is kept
             raise
         except Exception as exc:
             raise predict_error(exc) from exc
@@ -171,5 +171,7 @@ async def _stream(gen: AsyncIterator[Any]) -> AsyncIterator[bytes]:
     try:
         async for item in gen:
             yield encode_chunk(item)
+    except ModelhostError:
+        raise
     except Exception as exc:
         raise PredictFailed(f"predict raised {type(exc).__name__} while streaming: {exc}") from exc
