@@ -10,7 +10,7 @@ Both variants run interleaved, level by level, so machine noise hits them alike;
 reports the median of ``--repeat`` runs and the ratio engine / plain.
 
     python bench/engine_loop.py [--levels 1,4,16,32] [--tokens 128] [--repeat 3] [--out f.json]
-                                [--kv-streams] [--flash-attn auto|on|off] [--ubatch N]
+                                [--kv-unified] [--flash-attn auto|on|off] [--ubatch N]
                                 [--threads N] [--threads-batch N] [--only plain|engine]
 
 The llama.cpp context settings (KV layout, flash attention, micro-batch, threads) apply to
@@ -134,7 +134,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument(
-        "--kv-streams", action="store_true", help="a KV stream per slot (kv_unified off)"
+        "--kv-unified",
+        action="store_true",
+        help="one KV buffer for all slots (default: a stream per slot, as the engine runs)",
     )
     parser.add_argument("--flash-attn", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--ubatch", type=int, default=None, help="n_ubatch (default: n_batch)")
@@ -155,7 +157,7 @@ def main() -> None:
         args.model or default_model(),
         max_seqs=max_seqs,
         seq_ctx=512,
-        kv_unified=not args.kv_streams,
+        kv_unified=args.kv_unified,
         flash_attn=flash,
         n_ubatch=args.ubatch,
         n_threads=args.threads,
@@ -179,7 +181,7 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "prefix_reuse": not args.no_prefix_reuse,
         "settings": {
-            "kv_unified": not args.kv_streams,
+            "kv_unified": args.kv_unified,
             "flash_attn": args.flash_attn,
             "ubatch": args.ubatch,
             "threads": backend.threads,
