@@ -183,6 +183,26 @@ async def test_same_system_prompt_reuses_the_cached_prefix(engine: LLMEngine, ba
     assert "Paris" in text_of(events)
 
 
+async def test_a_question_asked_again_after_another_is_answered_from_cache(backend: Any) -> None:
+    """Another question after the same system prompt copies the prefix out instead of taking
+    the first question's cache in place, so the first question, asked again, computes one
+    token and answers the same."""
+    engine = LLMEngine(backend, max_seqs=4)
+    try:
+        first = chat_tokens(backend, "Name three primary colours.", system=SYSTEM)
+        other = chat_tokens(backend, "What is two plus two?", system=SYSTEM)
+        answer = text_of(await run(engine, first, temperature=0, max_tokens=12))
+        await run(engine, other, temperature=0, max_tokens=4)
+        before = engine.stats
+        again = text_of(await run(engine, first, temperature=0, max_tokens=12))
+        after = engine.stats
+        assert after.prefix_tokens_reused - before.prefix_tokens_reused == len(first) - 1
+        assert after.prefill_tokens - before.prefill_tokens == 1
+        assert again == answer
+    finally:
+        engine.close()
+
+
 async def test_streamed_text_equals_decoded_tokens(engine: LLMEngine, backend: Any) -> None:
     prompt = chat_tokens(backend, "Say 'thank you' in Japanese, Chinese and with emojis.")
     events = await run(engine, prompt, temperature=0, max_tokens=48, ignore_eos=True)

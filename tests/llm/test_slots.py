@@ -82,17 +82,46 @@ def test_a_reused_idle_cache_is_copied_next_to_the_running_ones() -> None:
     assert _runs([c.slot, follower.slot]) == 1
 
 
-def test_without_consecutive_batching_an_idle_cache_is_reused_in_place() -> None:
+def test_without_consecutive_batching_a_prompt_going_on_from_a_cache_takes_it_in_place() -> None:
     table, backend = _table(consecutive=False)
     system = list(range(1, 13))
     a = _run(table, backend, _seq(system + [20]))
     _run(table, backend, _seq([5, 6, 7]))
     c = _run(table, backend, _seq([8, 9, 10]))
     table.release(a)
+    follower = _run(table, backend, _seq(system + [20, 21, 22]))  # the chat's next turn
+    assert follower.slot == 0 and follower.reused == len(system) + 1
+    assert not backend.copies
+    assert c.slot == 2
+
+
+def test_a_prompt_forking_from_a_cache_copies_the_prefix_and_keeps_the_cache() -> None:
+    """Another question after the same system prompt: the first question stays cached whole,
+    so asking it again computes one token, not the question."""
+    table, backend = _table(consecutive=False)
+    system = list(range(1, 13))
+    question = system + [20, 22, 23]
+    a = _run(table, backend, _seq(question))
+    table.release(a)
+    other = _run(table, backend, _seq(system + [21]))
+    assert other.slot == 1 and other.reused == len(system)
+    assert backend.copies == [(0, 1, len(system))]
+    assert backend.kv[0] == question
+    table.release(other)
+    again = _run(table, backend, _seq(question))
+    assert again.slot == 0 and again.reused == len(question) - 1
+
+
+def test_with_no_empty_slot_a_forking_prompt_takes_the_cache_in_place() -> None:
+    table, backend = _table(consecutive=False, slots=3)
+    system = list(range(1, 13))
+    a = _run(table, backend, _seq(system + [20]))
+    _run(table, backend, _seq([5, 6, 7]))
+    _run(table, backend, _seq([8, 9, 10]))
+    table.release(a)
     follower = _run(table, backend, _seq(system + [21]))
     assert follower.slot == 0 and follower.reused == len(system)
     assert not backend.copies
-    assert c.slot == 2
 
 
 def test_the_first_request_takes_the_lowest_empty_slot() -> None:

@@ -3,7 +3,11 @@
 A slot whose request finished keeps its KV as a cache. A new request takes a free slot;
 if some slot (idle or running) already holds KV for a prefix of its prompt (typically the
 same system prompt), that prefix is shared (``seq_copy``, or kept in place when the new
-request lands in that very slot) instead of being computed again. With a KV stream per
+request lands in that very slot) instead of being computed again. An idle cache is taken in
+place only when that loses nothing a later request could want: the prompt repeats it or
+goes on from it (the next turn of a chat). Where the two part ways (another question after
+the same system prompt) and an empty slot is free, the prefix is copied there instead, so
+the cached question stays answerable from cache if it comes again. With a KV stream per
 slot (``Backend.separate_streams``) running sequences are kept on neighbouring slots and
 a shared prefix is copied to a slot next to them rather than used where it lies.
 """
@@ -44,6 +48,15 @@ class Slot:
         return self.owner.cached_tokens() if self.owner is not None else self.cached
 
 
+def _forks(prompt: list[int], source: Slot | None) -> bool:
+    """Whether ``prompt`` and the idle cache in ``source`` part ways before either ends, so
+    that taking the cache in place would drop tokens of it that the prompt does not use."""
+    if source is None or source.owner is not None:
+        return False
+    common = common_prefix(prompt, source.cached)
+    return common < len(prompt) and common < len(source.cached)
+
+
 def _emptiest(slot: Slot) -> tuple[bool, int]:
     """Empty slots first, lowest index first; then the least recently used cache."""
     return (bool(slot.cached), slot.last_used if slot.cached else slot.index)
@@ -72,7 +85,7 @@ class SlotTable:
         # choices 2..n of one request share the first one's prompt however short it is
         min_reuse = 1 if seq.after is not None else self._min_reuse
         source, reuse = self._best_prefix(seq.prompt, min_reuse)
-        target = self._target(free, source)
+        target = self._target(free, source, _forks(seq.prompt, source))
         reuse = self._prepare(target, source, reuse)
         if reuse:
             self.stats.hits += 1
@@ -82,12 +95,15 @@ class SlotTable:
         seq.slot, seq.n_past, seq.reused = target.index, reuse, reuse
         return True
 
-    def _target(self, free: list[Slot], source: Slot | None) -> Slot:
-        """The free slot a new sequence takes: the idle cache it reuses (kept in place),
-        else the emptiest. Where the backend batches only consecutive slots together, the
-        first choice is a slot that adds no gap between running sequences (each gap is one
-        more pass over the weights per step): the prefix is then copied over instead."""
+    def _target(self, free: list[Slot], source: Slot | None, forks: bool) -> Slot:
+        """The free slot a new sequence takes: the idle cache it reuses (kept in place,
+        unless the prompt ``forks`` from it and an empty slot can take the copy), else the
+        emptiest. Where the backend batches only consecutive slots together, the first
+        choice is a slot that adds no gap between running sequences (each gap is one more
+        pass over the weights per step): the prefix is then copied over instead."""
         in_place = source if source is not None and source.owner is None else None
+        if forks and any(not s.cached for s in free):
+            in_place = None  # its own tail stays cached; the prefix is copied out
         if not self._streams:
             return in_place or min(free, key=_emptiest)
 
