@@ -215,7 +215,7 @@ async def _forward(base: str, token: str | None, req: _Outgoing) -> Response:
             client.build_request(req.method, url, headers=headers, content=req.body), stream=True
         )
     except httpx.TransportError as exc:  # refused, reset, timed out, name not found
-        origin = base.split("?", 1)[0]
+        origin = httpx.URL(base).copy_with(userinfo=b"", query=None)  # no credentials shown
         raise UpstreamUnavailable(
             f"the model's server at {origin} did not answer ({type(exc).__name__}: {exc}); "
             "check that it runs and that proxy_base_url is right"

@@ -48,15 +48,6 @@ class Slot:
         return self.owner.cached_tokens() if self.owner is not None else self.cached
 
 
-def _forks(prompt: list[int], source: Slot | None) -> bool:
-    """Whether ``prompt`` and the idle cache in ``source`` part ways before either ends, so
-    that taking the cache in place would drop tokens of it that the prompt does not use."""
-    if source is None or source.owner is not None:
-        return False
-    common = common_prefix(prompt, source.cached)
-    return common < len(prompt) and common < len(source.cached)
-
-
 def _emptiest(slot: Slot) -> tuple[bool, int]:
     """Empty slots first, lowest index first; then the least recently used cache."""
     return (bool(slot.cached), slot.last_used if slot.cached else slot.index)
@@ -84,8 +75,8 @@ class SlotTable:
             return False
         # choices 2..n of one request share the first one's prompt however short it is
         min_reuse = 1 if seq.after is not None else self._min_reuse
-        source, reuse = self._best_prefix(seq.prompt, min_reuse)
-        target = self._target(free, source, _forks(seq.prompt, source))
+        source, reuse, forks = self._best_prefix(seq.prompt, min_reuse)
+        target = self._target(free, source, forks)
         reuse = self._prepare(target, source, reuse)
         if reuse:
             self.stats.hits += 1
@@ -155,7 +146,10 @@ class SlotTable:
         """Cells in use, counting shared prefixes once per slot (an upper bound)."""
         return sum(s.owner.n_past if s.owner is not None else len(s.cached) for s in self._slots)
 
-    def _best_prefix(self, prompt: list[int], min_reuse: int) -> tuple[Slot | None, int]:
+    def _best_prefix(self, prompt: list[int], min_reuse: int) -> tuple[Slot | None, int, bool]:
+        """The slot holding the longest prefix of ``prompt``, the tokens to reuse from it,
+        and whether it is an idle cache that the prompt forks from: the two part ways before
+        either ends, so taking it in place would drop tokens the prompt does not use."""
         best: Slot | None = None
         best_len = 0
         for slot in self._slots:
@@ -163,10 +157,11 @@ class SlotTable:
             if length > best_len or (length == best_len and best and slot.owner is None):
                 best, best_len = slot, length
         # at least the prompt's last token is computed, to get its logits
-        best_len = min(best_len, len(prompt) - 1)
-        if best is None or best_len < min_reuse:
-            return None, 0
-        return best, best_len
+        reuse = min(best_len, len(prompt) - 1)
+        if best is None or reuse < min_reuse:
+            return None, 0, False
+        forks = best.owner is None and best_len < min(len(prompt), len(best.cached))
+        return best, reuse, forks
 
     def _prepare(self, target: Slot, source: Slot | None, reuse: int) -> int:
         backend = self._backend
