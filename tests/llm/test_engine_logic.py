@@ -132,6 +132,32 @@ async def test_one_token_rides_along_within_the_batch() -> None:
         engine.close()
 
 
+async def test_decode_steps_go_in_slot_order_whatever_the_admission_order() -> None:
+    """A request that takes a freed lower slot decodes in slot order with the older ones:
+    llama.cpp computes a run of consecutive sequence ids over separate KV streams in one
+    pass, and the decode-only steps are built on their own fast path."""
+    backend = FakeBackend(max_seqs=3)
+    backend.step_delay = 0.002
+    engine = LLMEngine(backend)
+    live = SamplingParams(temperature=0, max_tokens=400, ignore_eos=True)
+    try:
+        first = await engine.generate([1, 2], live)
+        await first.__anext__()
+        others = [await engine.generate(p, live) for p in ([3, 4], [5, 6])]
+        for stream in others:
+            await stream.__anext__()
+        await first.aclose()  # slot 0 is free; the next request is admitted last but takes it
+        events = await run(engine, [9, 10], temperature=0, max_tokens=5)
+        assert [e.token_id for e in events] == counting(10, 5)
+        for stream in others:
+            assert (await stream.__anext__()).finish_reason is None
+            await stream.aclose()
+        assert [0, 1, 2] in backend.seq_batches  # the late request beside the older ones
+        assert all(ids == sorted(ids) for ids in backend.seq_batches)
+    finally:
+        engine.close()
+
+
 async def test_shared_prefix_is_copied_not_recomputed() -> None:
     backend = FakeBackend(max_seqs=4)
     backend.step_delay = 0.005

@@ -80,11 +80,20 @@ class DecodeLoop(Generic[Seq]):
 
     def _send(self, outbox: Outbox) -> None:
         """Hand one step's events over: one ``call_soon_threadsafe`` per consumer loop."""
+        if not outbox:
+            return
+        first = outbox[0][0].loop
+        if all(entry[0].loop is first for entry in outbox):  # the usual case: one consumer loop
+            self._hand_over(first, outbox)
+            return
         by_loop: dict[asyncio.AbstractEventLoop, Outbox] = {}
         for entry in outbox:
             by_loop.setdefault(entry[0].loop, []).append(entry)
         for loop, items in by_loop.items():
-            try:
-                loop.call_soon_threadsafe(deliver, items)
-            except RuntimeError:  # the consumer's loop is closed: nobody is listening
-                self._unreachable(loop)
+            self._hand_over(loop, items)
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop, items: Outbox) -> None:
+        try:
+            loop.call_soon_threadsafe(deliver, items)
+        except RuntimeError:  # the consumer's loop is closed: nobody is listening
+            self._unreachable(loop)

@@ -10,6 +10,9 @@ import llama_cpp as lc
 import numpy as np
 
 _I32P = ctypes.POINTER(ctypes.c_int32)
+# Up to this many tokens, `NumpyBatch.fill` stores item by item (1 token: 0.4 against 2.6 us;
+# they are level at 16).
+_FEW = 8
 
 
 class NumpyBatch:
@@ -52,9 +55,17 @@ class NumpyBatch:
         n = len(tokens)
         if not 0 < n <= self.capacity:
             raise ValueError(f"batch of {n} tokens, capacity {self.capacity}")
+        self.struct.n_tokens = n
+        if n <= _FEW:  # a decode step of a few sequences: item stores beat slice copies
+            token, pos, seq, output = self.token, self.pos, self.seq, self.output
+            for i in range(n):
+                token[i] = tokens[i]
+                pos[i] = positions[i]
+                seq[i] = seq_ids[i]
+                output[i] = outputs[i]
+            return sum(1 for flag in outputs if flag)
         self.token[:n] = tokens
         self.pos[:n] = positions
         self.seq[:n] = seq_ids
         self.output[:n] = outputs
-        self.struct.n_tokens = n
         return int(np.count_nonzero(self.output[:n]))
