@@ -1,0 +1,100 @@
+"""Paired comparison at one client: systems started side by side, one request each in turn.
+
+    python -m bench.llm_pair --turns 24 llama-server modelhost 'modelhost:PYTHONPATH=/old/src'
+
+`bench.llm` alternates systems per concurrency level, so a host that drifts by a few percent
+within a minute (these 2-core VMs do) moves one system's level and not the other's. Here
+every system is up at once and they take turns request by request (the order reversed every
+turn), so drift hits all alike; the result is each system's decode rate (tokens after the
+first / time after the first) and TTFT, and the median of the per-turn ratios to the first
+system with their quartiles. Good for differences of 1-5% that `bench.llm` cannot resolve.
+
+A system is ``llama-server``, ``modelhost``, or ``modelhost:VAR=value,VAR=value``: those
+variables are set for that modelhost's gateway and passed on to its worker (e.g. an older
+checkout's ``src`` as ``PYTHONPATH`` to compare two versions of the code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from bench.llm import _prompts
+from bench.llm_client import Target, Workload, new_client, run
+from bench.llm_client import _openai_request as request
+from bench.llm_systems import start_llama_server, start_modelhost
+
+
+@contextlib.contextmanager
+def _environ(extra: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.update(extra)
+    if extra:
+        os.environ["MODELHOST_WORKER_ENV_PASSTHROUGH"] = ",".join(extra)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _start(stack: contextlib.ExitStack, spec: str) -> Target:
+    work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llm-pair-")))
+    if spec == "llama-server":
+        return stack.enter_context(start_llama_server(work)).target
+    name, _, assignments = spec.partition(":")
+    if name != "modelhost":
+        raise SystemExit(f"unknown system {spec!r}: llama-server, modelhost or modelhost:VAR=v")
+    env = dict(kv.split("=", 1) for kv in assignments.split(",") if kv)
+    with _environ(env):  # the gateway and its worker start inside
+        return stack.enter_context(start_modelhost(work)).target
+
+
+async def _turns(
+    targets: list[tuple[str, Target]], turns: int, tokens: int
+) -> dict[str, list[tuple[float, float]]]:
+    """(decode tok/s, TTFT ms) of each system's requests; one uncounted warm-up turn."""
+    workload = Workload(_prompts(), tokens)
+    found: dict[str, list[tuple[float, float]]] = {spec: [] for spec, _ in targets}
+    async with new_client(4) as client:
+        for turn in range(turns + 1):
+            for spec, target in targets if turn % 2 else targets[::-1]:
+                question = workload.prompts[turn % len(workload.prompts)]
+                res = await request(client, target, workload.openai_body(question, {}))
+                if not res.ok or res.ttft is None:
+                    raise SystemExit(f"{spec}: {res.error}")
+                if turn:
+                    rate = (res.tokens - 1) / (res.e2e - res.ttft)
+                    found[spec].append((rate, res.ttft * 1e3))
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("systems", nargs="+", help="the first is the base of the ratios")
+    parser.add_argument("--turns", type=int, default=24, help="requests per system")
+    parser.add_argument("--tokens", type=int, default=128, help="output tokens per request")
+    args = parser.parse_args()
+    with contextlib.ExitStack() as stack:
+        targets = [(spec, _start(stack, spec)) for spec in args.systems]
+        found = run(_turns(targets, args.turns, args.tokens))
+    base = found[args.systems[0]]
+    for spec in args.systems:
+        rows = found[spec]
+        ratios = [mine[0] / theirs[0] for mine, theirs in zip(rows, base, strict=True)]
+        q1, _, q3 = statistics.quantiles(ratios, n=4)
+        print(
+            f"{spec:40s} decode {statistics.median(r[0] for r in rows):6.1f} tok/s, "
+            f"TTFT p50 {statistics.median(r[1] for r in rows):6.1f} ms, "
+            f"ratio to {args.systems[0]}: {statistics.median(ratios):.3f} "
+            f"(quartiles {q1:.3f}-{q3:.3f})"
+        )
+
+
+if __name__ == "__main__":
+    main()
