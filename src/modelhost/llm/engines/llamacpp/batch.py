@@ -1,5 +1,6 @@
 """A ``llama_batch`` whose arrays are numpy buffers, so a step is filled with a few slice
-assignments instead of one ctypes store per token and field."""
+assignments (numpy item stores for a step of a few tokens) instead of one ctypes store per
+token and field."""
 
 from __future__ import annotations
 
