@@ -9,6 +9,10 @@ turn), so drift hits all alike; the result is each system's decode rate (tokens 
 first / time after the first) and TTFT, and the median of the per-turn ratios to the first
 system with their quartiles. Good for differences of 1-5% that `bench.llm` cannot resolve.
 
+``--prefill N`` sends ~N-token prompts instead (each turn a new one, the same to every
+system; ``bench.llm``'s prefill workload at one client), where TTFT is what differs: the
+ratios of TTFT are printed too.
+
 A system is ``llama-server``, ``modelhost``, or ``modelhost:VAR=value,VAR=value``: those
 variables are set for that modelhost's gateway and passed on to its worker (e.g. an older
 checkout's ``src`` as ``PYTHONPATH`` to compare two versions of the code).
@@ -27,7 +31,8 @@ from pathlib import Path
 from bench.llm import _prompts
 from bench.llm_client import Target, Workload, new_client, run
 from bench.llm_client import _openai_request as request
-from bench.llm_systems import start_llama_server, start_modelhost
+from bench.llm_prompts import long_prompts
+from bench.llm_systems import Slots, start_llama_server, start_modelhost
 
 
 @contextlib.contextmanager
@@ -43,23 +48,24 @@ def _environ(extra: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def _start(stack: contextlib.ExitStack, spec: str) -> Target:
+def _start(stack: contextlib.ExitStack, spec: str, slots: Slots) -> Target:
     work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="llm-pair-")))
     if spec == "llama-server":
-        return stack.enter_context(start_llama_server(work)).target
+        return stack.enter_context(start_llama_server(work, slots)).target
     name, _, assignments = spec.partition(":")
     if name != "modelhost":
         raise SystemExit(f"unknown system {spec!r}: llama-server, modelhost or modelhost:VAR=v")
     env = dict(kv.split("=", 1) for kv in assignments.split(",") if kv)
     with _environ(env):  # the gateway and its worker start inside
-        return stack.enter_context(start_modelhost(work)).target
+        return stack.enter_context(start_modelhost(work, slots)).target
 
 
 async def _turns(
-    targets: list[tuple[str, Target]], turns: int, tokens: int
+    targets: list[tuple[str, Target]], turns: int, tokens: int, prefill: int
 ) -> dict[str, list[tuple[float, float]]]:
     """(decode tok/s, TTFT ms) of each system's requests; one uncounted warm-up turn."""
-    workload = Workload(_prompts(), tokens)
+    prompts = long_prompts(turns + 1, prefill, seed=7) if prefill else _prompts()
+    workload = Workload(prompts, tokens)
     found: dict[str, list[tuple[float, float]]] = {spec: [] for spec, _ in targets}
     async with new_client(4) as client:
         for turn in range(turns + 1):
@@ -79,21 +85,29 @@ def main() -> None:
     parser.add_argument("systems", nargs="+", help="the first is the base of the ratios")
     parser.add_argument("--turns", type=int, default=24, help="requests per system")
     parser.add_argument("--tokens", type=int, default=128, help="output tokens per request")
+    parser.add_argument(
+        "--prefill", type=int, default=0, metavar="N", help="~N-token prompts, a new one per turn"
+    )
     args = parser.parse_args()
+    slots = Slots(seq_ctx=1280) if args.prefill else Slots()
     with contextlib.ExitStack() as stack:
-        targets = [(spec, _start(stack, spec)) for spec in args.systems]
-        found = run(_turns(targets, args.turns, args.tokens))
+        targets = [(spec, _start(stack, spec, slots)) for spec in args.systems]
+        found = run(_turns(targets, args.turns, args.tokens, args.prefill))
     base = found[args.systems[0]]
     for spec in args.systems:
         rows = found[spec]
-        ratios = [mine[0] / theirs[0] for mine, theirs in zip(rows, base, strict=True)]
-        q1, _, q3 = statistics.quantiles(ratios, n=4)
+        pairs = list(zip(rows, base, strict=True))
         print(
             f"{spec:40s} decode {statistics.median(r[0] for r in rows):6.1f} tok/s, "
-            f"TTFT p50 {statistics.median(r[1] for r in rows):6.1f} ms, "
-            f"ratio to {args.systems[0]}: {statistics.median(ratios):.3f} "
-            f"(quartiles {q1:.3f}-{q3:.3f})"
+            f"TTFT p50 {statistics.median(r[1] for r in rows):6.1f} ms; ratios to "
+            f"{args.systems[0]}: decode {_ratio([m[0] / t[0] for m, t in pairs])}, "
+            f"TTFT {_ratio([m[1] / t[1] for m, t in pairs])}"
         )
+
+
+def _ratio(ratios: list[float]) -> str:
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return f"{statistics.median(ratios):.3f} ({q1:.3f}-{q3:.3f})"
 
 
 if __name__ == "__main__":

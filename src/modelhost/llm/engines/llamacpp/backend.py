@@ -34,6 +34,7 @@ from modelhost.llm.engines import machine_threads
 from modelhost.llm.engines.llamacpp.batch import NumpyBatch
 from modelhost.llm.engines.llamacpp.grammar import GrammarCompiler, GrammarConstraint
 from modelhost.llm.engines.llamacpp.lazy_pages import create_lazily, release_file_pages
+from modelhost.llm.engines.llamacpp.seq_state import StateCopier
 
 DEFAULT_SEQ_CTX = 2048
 DEFAULT_BATCH_TOKENS = 512
@@ -142,6 +143,12 @@ class LlamaCppBackend:
         per_seq = self._kv_capacity if kv_unified else self._kv_capacity // max_seqs
         self._seq_ctx = min(wanted, per_seq)
         self._batch = NumpyBatch(max_batch_tokens)
+        ctx = self._ctx
+        self._states = StateCopier(
+            lambda seq: int(lc.llama_state_seq_get_size(ctx, seq)),
+            lambda seq, pointer, size: int(lc.llama_state_seq_get_data(ctx, pointer, size, seq)),
+            lambda seq, pointer, size: int(lc.llama_state_seq_set_data(ctx, pointer, size, seq)),
+        )
         self._name = _meta_string(self._model, "general.name") or path.stem
         self._pieces = [_piece(self._vocab, t, False) for t in range(self._n_vocab)]
         self._eog = frozenset(
@@ -300,13 +307,8 @@ class LlamaCppBackend:
             return
         # separate streams: llama_memory_seq_cp would copy the whole source stream
         # (seq_ctx cells, all committed in memory); the sequence-state API copies only the
-        # source's cells, and the copy is then cut back to the shared prefix
-        size = lc.llama_state_seq_get_size(self._ctx, src)
-        state = (ctypes.c_uint8 * size)()
-        copied = lc.llama_state_seq_get_data(self._ctx, state, size, src) == size and bool(
-            lc.llama_state_seq_set_data(self._ctx, state, size, dst)
-        )
-        if not copied:  # (not seen) the whole stream then, at the next decode
+        # source's cells, cut to the shared prefix before they are loaded (seq_state.py)
+        if not self._states.copy_prefix(src, dst, length):  # (not seen) the whole stream
             _log.warning("KV state copy %d -> %d failed; copying the whole stream", src, dst)
             lc.llama_memory_seq_rm(self._mem, dst, -1, -1)
             lc.llama_memory_seq_cp(self._mem, src, dst, -1, -1)
