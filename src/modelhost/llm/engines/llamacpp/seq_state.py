@@ -21,6 +21,7 @@ sequence and trims it instead.
 from __future__ import annotations
 
 import ctypes
+import struct
 from collections.abc import Callable
 from typing import Any
 
@@ -30,28 +31,11 @@ MAGIC = 0xAF143CD8  # llama_context's io_magic
 _META = 12  # bytes per cell: position (i32), sequence-id count (u32) = 1, the id (i32)
 _Piece = tuple[int, ...]
 _U8P = ctypes.POINTER(ctypes.c_uint8)
+_GROW = 1 << 20
 
 
 class _Layout(Exception):
     """The bytes are not laid out as `cut_to_prefix` expects."""
-
-
-class _Reader:
-    def __init__(self, buf: np.ndarray, size: int) -> None:
-        self.buf, self.size, self.off = buf, size, 0
-
-    def take(self, n: int) -> int:
-        start = self.off
-        self.off += n
-        if self.off > self.size:
-            raise _Layout
-        return start
-
-    def u32(self) -> int:
-        return int(self.buf[self.take(4) :][:4].view("<u4")[0])
-
-    def u64(self) -> int:
-        return int(self.buf[self.take(8) :][:8].view("<u8")[0])
 
 
 def cut_to_prefix(buf: np.ndarray, size: int, length: int) -> int | None:
@@ -60,80 +44,84 @@ def cut_to_prefix(buf: np.ndarray, size: int, length: int) -> int | None:
     the bytes are not the layout described in the module's notes. Everything is checked
     before a byte moves."""
     try:
-        return _cut(buf, size, length)
-    except _Layout:
+        plan = _Plan(buf, size)
+        moves, counts = plan.read(length)
+    except (_Layout, struct.error, ValueError):
         return None
-
-
-def _cut(buf: np.ndarray, size: int, length: int) -> int:
-    r = _Reader(buf, size)
-    if r.u32() != MAGIC:
-        raise _Layout
-    seq_id = int(buf[r.take(4) :][:4].view("<i4")[0])
-    n_stream = r.u32()
-    moves: list[_Piece] = []  # what is kept, in order
-    writes: list[tuple[int, int]] = []  # (offset in the kept bytes, new cell count)
-    kept = 12
-    found = False
-    for _ in range(n_stream):
-        count_at = r.take(4)
-        cells = int(buf[count_at : count_at + 4].view("<u4")[0])
-        writes.append((kept, cells))
-        moves.append((count_at, 4))
-        kept += 4
-        if cells == 0:
-            continue
-        if found:  # one sequence lives in one stream
-            raise _Layout
-        found = True
-        meta_at = r.take(cells * _META)
-        meta = buf[meta_at : meta_at + cells * _META].view("<i4").reshape(cells, 3)
-        if not ((meta[:, 1] == 1).all() and (meta[:, 2] == seq_id).all()):
-            raise _Layout
-        keep = int(np.count_nonzero(meta[:, 0] < length))
-        if not (meta[:keep, 0] < length).all():
-            raise _Layout  # the prefix's cells do not come first (not seen: slots fill in order)
-        writes[-1] = (writes[-1][0], keep)
-        moves.append((meta_at, keep * _META))
-        kept += keep * _META
-        head = r.take(8)  # V transposed, layer count
-        v_trans, n_layer = (int(x) for x in buf[head : head + 8].view("<u4"))
-        moves.append((head, 8))
-        kept += 8
-        for _layer in range(n_layer):  # K: type, row size, a row per cell
-            at = r.take(12)
-            row = int(buf[at + 4 : at + 12].view("<u8")[0])
-            data = r.take(cells * row)
-            moves += [(at, 12), (data, keep * row)]
-            kept += 12 + keep * row
-        for _layer in range(n_layer):
-            if not v_trans:  # as K
-                at = r.take(12)
-                row = int(buf[at + 4 : at + 12].view("<u8")[0])
-                data = r.take(cells * row)
-                moves += [(at, 12), (data, keep * row)]
-                kept += 12 + keep * row
-                continue
-            at = r.take(12)  # type, element size, embedding rows; per row an element per cell
-            el, rows = (int(x) for x in buf[at + 4 : at + 12].view("<u4"))
-            data = r.take(rows * cells * el)
-            moves += [(at, 12), (data, keep * el, rows, cells * el)]
-            kept += 12 + rows * keep * el
-    if r.off != size or not found:
-        raise _Layout
-    _compact(buf, moves)
-    for at, cells in writes:
-        buf[at : at + 4].view("<u4")[0] = cells
+    kept = _compact(buf, moves)
+    for at, cells in counts:
+        struct.pack_into("<I", buf.data, at, cells)
     return kept
 
 
-def _compact(buf: np.ndarray, moves: list[_Piece]) -> None:
-    """Move the kept pieces down to the front (after the 12-byte header), in order; every
+class _Plan:
+    """Reads a state's layout and lists the pieces to keep, in order."""
+
+    def __init__(self, buf: np.ndarray, size: int) -> None:
+        self.buf, self.size, self.off = buf, size, 0
+        self.moves: list[_Piece] = []
+        self.kept = 0  # bytes kept before the current offset
+
+    def take(self, n: int, keep: int | None = None) -> int:
+        """Step over ``n`` bytes, keeping the first ``keep`` of them (default: all)."""
+        start = self.off
+        self.off += n
+        if self.off > self.size:
+            raise _Layout
+        keep = n if keep is None else keep
+        self.moves.append((start, keep))
+        self.kept += keep
+        return start
+
+    def number(self, fmt: str, at: int) -> int:
+        return int(struct.unpack_from(fmt, self.buf.data, at)[0])
+
+    def read(self, length: int) -> tuple[list[_Piece], list[tuple[int, int]]]:
+        """The pieces to keep and, for each stream, where its new cell count goes."""
+        if self.number("<I", self.take(4)) != MAGIC:
+            raise _Layout
+        seq_id = self.number("<i", self.take(4))
+        counts: list[tuple[int, int]] = []
+        for _ in range(self.number("<I", self.take(4))):  # streams
+            at = self.kept
+            cells = self.number("<I", self.take(4))
+            if cells == 0:
+                continue
+            if counts:  # one sequence lives in one stream
+                raise _Layout
+            meta_at = self.off
+            meta = self.buf[meta_at : meta_at + cells * _META].view("<i4").reshape(-1, 3)
+            keep = int(np.count_nonzero(meta[:, 0] < length))
+            if meta.shape[0] != cells or not (
+                (meta[:, 1] == 1).all()
+                and (meta[:, 2] == seq_id).all()
+                and (meta[:keep, 0] < length).all()  # the prefix comes first (slots fill in order)
+            ):
+                raise _Layout
+            counts.append((at, keep))
+            self.take(cells * _META, keep * _META)
+            v_trans, n_layer = self.number("<I", self.take(4)), self.number("<I", self.take(4))
+            for _ in range(n_layer if v_trans else 2 * n_layer):  # K (and V): a row per cell
+                row = self.number("<Q", self.take(12) + 4)  # type, row size
+                self.take(cells * row, keep * row)
+            for _ in range(n_layer if v_trans else 0):  # V transposed: per row an element per cell
+                at = self.take(12)  # type, element size, embedding rows
+                el, rows = self.number("<I", at + 4), self.number("<I", at + 8)
+                data = self.take(rows * cells * el, 0)
+                self.moves[-1] = (data, keep * el, rows, cells * el)
+                self.kept += rows * keep * el
+        if self.off != self.size or not counts:
+            raise _Layout
+        return self.moves, counts
+
+
+def _compact(buf: np.ndarray, moves: list[_Piece]) -> int:
+    """Move the kept pieces down to the front, in order, and return the bytes kept; every
     piece moves down or stays, so moving them in order never overwrites one not yet moved.
     A piece is (offset, bytes), or (offset, bytes per row, rows, row stride) for the first
     bytes of each row of a block (transposed V: each embedding row keeps its first cells)."""
     base = buf.ctypes.data
-    to = 12
+    to = 0
     for start, n, *strided in moves:
         if strided:
             rows, stride = strided
@@ -145,6 +133,7 @@ def _compact(buf: np.ndarray, moves: list[_Piece]) -> None:
         if start != to and n:
             ctypes.memmove(base + to, base + start, n)
         to += n
+    return to
 
 
 class StateCopier:
@@ -152,8 +141,8 @@ class StateCopier:
 
     ``get(src, pointer, size)`` / ``set(dst, pointer, size)`` are
     ``llama_state_seq_get_data`` / ``..._set_data`` bound to a context; ``size_of(src)`` is
-    ``llama_state_seq_get_size``. The buffer grows to the largest state copied and stays
-    (at most one slot's KV); pages touched once are not faulted in again on the next copy.
+    ``llama_state_seq_get_size``. The buffer grows to the largest state copied (in MiB
+    steps) and stays: at most one slot's KV, whose pages are not faulted in again per copy.
     """
 
     def __init__(
@@ -170,7 +159,7 @@ class StateCopier:
         cells are replaced); False if llama.cpp refused, and ``dst`` holds nothing then."""
         size = self._size_of(src)
         if self._buf.size < size:
-            self._buf = np.empty(max(size, self._buf.size * 2), dtype=np.uint8)
+            self._buf = np.empty(-(-size // _GROW) * _GROW, dtype=np.uint8)
         pointer = self._buf.ctypes.data_as(_U8P)
         if self._get(src, pointer, size) != size:
             return False
