@@ -89,7 +89,10 @@ def main() -> None:
         "--prefill", type=int, default=0, metavar="N", help="~N-token prompts, a new one per turn"
     )
     args = parser.parse_args()
-    slots = Slots(seq_ctx=1280) if args.prefill else Slots()
+    # room for the prompt (its chat template and the count's slack) and the answer, in the
+    # 256-cell steps llama.cpp sizes a stream in: 1,280 for bench.llm's 1,000-token prompts
+    need = args.prefill + args.tokens + 128
+    slots = Slots(seq_ctx=-(-need // 256) * 256) if args.prefill else Slots()
     with contextlib.ExitStack() as stack:
         targets = [(spec, _start(stack, spec, slots)) for spec in args.systems]
         found = run(_turns(targets, args.turns, args.tokens, args.prefill))
