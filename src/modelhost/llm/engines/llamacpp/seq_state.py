@@ -83,7 +83,7 @@ class _Plan:
         seq_id = self.number("<i", self.take(4))
         counts: list[tuple[int, int]] = []
         for _ in range(self.number("<I", self.take(4))):  # streams
-            at = self.kept
+            count_at = self.kept  # where this stream's cell count lands in the kept bytes
             cells = self.number("<I", self.take(4))
             if cells == 0:
                 continue
@@ -98,15 +98,15 @@ class _Plan:
                 and (meta[:keep, 0] < length).all()  # the prefix comes first (slots fill in order)
             ):
                 raise _Layout
-            counts.append((at, keep))
+            counts.append((count_at, keep))
             self.take(cells * _META, keep * _META)
             v_trans, n_layer = self.number("<I", self.take(4)), self.number("<I", self.take(4))
             for _ in range(n_layer if v_trans else 2 * n_layer):  # K (and V): a row per cell
                 row = self.number("<Q", self.take(12) + 4)  # type, row size
                 self.take(cells * row, keep * row)
             for _ in range(n_layer if v_trans else 0):  # V transposed: per row an element per cell
-                at = self.take(12)  # type, element size, embedding rows
-                el, rows = self.number("<I", at + 4), self.number("<I", at + 8)
+                head = self.take(12)  # type, element size, embedding rows
+                el, rows = self.number("<I", head + 4), self.number("<I", head + 8)
                 data = self.take(rows * cells * el, 0)
                 self.moves[-1] = (data, keep * el, rows, cells * el)
                 self.kept += rows * keep * el
