@@ -188,6 +188,30 @@ async def test_same_prompt_again_reuses_all_but_the_last_token() -> None:
         engine.close()
 
 
+@pytest.mark.parametrize(("separate_streams", "oldest_kept"), [(True, True), (False, False)])
+async def test_idle_caches_kept_by_default(separate_streams: bool, oldest_kept: bool) -> None:
+    """With a KV stream per slot every finished request stays cached (its cells are its own
+    slot's: dropping them makes room for nobody); in one shared buffer idle caches are held
+    to a quarter of it (400 of 1,600 cells here: one 300-token prompt)."""
+    backend = FakeBackend(max_seqs=4, kv_capacity=1600, seq_ctx=400)
+    backend.separate_streams = separate_streams
+    engine = LLMEngine(backend)
+    prompts = [[k] + counting(k, 299) for k in range(4)]
+    try:
+        for prompt in prompts:
+            await run(engine, prompt, temperature=0, max_tokens=1)
+
+        async def from_cache(prompt: list[int]) -> bool:
+            before = engine.stats.prefix_tokens_reused
+            await run(engine, prompt, temperature=0, max_tokens=1)
+            return engine.stats.prefix_tokens_reused - before == len(prompt) - 1
+
+        assert await from_cache(prompts[-1])  # the newest: kept either way
+        assert await from_cache(prompts[0]) is oldest_kept
+    finally:
+        engine.close()
+
+
 async def test_kv_exhaustion_ends_the_longest_sequence() -> None:
     backend = FakeBackend(max_seqs=2, kv_capacity=60)
     engine = LLMEngine(backend, prefix_cache_tokens=0)

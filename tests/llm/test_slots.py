@@ -96,20 +96,51 @@ def test_without_consecutive_batching_a_prompt_going_on_from_a_cache_takes_it_in
 
 
 def test_a_prompt_forking_from_a_cache_copies_the_prefix_and_keeps_the_cache() -> None:
-    """Another question after the same system prompt: the first question stays cached whole,
-    so asking it again computes one token, not the question."""
+    """Another question after the same short head (the chat template's): the first question
+    stays cached whole, so asking it again computes one token, not the question."""
     table, backend = _table(consecutive=False)
-    system = list(range(1, 13))
-    question = system + [20, 22, 23]
+    head = [1, 2, 3, 4]
+    question = head + [20, 22, 23, 24, 25, 26]
     a = _run(table, backend, _seq(question))
     table.release(a)
-    other = _run(table, backend, _seq(system + [21]))
-    assert other.slot == 1 and other.reused == len(system)
-    assert backend.copies == [(0, 1, len(system))]
+    other = _run(table, backend, _seq(head + [21]))
+    assert other.slot == 1 and other.reused == len(head)
+    assert backend.copies == [(0, 1, len(head))]
     assert backend.kv[0] == question
     table.release(other)
     again = _run(table, backend, _seq(question))
     assert again.slot == 0 and again.reused == len(question) - 1
+
+
+@pytest.mark.parametrize("consecutive", [False, True])
+def test_a_prompt_forking_after_a_long_system_prompt_takes_the_cache_in_place(
+    consecutive: bool,
+) -> None:
+    """Another question after a long shared system prompt: the cache is reused where it
+    lies (losing the short question after it) rather than copying the whole prompt's KV."""
+    table, backend = _table(consecutive=consecutive)
+    system = list(range(1, 13))
+    a = _run(table, backend, _seq(system + [20, 22, 23]))
+    table.release(a)
+    other = _run(table, backend, _seq(system + [21]))
+    assert other.slot == 0 and other.reused == len(system)
+    assert not backend.copies
+    assert backend.kv[0] == system + [21]
+
+
+def test_the_cache_taken_in_place_is_any_idle_one_holding_the_prefix() -> None:
+    """Idle caches of the same system prompt next to the running slots and away from them:
+    the newcomer takes the one next to them in place, not a copy of either."""
+    table, backend = _table(consecutive=True)
+    system = list(range(1, 13))
+    seqs = [_run(table, backend, _seq(system + [20 + i])) for i in range(5)]
+    table.release(seqs[0])  # slot 0: a cache next to the running 1 and 2
+    table.release(seqs[3], keep_cache=False)  # slot 3: empty
+    table.release(seqs[4])  # slot 4: a cache apart from them
+    copies = len(backend.copies)  # the first one's system prompt was copied to the others
+    newcomer = _run(table, backend, _seq(system + [30]))
+    assert newcomer.slot == 0 and newcomer.reused == len(system)
+    assert len(backend.copies) == copies
 
 
 def test_with_no_empty_slot_a_forking_prompt_takes_the_cache_in_place() -> None:

@@ -42,8 +42,10 @@ class LLMEngine(EngineFront[Backend]):
     ``max_queue`` more wait. Prompts are prefilled in chunks of at most ``prefill_chunk``
     tokens per step, beside the running sequences' decode tokens. A prompt sharing at least
     ``min_prefix_reuse`` leading tokens with a cached sequence reuses that KV; finished
-    sequences stay cached up to ``prefix_cache_tokens`` in all (default: a quarter of the
-    backend's KV capacity). ``n > 1`` computes the prompt once: the other choices copy its
+    sequences stay cached up to ``prefix_cache_tokens`` in all (default: every slot's, with a
+    KV stream per slot, where a cache holds cells of its own slot only; a quarter of the KV
+    capacity in one shared buffer, where cached cells lengthen every step's attention
+    window). ``n > 1`` computes the prompt once: the other choices copy its
     KV.
     """
 
@@ -58,9 +60,12 @@ class LLMEngine(EngineFront[Backend]):
         prefix_cache_tokens: int | None = None,
     ) -> None:
         slots = min(max_seqs or backend.max_seqs, backend.max_seqs)
-        cache_tokens = (
-            backend.kv_capacity // 4 if prefix_cache_tokens is None else prefix_cache_tokens
-        )
+        if prefix_cache_tokens is not None:
+            cache_tokens = prefix_cache_tokens
+        elif backend.separate_streams:  # a slot's cache lies in its own stream's cells
+            cache_tokens = backend.kv_capacity
+        else:
+            cache_tokens = backend.kv_capacity // 4
         self._scheduler = Scheduler(backend, slots, prefill_chunk, min_prefix_reuse, cache_tokens)
         super().__init__(backend, slots, max_queue, self._scheduler)
 

@@ -3,11 +3,12 @@
 A slot whose request finished keeps its KV as a cache. A new request takes a free slot;
 if some slot (idle or running) already holds KV for a prefix of its prompt (typically the
 same system prompt), that prefix is shared (``seq_copy``, or kept in place when the new
-request lands in that very slot) instead of being computed again. An idle cache is taken in
-place only when that loses nothing a later request could want: the prompt repeats it or
-goes on from it (the next turn of a chat). Where the two part ways (another question after
-the same system prompt) and an empty slot is free, the prefix is copied there instead, so
-the cached question stays answerable from cache if it comes again. With a KV stream per
+request lands in a slot holding it) instead of being computed again. An idle cache is taken in
+place when that loses nothing a later request could want (the prompt repeats it or goes on
+from it: the next turn of a chat), or less than copying would move: where the two part ways
+after a short common head (the chat template's) and an empty slot is free, the head is
+copied there, so the cached question stays answerable if it comes again; after a long
+common system prompt the cache is reused where it lies. With a KV stream per
 slot (``Backend.separate_streams``) running sequences are kept on neighbouring slots and
 a shared prefix is copied to a slot next to them rather than used where it lies.
 """
@@ -75,9 +76,10 @@ class SlotTable:
             return False
         # choices 2..n of one request share the first one's prompt however short it is
         min_reuse = 1 if seq.after is not None else self._min_reuse
-        source, reuse, forks = self._best_prefix(seq.prompt, min_reuse)
-        target = self._target(free, source, forks)
-        reuse = self._prepare(target, source, reuse)
+        shared = [common_prefix(seq.prompt, slot.tokens()) for slot in self._slots]
+        source, reuse = self._best_prefix(shared, len(seq.prompt), min_reuse)
+        target = self._target(free, shared, reuse, len(seq.prompt))
+        reuse = self._prepare(target, source, reuse, in_place=shared[target.index] >= reuse)
         if reuse:
             self.stats.hits += 1
             self.stats.reused_tokens += reuse
@@ -86,20 +88,29 @@ class SlotTable:
         seq.slot, seq.n_past, seq.reused = target.index, reuse, reuse
         return True
 
-    def _target(self, free: list[Slot], source: Slot | None, forks: bool) -> Slot:
-        """The free slot a new sequence takes: the idle cache it reuses (kept in place,
-        unless the prompt ``forks`` from it and an empty slot can take the copy), else the
-        emptiest. Where the backend batches only consecutive slots together, the first
-        choice is a slot that adds no gap between running sequences (each gap is one more
-        pass over the weights per step): the prefix is then copied over instead."""
-        in_place = source if source is not None and source.owner is None else None
-        if forks and any(not s.cached for s in free):
-            in_place = None  # its own tail stays cached; the prefix is copied out
-        if not self._streams:
-            return in_place or min(free, key=_emptiest)
+    def _target(self, free: list[Slot], shared: list[int], reuse: int, prompt: int) -> Slot:
+        """The free slot a new sequence takes: an idle cache holding the prefix it reuses
+        (taken in place), else the emptiest, the prefix copied there. A cache the prompt
+        forks from (the two part ways before either ends: another question after the same
+        system prompt) is taken in place only when that loses no more cached tokens than the
+        copy would move, or no empty slot is free: a short shared head (the chat template's)
+        is copied out and the cached question stays answerable if it comes again, a long
+        system prompt is reused where it lies (as llama-server does) instead of copying
+        ~25 kB of KV per token for every request. Where the backend batches only
+        consecutive slots together, the first choice is a slot that adds no gap between
+        running sequences (each gap is one more pass over the weights per step)."""
+        can_copy_out = any(not s.cached for s in free)
+
+        def in_place(slot: Slot) -> bool:
+            length = shared[slot.index]
+            if not reuse or length < reuse:
+                return False
+            forks = length < min(prompt, len(slot.cached))
+            return not forks or not can_copy_out or len(slot.cached) - length <= reuse
 
         def cost(slot: Slot) -> tuple[int, bool, bool, int]:
-            return (self._new_runs(slot.index), slot is not in_place, *_emptiest(slot))
+            runs = self._new_runs(slot.index) if self._streams else 0
+            return (runs, not in_place(slot), *_emptiest(slot))
 
         return min(free, key=cost)
 
@@ -146,26 +157,25 @@ class SlotTable:
         """Cells in use, counting shared prefixes once per slot (an upper bound)."""
         return sum(s.owner.n_past if s.owner is not None else len(s.cached) for s in self._slots)
 
-    def _best_prefix(self, prompt: list[int], min_reuse: int) -> tuple[Slot | None, int, bool]:
-        """The slot holding the longest prefix of ``prompt``, the tokens to reuse from it,
-        and whether it is an idle cache that the prompt forks from: the two part ways before
-        either ends, so taking it in place would drop tokens the prompt does not use."""
+    def _best_prefix(
+        self, shared: list[int], prompt: int, min_reuse: int
+    ) -> tuple[Slot | None, int]:
+        """The slot holding the longest prefix of the prompt (``shared``: each slot's common
+        prefix with it; an idle one among equals) and the tokens to reuse from it."""
         best: Slot | None = None
         best_len = 0
-        for slot in self._slots:
-            length = common_prefix(prompt, slot.tokens())
+        for slot, length in zip(self._slots, shared, strict=True):
             if length > best_len or (length == best_len and best and slot.owner is None):
                 best, best_len = slot, length
         # at least the prompt's last token is computed, to get its logits
-        reuse = min(best_len, len(prompt) - 1)
+        reuse = min(best_len, prompt - 1)
         if best is None or reuse < min_reuse:
-            return None, 0, False
-        forks = best.owner is None and best_len < min(len(prompt), len(best.cached))
-        return best, reuse, forks
+            return None, 0
+        return best, reuse
 
-    def _prepare(self, target: Slot, source: Slot | None, reuse: int) -> int:
+    def _prepare(self, target: Slot, source: Slot | None, reuse: int, in_place: bool) -> int:
         backend = self._backend
-        if source is target:
+        if in_place and reuse:
             if backend.seq_remove(target.index, reuse):
                 return reuse
             reuse = 0
