@@ -92,16 +92,16 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("src", nargs="*", help="src directories to compare (default: ./src)")
     args = parser.parse_args()
-    shape = [str(args.clients), str(args.requests), str(args.tokens), str(args.system)]
     if args.child:
-        print(json.dumps(asyncio.run(_burst(*map(int, shape)))))
+        burst = _burst(args.clients, args.requests, args.tokens, args.system)
+        print(json.dumps(asyncio.run(burst)))
         return
+    cmd = [sys.executable, "-m", "bench.llm_burst", "--child", "--clients", str(args.clients)]
+    cmd += ["--requests", str(args.requests), "--tokens", str(args.tokens)]
+    cmd += ["--system", str(args.system)]
     trees = [str(Path(s).resolve()) for s in args.src] or [str(ROOT / "src")]
     for _ in range(args.pairs):
         for tree in trees:
-            flags = ["--clients", "--requests", "--tokens", "--system"]
-            cmd = [sys.executable, "-m", "bench.llm_burst", "--child"]
-            cmd += [x for pair in zip(flags, shape, strict=True) for x in pair]
             env = {**os.environ, "PYTHONPATH": tree}
             done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
             if done.returncode:

@@ -33,6 +33,7 @@ from bench.llm_client import Target, Workload, new_client, run
 from bench.llm_client import _openai_request as request
 from bench.llm_prompts import long_prompts
 from bench.llm_systems import Slots, start_llama_server, start_modelhost
+from modelhost.llm.engines.llamacpp.backend import KV_STREAM_PAD
 
 
 @contextlib.contextmanager
@@ -92,7 +93,7 @@ def main() -> None:
     # room for the prompt (its chat template and the count's slack) and the answer, in the
     # 256-cell steps llama.cpp sizes a stream in: 1,280 for bench.llm's 1,000-token prompts
     need = args.prefill + args.tokens + 128
-    slots = Slots(seq_ctx=-(-need // 256) * 256) if args.prefill else Slots()
+    slots = Slots(seq_ctx=-(-need // KV_STREAM_PAD) * KV_STREAM_PAD) if args.prefill else Slots()
     with contextlib.ExitStack() as stack:
         targets = [(spec, _start(stack, spec, slots)) for spec in args.systems]
         found = run(_turns(targets, args.turns, args.tokens, args.prefill))
