@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from llm_helpers import run
 
 from modelhost.errors import InvalidModelFolder
 from modelhost.llm.demo import demo_model_path
@@ -48,3 +49,49 @@ def test_prefill_chunk_defaults_to_the_batch_size() -> None:
 def test_a_batch_smaller_than_the_slots_is_refused() -> None:
     with pytest.raises(InvalidModelFolder, match=r"max_batch_tokens.*at least.*max_seqs"):
         build_engine(_demo(), {"max_seqs": 8, "max_batch_tokens": 4})
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("options", "reused"),
+    [({}, True), ({"prefix_cache_tokens": 0}, False), ({"min_prefix_reuse": 64}, False)],
+)
+async def test_prefix_cache_settings_decide_whether_a_prompt_comes_from_cache(
+    options: dict[str, int], reused: bool
+) -> None:
+    """A finished request stays cached by default; ``prefix_cache_tokens: 0`` keeps none,
+    and a ``min_prefix_reuse`` above the shared length (39 of 40 tokens) reuses nothing."""
+    engine = build_engine(_demo(), {"max_seqs": 2, "seq_ctx": 256, **options})
+    prompt = list(range(1000, 1040))
+    try:
+        await run(engine, prompt, temperature=0, max_tokens=1)
+        before = engine.stats.prefix_tokens_reused
+        await run(engine, prompt, temperature=0, max_tokens=1)
+        assert (engine.stats.prefix_tokens_reused - before == 39) is reused
+    finally:
+        engine.close()
+
+
+def test_max_queue_zero_lets_nobody_wait() -> None:
+    engine = build_engine(_demo(), {"max_seqs": 2, "seq_ctx": 256, "max_queue": 0})
+    try:
+        assert engine.max_queue == 0
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "least"),
+    [
+        ("max_queue", -1, 0),
+        ("max_queue", "many", None),
+        ("prefix_cache_tokens", -5, 0),
+        ("min_prefix_reuse", 0, 1),
+    ],
+)
+def test_a_bad_cache_or_queue_setting_is_refused(
+    key: str, value: object, least: int | None
+) -> None:
+    wanted = f"at least {least}" if least is not None else "whole number"
+    with pytest.raises(InvalidModelFolder, match=rf"llm\.{key}.*{wanted}"):
+        build_engine(_demo(), {key: value})

@@ -5,9 +5,9 @@
 folder, needs the vllm package and a CUDA GPU). Settings, all optional:
 
 - every backend: ``max_seqs`` (requests decoding together; llamacpp/vllm 32,
-  transformers 16), ``max_queue`` (more requests waiting before 429; 64), ``seq_ctx``
-  (tokens one request may hold, prompt + completion; llamacpp: 2048, at most the model's
-  training context);
+  transformers 16), ``max_queue`` (more requests waiting before 429; 64; 0: none wait),
+  ``seq_ctx`` (tokens one request may hold, prompt + completion; llamacpp: 2048, at most
+  the model's training context);
 - llamacpp: ``threads`` (decode threads; default: the cores this worker may run on, so set
   it when two models share a host), ``threads_batch`` (prompt threads; default
   ``threads``), ``kv_capacity`` (KV cells shared by all requests; default
@@ -15,7 +15,11 @@ folder, needs the vllm package and a CUDA GPU). Settings, all optional:
   (tokens per decode step, 512; at least ``max_seqs``), ``prefill_chunk`` (prompt tokens per
   step, at most what the step has left beside the decode tokens; default and most:
   ``max_batch_tokens``), ``kv_unified`` (false: a KV stream per request, each
-  attending over its own cells; true: one buffer shared by all, prefixes shared in place);
+  attending over its own cells; true: one buffer shared by all, prefixes shared in place),
+  ``min_prefix_reuse`` (leading tokens a prompt must share with a cached one to reuse its
+  KV; 8), ``prefix_cache_tokens`` (KV cells finished requests may keep cached for prompts
+  that start alike; default: all of them with a stream per request, a quarter with
+  ``kv_unified``; 0 keeps none);
 - transformers: ``threads``, ``dtype``, ``device``, ``max_prefill_tokens``;
 - vllm: ``dtype``, ``gpu_memory_utilization``.
 
@@ -61,13 +65,13 @@ def build_engine(model_path: Path, options: dict[str, Any]) -> Any:
     return builders[backend_name(model_path, options)](model_path, options)
 
 
-def _int_or(options: dict[str, Any], key: str, default: int) -> int:
-    value = _int(options, key)
+def _int_or(options: dict[str, Any], key: str, default: int, minimum: int = 1) -> int:
+    value = _int(options, key, minimum)
     return default if value is None else value
 
 
-def _int(options: dict[str, Any], key: str) -> int | None:
-    """A positive whole number setting, or None when absent."""
+def _int(options: dict[str, Any], key: str, minimum: int = 1) -> int | None:
+    """A whole number setting of at least ``minimum``, or None when absent."""
     value = options.get(key)
     if value is None:
         return None
@@ -79,8 +83,10 @@ def _int(options: dict[str, Any], key: str) -> int | None:
         raise InvalidModelFolder(
             f'model.json: "llm.{key}" must be a whole number, got {value!r}'
         ) from None
-    if number < 1:
-        raise InvalidModelFolder(f'model.json: "llm.{key}" must be at least 1, got {number}')
+    if number < minimum:
+        raise InvalidModelFolder(
+            f'model.json: "llm.{key}" must be at least {minimum}, got {number}'
+        )
     return number
 
 
@@ -91,18 +97,27 @@ def _bool(options: dict[str, Any], key: str, default: bool) -> bool:
     return value
 
 
+def _max_queue(options: dict[str, Any]) -> int:
+    from modelhost.llm.engine import DEFAULT_MAX_QUEUE
+
+    return _int_or(options, "max_queue", DEFAULT_MAX_QUEUE, minimum=0)
+
+
 def _threads(options: dict[str, Any]) -> int | None:
     threads = _int(options, "threads")
     return _int(options, "n_threads") if threads is None else threads
 
 
 def _llamacpp(model_path: Path, options: dict[str, Any]) -> Any:
-    from modelhost.llm.engine import LLMEngine
+    from modelhost.llm.engine import DEFAULT_MIN_PREFIX_REUSE, LLMEngine
     from modelhost.llm.engines.llamacpp.backend import DEFAULT_BATCH_TOKENS, LlamaCppBackend
 
     max_seqs = _int_or(options, "max_seqs", 32)
     batch_tokens = _int_or(options, "max_batch_tokens", DEFAULT_BATCH_TOKENS)
     prefill_chunk = _int_or(options, "prefill_chunk", batch_tokens)
+    max_queue = _max_queue(options)
+    min_reuse = _int_or(options, "min_prefix_reuse", DEFAULT_MIN_PREFIX_REUSE)
+    cache_tokens = _int(options, "prefix_cache_tokens", minimum=0)
     if batch_tokens < max_seqs:
         raise InvalidModelFolder(
             f'model.json: "llm.max_batch_tokens" ({batch_tokens}) must be at least '
@@ -121,8 +136,10 @@ def _llamacpp(model_path: Path, options: dict[str, Any]) -> Any:
     return LLMEngine(
         backend,
         max_seqs,
-        int(options.get("max_queue", 64)),
+        max_queue,
         prefill_chunk=prefill_chunk,
+        min_prefix_reuse=min_reuse,
+        prefix_cache_tokens=cache_tokens,
     )
 
 
@@ -135,7 +152,7 @@ def _transformers(model_path: Path, options: dict[str, Any]) -> Any:
     return TransformersEngine(
         model_path,
         _int_or(options, "max_seqs", 16),
-        int(options.get("max_queue", 64)),
+        _max_queue(options),
         seq_ctx=_int(options, "seq_ctx"),
         dtype=str(options.get("dtype", "auto")),
         device=options.get("device"),
@@ -152,7 +169,7 @@ def _vllm(model_path: Path, options: dict[str, Any]) -> Any:
     return VLLMEngine(
         model_path,
         _int_or(options, "max_seqs", 32),
-        int(options.get("max_queue", 64)),
+        _max_queue(options),
         dtype=str(options.get("dtype", "auto")),
         gpu_memory_utilization=None if memory is None else float(memory),
         seq_ctx=_int(options, "seq_ctx"),
