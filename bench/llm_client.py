@@ -237,8 +237,10 @@ def _seed_generated_text(answer: str, question: str) -> str | None:
     import ast
 
     _, sep, output = answer.partition("answer:")
+    if not sep:
+        return None
     try:
-        parsed = ast.literal_eval(output) if sep else None
+        parsed: Any = ast.literal_eval(output)
         text = parsed[0]["generated_text"] if isinstance(parsed, list) else parsed["generated_text"]
     except (ValueError, SyntaxError, TypeError, KeyError, IndexError):
         return None
