@@ -72,7 +72,7 @@ async def test_prefix_cache_settings_decide_whether_a_prompt_comes_from_cache(
         engine.close()
 
 
-def test_max_queue_zero_lets_nobody_wait() -> None:
+def test_max_queue_zero_is_accepted_and_reaches_the_engine() -> None:
     engine = build_engine(_demo(), {"max_seqs": 2, "seq_ctx": 256, "max_queue": 0})
     try:
         assert engine.max_queue == 0
