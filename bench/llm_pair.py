@@ -11,7 +11,9 @@ system with their quartiles. Good for differences of 1-5% that `bench.llm` canno
 
 ``--prefill N`` sends ~N-token prompts instead (each turn a new one, the same to every
 system; ``bench.llm``'s prefill workload at one client), where TTFT is what differs: the
-ratios of TTFT are printed too.
+ratios of TTFT are printed too. ``--system N`` puts one ~N-token system prompt before the
+short questions (``bench.llm``'s shared workload at one client: 500): what differs is how
+much of each prompt comes from the prefix cache.
 
 A system is ``llama-server``, ``modelhost``, or ``modelhost:VAR=value,VAR=value``: those
 variables are set for that modelhost's gateway and passed on to its worker (e.g. an older
@@ -31,7 +33,7 @@ from pathlib import Path
 from bench.llm import _prompts
 from bench.llm_client import Target, Workload, new_client, run
 from bench.llm_client import _openai_request as request
-from bench.llm_prompts import long_prompts
+from bench.llm_prompts import long_prompts, shared_system_prompt
 from bench.llm_systems import Slots, start_llama_server, start_modelhost
 from modelhost.llm.engines.llamacpp.backend import KV_STREAM_PAD
 
@@ -62,11 +64,11 @@ def _start(stack: contextlib.ExitStack, spec: str, slots: Slots) -> Target:
 
 
 async def _turns(
-    targets: list[tuple[str, Target]], turns: int, tokens: int, prefill: int
+    targets: list[tuple[str, Target]], turns: int, tokens: int, prefill: int, system: int
 ) -> dict[str, list[tuple[float, float]]]:
     """(decode tok/s, TTFT ms) of each system's requests; one uncounted warm-up turn."""
     prompts = long_prompts(turns + 1, prefill, seed=7) if prefill else _prompts()
-    workload = Workload(prompts, tokens)
+    workload = Workload(prompts, tokens, system=shared_system_prompt(system) if system else None)
     found: dict[str, list[tuple[float, float]]] = {spec: [] for spec, _ in targets}
     async with new_client(4) as client:
         for turn in range(turns + 1):
@@ -89,14 +91,18 @@ def main() -> None:
     parser.add_argument(
         "--prefill", type=int, default=0, metavar="N", help="~N-token prompts, a new one per turn"
     )
+    parser.add_argument(
+        "--system", type=int, default=0, metavar="N", help="one ~N-token system prompt for all"
+    )
     args = parser.parse_args()
     # room for the prompt (its chat template and the count's slack) and the answer, in the
     # 256-cell steps llama.cpp sizes a stream in: 1,280 for bench.llm's 1,000-token prompts
-    need = args.prefill + args.tokens + 128
-    slots = Slots(seq_ctx=-(-need // KV_STREAM_PAD) * KV_STREAM_PAD) if args.prefill else Slots()
+    need = args.prefill + args.system + args.tokens + 128
+    long = args.prefill or args.system
+    slots = Slots(seq_ctx=-(-need // KV_STREAM_PAD) * KV_STREAM_PAD) if long else Slots()
     with contextlib.ExitStack() as stack:
         targets = [(spec, _start(stack, spec, slots)) for spec in args.systems]
-        found = run(_turns(targets, args.turns, args.tokens, args.prefill))
+        found = run(_turns(targets, args.turns, args.tokens, args.prefill, args.system))
     base = found[args.systems[0]]
     for spec in args.systems:
         rows = found[spec]

@@ -7,6 +7,7 @@ sequence must be fed contiguous positions, and shared prefixes must really be co
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -35,6 +36,10 @@ class FakeBackend:
         """Each decode's sequence ids, token by token."""
         self.step_delay = 0.0
         """Seconds each decode takes, to keep sequences running while a test acts."""
+        self.gate: threading.Event | None = None
+        """When set: each decode waits for it (``in_decode`` tells it has started), so that a
+        test can queue requests for the next step."""
+        self.in_decode = threading.Event()
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         return [1 + (ord(c) % (self.vocab_size - 1)) for c in text]
@@ -54,6 +59,9 @@ class FakeBackend:
         seq_ids: Sequence[int],
         outputs: Sequence[bool],
     ) -> Logits:
+        if self.gate is not None:
+            self.in_decode.set()
+            self.gate.wait()
         if self.step_delay:
             time.sleep(self.step_delay)
         if self.fail_next:

@@ -4,6 +4,7 @@ sharing, KV exhaustion, backend failures, EOS handling."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 from fake_backend import FakeBackend
@@ -172,6 +173,39 @@ async def test_shared_prefix_is_copied_not_recomputed() -> None:
         assert engine.stats.prefix_hits == 1 and engine.stats.prefix_tokens_reused == 20
         assert backend.copies and backend.copies[-1][2] == 20
         await first.aclose()
+    finally:
+        engine.close()
+
+
+async def test_one_request_a_step_copies_a_system_prompt_out_and_keeps_each_question() -> None:
+    """Requests after the same system prompt arriving one at a time: each copies the system
+    prompt out, so every question stays cached and is answered from cache when it comes
+    again. A burst admitted in one step then copies once: the rest take idle caches in place."""
+    backend = FakeBackend(max_seqs=6)
+    engine = LLMEngine(backend, min_prefix_reuse=4)
+    system = list(range(1, 21))
+    questions = [system + [22 + i, 9] for i in range(3)]
+    try:
+        for prompt in questions:
+            await run(engine, prompt, temperature=0, max_tokens=3)
+        assert len(backend.copies) == 2  # the second and third copied the first's system prompt
+        for prompt in questions:  # asked again: one token computed, the rest from cache
+            before = engine.stats.prefix_tokens_reused
+            await run(engine, prompt, temperature=0, max_tokens=3)
+            assert engine.stats.prefix_tokens_reused - before == len(prompt) - 1
+        copies = len(backend.copies)
+
+        backend.gate = threading.Event()
+        live = SamplingParams(temperature=0, max_tokens=200, ignore_eos=True)
+        holder = await engine.generate([30, 31], live)  # its decode waits at the gate
+        assert await asyncio.to_thread(backend.in_decode.wait, 10)
+        params = SamplingParams(temperature=0, max_tokens=3)
+        streams = [await engine.generate(system + [26 + i, 9], params) for i in range(3)]
+        backend.gate.set()
+        for stream in streams:
+            assert [e.token_id async for e in stream] == counting(9, 3)
+        assert len(backend.copies) - copies == 1
+        await holder.aclose()
     finally:
         engine.close()
 

@@ -128,6 +128,49 @@ def test_a_prompt_forking_after_a_long_system_prompt_takes_the_cache_in_place(
     assert backend.kv[0] == system + [21]
 
 
+@pytest.mark.parametrize("consecutive", [False, True])
+def test_copy_forks_keeps_a_copy_of_the_cache_taken_in_place(consecutive: bool) -> None:
+    """The first request admitted in a step (``copy_forks``) takes the cache in place as
+    before, after copying it whole to an empty slot: the cached question is answered from
+    cache when it comes again."""
+    table, backend = _table(consecutive=consecutive)
+    system = list(range(1, 13))
+    question = system + [20, 22, 23]
+    a = _run(table, backend, _seq(question))
+    table.release(a)
+    other = _seq(system + [21])
+    assert table.acquire(other, copy_forks=True)
+    assert other.slot == 0 and other.reused == len(system)
+    assert backend.copies == [(0, 1, len(question))]
+    assert backend.kv[1] == question
+    table.release(other)
+    again = _run(table, backend, _seq(question))
+    assert again.slot == 1 and again.reused == len(question) - 1
+    assert len(backend.copies) == 1
+
+
+def test_copy_forks_copies_nothing_when_the_prompt_goes_on_from_the_cache() -> None:
+    table, backend = _table(consecutive=False)
+    turn = list(range(1, 13))
+    table.release(_run(table, backend, _seq(turn)))
+    follower = _seq(turn + [20, 21])  # the chat's next turn: nothing of the cache is lost
+    assert table.acquire(follower, copy_forks=True)
+    assert follower.slot == 0 and not backend.copies
+
+
+def test_copy_forks_with_no_empty_slot_takes_the_cache_in_place() -> None:
+    table, backend = _table(consecutive=False, slots=2)
+    system = list(range(1, 13))
+    a = _run(table, backend, _seq(system + [20]))
+    b = _run(table, backend, _seq([5, 6, 7]))
+    table.release(a)
+    table.release(b)  # both slots hold caches: nowhere to copy to
+    other = _seq(system + [21])
+    assert table.acquire(other, copy_forks=True)
+    assert other.slot == 0 and other.reused == len(system)
+    assert not backend.copies
+
+
 def test_the_cache_taken_in_place_is_any_idle_one_holding_the_prefix() -> None:
     """Idle caches of the same system prompt next to the running slots and away from them:
     the newcomer takes the one next to them in place, not a copy of either."""

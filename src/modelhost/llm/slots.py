@@ -8,7 +8,10 @@ place when that loses nothing a later request could want (the prompt repeats it 
 from it: the next turn of a chat), or less than copying would move: where the two part ways
 after a short common head (the chat template's) and an empty slot is free, the head is
 copied there, so the cached question stays answerable if it comes again; after a long
-common system prompt the cache is reused where it lies. With a KV stream per
+common system prompt the cache is reused where it lies, and the first request admitted in
+a step (``copy_forks``) first copies the cache it takes to an empty slot: a lone request
+keeps every cached question answerable (the copies fill slots nobody used), a burst of
+arrivals copies once, not once each. With a KV stream per
 slot (``Backend.separate_streams``) running sequences are kept on neighbouring slots and
 a shared prefix is copied to a slot next to them rather than used where it lies.
 """
@@ -69,8 +72,12 @@ class SlotTable:
     def has_free(self) -> bool:
         return any(s.owner is None for s in self._slots)
 
-    def acquire(self, seq: Sequence) -> bool:
-        """Give ``seq`` a free slot, sharing the longest cached prefix; False if none."""
+    def acquire(self, seq: Sequence, copy_forks: bool = False) -> bool:
+        """Give ``seq`` a free slot, sharing the longest cached prefix; False if none.
+
+        ``copy_forks``: when ``seq`` takes in place an idle cache it forks from (another
+        question after the same system prompt), that cache is first copied whole to an
+        empty slot, if one is free, so its own prompt stays answerable from cache."""
         free = [s for s in self._slots if s.owner is None]
         if not free:
             return False
@@ -79,7 +86,12 @@ class SlotTable:
         shared = [common_prefix(seq.prompt, slot.tokens()) for slot in self._slots]
         source, reuse = self._best_prefix(shared, len(seq.prompt), min_reuse)
         target = self._target(free, shared, reuse, len(seq.prompt))
-        reuse = self._prepare(target, source, reuse, in_place=shared[target.index] >= reuse)
+        length = shared[target.index]
+        in_place = length >= reuse
+        forks = length < min(len(seq.prompt), len(target.cached))
+        if in_place and reuse and forks and copy_forks:
+            self._keep_copy(target, free)
+        reuse = self._prepare(target, source, reuse, in_place)
         if reuse:
             self.stats.hits += 1
             self.stats.reused_tokens += reuse
@@ -113,6 +125,18 @@ class SlotTable:
             return (runs, not in_place(slot), *_emptiest(slot))
 
         return min(free, key=cost)
+
+    def _keep_copy(self, cache: Slot, free: list[Slot]) -> None:
+        """Copy an idle cache about to be taken in place (and cut) to the emptiest empty
+        slot, if there is one: one copy of its KV, where recomputing its prompt when it
+        comes again would cost a prefill."""
+        empty = [s for s in free if not s.cached and s is not cache]
+        if not empty:
+            return
+        spare = min(empty, key=_emptiest)
+        self._backend.seq_remove(spare.index)
+        self._backend.seq_copy(cache.index, spare.index, len(cache.cached))
+        spare.cached, spare.last_used = list(cache.cached), cache.last_used
 
     def _new_runs(self, index: int) -> int:
         """How the number of runs of consecutive running slots changes if ``index`` runs
