@@ -210,6 +210,27 @@ async def test_one_request_a_step_copies_a_system_prompt_out_and_keeps_each_ques
         engine.close()
 
 
+async def test_a_request_sent_when_another_ends_joins_the_next_step() -> None:
+    """A client sending its next request as soon as the last one ended: after the finishing
+    step the loop waits for it (``follower_wait_ms``), so its prompt goes into the very next
+    decode beside the running request's token instead of the one after."""
+    backend = FakeBackend(max_seqs=4)
+    backend.step_delay = 0.002
+    engine = LLMEngine(backend, follower_wait_ms=60_000)  # the wait ends when it arrives
+    try:
+        holder = await _decoding_in_slot_0(engine)
+        events = await run(engine, [5, 6, 7], temperature=0, max_tokens=2)
+        assert [e.token_id for e in events] == counting(7, 2)
+        finished_at = len(backend.batches)
+        params = SamplingParams(temperature=0, max_tokens=2)
+        follower = await engine.generate([9, 10, 11, 12, 13], params)
+        assert [e.token_id async for e in follower] == counting(13, 2)
+        assert backend.batches[finished_at] == 1 + 5
+        await holder.aclose()
+    finally:
+        engine.close()
+
+
 async def test_same_prompt_again_reuses_all_but_the_last_token() -> None:
     engine = LLMEngine(FakeBackend(max_seqs=2), min_prefix_reuse=4)
     try:

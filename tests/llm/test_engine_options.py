@@ -80,6 +80,15 @@ def test_max_queue_zero_is_accepted_and_reaches_the_engine() -> None:
         engine.close()
 
 
+@pytest.mark.parametrize(("options", "seconds"), [({}, 0.02), ({"follower_wait_ms": 0}, 0.0)])
+def test_follower_wait_reaches_the_engine(options: dict[str, int], seconds: float) -> None:
+    engine = build_engine(_demo(), {"max_seqs": 2, "seq_ctx": 256, **options})
+    try:
+        assert engine._scheduler._followers.seconds == seconds
+    finally:
+        engine.close()
+
+
 @pytest.mark.parametrize(
     ("key", "value", "least"),
     [
@@ -87,6 +96,7 @@ def test_max_queue_zero_is_accepted_and_reaches_the_engine() -> None:
         ("max_queue", "many", None),
         ("prefix_cache_tokens", -5, 0),
         ("min_prefix_reuse", 0, 1),
+        ("follower_wait_ms", -20, 0),
     ],
 )
 def test_a_bad_cache_or_queue_setting_is_refused(

@@ -31,8 +31,13 @@ DEFAULT_MAX_QUEUE = 64
 # workload's short-chat TTFT p99 went from 0.9 s to 1.8 s (llama-server: 11 s).
 DEFAULT_PREFILL_CHUNK = 512
 DEFAULT_MIN_PREFIX_REUSE = 8
+# Up to this long after a step that finished requests, the next step waits for new ones
+# (modelhost.llm.followers). Through the server, 16 clients behind a 500-token system prompt
+# sent their next request ~10 ms after the last one ended (median of the waits that caught
+# them all); see docs/architecture.md for what it changed.
+DEFAULT_FOLLOWER_WAIT_MS = 20
 
-__all__ = ["DEFAULT_MAX_QUEUE", "EngineStats", "LLMEngine"]
+__all__ = ["DEFAULT_FOLLOWER_WAIT_MS", "DEFAULT_MAX_QUEUE", "EngineStats", "LLMEngine"]
 
 
 class LLMEngine(EngineFront[Backend]):
@@ -46,7 +51,9 @@ class LLMEngine(EngineFront[Backend]):
     KV stream per slot, where a cache holds cells of its own slot only; a quarter of the KV
     capacity in one shared buffer, where cached cells lengthen every step's attention
     window). ``n > 1`` computes the prompt once: the other choices copy its
-    KV.
+    KV. After a step that finished requests, the next one waits up to ``follower_wait_ms``
+    for as many new requests (clients that send the next one at once), backing off when
+    none come (`modelhost.llm.followers`); 0 never waits.
     """
 
     def __init__(
@@ -58,6 +65,7 @@ class LLMEngine(EngineFront[Backend]):
         prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
         min_prefix_reuse: int = DEFAULT_MIN_PREFIX_REUSE,
         prefix_cache_tokens: int | None = None,
+        follower_wait_ms: float = DEFAULT_FOLLOWER_WAIT_MS,
     ) -> None:
         slots = min(max_seqs or backend.max_seqs, backend.max_seqs)
         if prefix_cache_tokens is not None:
@@ -66,7 +74,9 @@ class LLMEngine(EngineFront[Backend]):
             cache_tokens = backend.kv_capacity
         else:
             cache_tokens = backend.kv_capacity // 4
-        self._scheduler = Scheduler(backend, slots, prefill_chunk, min_prefix_reuse, cache_tokens)
+        self._scheduler = Scheduler(
+            backend, slots, prefill_chunk, min_prefix_reuse, cache_tokens, follower_wait_ms / 1e3
+        )
         super().__init__(backend, slots, max_queue, self._scheduler)
 
     def _check(self, prompt: list[int], params: SamplingParams) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from modelhost.errors import ModelNotReady, PredictFailed
 from modelhost.llm.backend import Backend, BackendError, KVCacheFull, Logits
+from modelhost.llm.followers import FollowerWait
 from modelhost.llm.loop import DecodeLoop, Outbox
 from modelhost.llm.sampling import TokenLogprobs, greedy_choices
 from modelhost.llm.sequence import Sequence
@@ -90,6 +92,7 @@ class Scheduler(DecodeLoop[Sequence]):
         prefill_chunk: int,
         min_prefix_reuse: int,
         prefix_cache_tokens: int,
+        follower_wait: float = 0.0,
     ) -> None:
         super().__init__()
         self._backend = backend
@@ -102,6 +105,8 @@ class Scheduler(DecodeLoop[Sequence]):
         self._cancels: deque[Sequence] = deque()
         self._waiting: deque[Sequence] = deque()
         self._active: list[Sequence] = []
+        self._followers = FollowerWait(follower_wait)
+        self._freed = 0  # slots the last step's finished requests gave back
 
     # --- any thread -----------------------------------------------------------------------
 
@@ -132,7 +137,27 @@ class Scheduler(DecodeLoop[Sequence]):
                 busy = True
             if not busy:
                 self._wake.wait()
+            elif self._freed:
+                self._await_followers()
         self._shutdown()
+
+    def _await_followers(self) -> None:
+        """After a step that finished requests while others run on: wait a little for as
+        many new ones, so that they join the next step (`modelhost.llm.followers`)."""
+        freed, self._freed = self._freed, 0
+        if not self._active or self._waiting:
+            return
+        wait = self._followers.budget()
+        if not wait:
+            return
+        deadline = time.monotonic() + wait
+        while len(self._incoming) < freed and not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            self._wake.wait(left)
+            self._wake.clear()
+        self._followers.caught(len(self._incoming))
 
     def _intake(self) -> None:
         while self._incoming:
@@ -291,6 +316,7 @@ class Scheduler(DecodeLoop[Sequence]):
         for seq in self._active:
             if seq.finished:
                 self._slots.release(seq)
+                self._freed += 1
             else:
                 running.append(seq)
         self._active = running

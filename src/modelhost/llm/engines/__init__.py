@@ -19,7 +19,9 @@ folder, needs the vllm package and a CUDA GPU). Settings, all optional:
   ``min_prefix_reuse`` (leading tokens a prompt must share with a cached one to reuse its
   KV; 8), ``prefix_cache_tokens`` (KV cells finished requests may keep cached for prompts
   that start alike; default: all of them with a stream per request, a quarter with
-  ``kv_unified``; 0 keeps none);
+  ``kv_unified``; 0 keeps none), ``follower_wait_ms`` (after a step that finished
+  requests, how long the next one waits for clients sending their next request; 20; 0:
+  never);
 - transformers: ``threads``, ``dtype``, ``device``, ``max_prefill_tokens``;
 - vllm: ``dtype``, ``gpu_memory_utilization``.
 
@@ -109,7 +111,7 @@ def _threads(options: dict[str, Any]) -> int | None:
 
 
 def _llamacpp(model_path: Path, options: dict[str, Any]) -> Any:
-    from modelhost.llm.engine import DEFAULT_MIN_PREFIX_REUSE, LLMEngine
+    from modelhost.llm.engine import DEFAULT_FOLLOWER_WAIT_MS, DEFAULT_MIN_PREFIX_REUSE, LLMEngine
     from modelhost.llm.engines.llamacpp.backend import DEFAULT_BATCH_TOKENS, LlamaCppBackend
 
     max_seqs = _int_or(options, "max_seqs", 32)
@@ -118,6 +120,7 @@ def _llamacpp(model_path: Path, options: dict[str, Any]) -> Any:
     max_queue = _max_queue(options)
     min_reuse = _int_or(options, "min_prefix_reuse", DEFAULT_MIN_PREFIX_REUSE)
     cache_tokens = _int(options, "prefix_cache_tokens", minimum=0)
+    follower_wait = _int_or(options, "follower_wait_ms", DEFAULT_FOLLOWER_WAIT_MS, minimum=0)
     if batch_tokens < max_seqs:
         raise InvalidModelFolder(
             f'model.json: "llm.max_batch_tokens" ({batch_tokens}) must be at least '
@@ -140,6 +143,7 @@ def _llamacpp(model_path: Path, options: dict[str, Any]) -> Any:
         prefill_chunk=prefill_chunk,
         min_prefix_reuse=min_reuse,
         prefix_cache_tokens=cache_tokens,
+        follower_wait_ms=follower_wait,
     )
 
 
