@@ -177,10 +177,11 @@ async def test_shared_prefix_is_copied_not_recomputed() -> None:
         engine.close()
 
 
-async def test_one_request_a_step_copies_a_system_prompt_out_and_keeps_each_question() -> None:
-    """Requests after the same system prompt arriving one at a time: each copies the system
-    prompt out, so every question stays cached and is answered from cache when it comes
-    again. A burst admitted in one step then copies once: the rest take idle caches in place."""
+async def test_one_request_a_step_keeps_a_copy_of_the_cache_it_forks_from() -> None:
+    """Requests after the same system prompt arriving one at a time: each keeps a copy of the
+    cache it takes in place, so every question stays cached and is answered from cache when
+    it comes again. A burst admitted in one step then copies once: the rest take idle caches
+    in place."""
     backend = FakeBackend(max_seqs=6)
     engine = LLMEngine(backend, min_prefix_reuse=4)
     system = list(range(1, 21))
@@ -188,7 +189,7 @@ async def test_one_request_a_step_copies_a_system_prompt_out_and_keeps_each_ques
     try:
         for prompt in questions:
             await run(engine, prompt, temperature=0, max_tokens=3)
-        assert len(backend.copies) == 2  # the second and third copied the first's system prompt
+        assert len(backend.copies) == 2  # the second and third kept a copy of the cache taken
         for prompt in questions:  # asked again: one token computed, the rest from cache
             before = engine.stats.prefix_tokens_reused
             await run(engine, prompt, temperature=0, max_tokens=3)

@@ -51,6 +51,12 @@ class Slot:
     def tokens(self) -> list[int]:
         return self.owner.cached_tokens() if self.owner is not None else self.cached
 
+    def forked_by(self, shared: int, prompt: int) -> bool:
+        """Whether a ``prompt``-token prompt sharing ``shared`` leading tokens with this idle
+        cache parts from it before either ends (another question after the same system
+        prompt), so that taking the cache in place loses some of it."""
+        return shared < min(prompt, len(self.cached))
+
 
 def _emptiest(slot: Slot) -> tuple[bool, int]:
     """Empty slots first, lowest index first; then the least recently used cache."""
@@ -88,8 +94,7 @@ class SlotTable:
         target = self._target(free, shared, reuse, len(seq.prompt))
         length = shared[target.index]
         in_place = length >= reuse
-        forks = length < min(len(seq.prompt), len(target.cached))
-        if in_place and reuse and forks and copy_forks:
+        if copy_forks and reuse and in_place and target.forked_by(length, len(seq.prompt)):
             self._keep_copy(target, free)
         reuse = self._prepare(target, source, reuse, in_place)
         if reuse:
@@ -117,7 +122,7 @@ class SlotTable:
             length = shared[slot.index]
             if not reuse or length < reuse:
                 return False
-            forks = length < min(prompt, len(slot.cached))
+            forks = slot.forked_by(length, prompt)
             return not forks or not can_copy_out or len(slot.cached) - length <= reuse
 
         def cost(slot: Slot) -> tuple[int, bool, bool, int]:
