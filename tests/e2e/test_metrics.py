@@ -203,6 +203,8 @@ def test_llm_engine_metrics_in_vllm_names(server: Server, tmp_path: Path) -> Non
     usage = _value(samples, "vllm:kv_cache_usage_perc", **llm)
     assert usage is not None and 0 < usage <= 1  # finished prompts stay cached
     assert _value(samples, "modelhost_llm_request_errors_total", status="400", **llm) == 1
+    hits = _value(samples, "vllm:prefix_cache_hits_total", **llm)
+    assert hits is not None and hits > 0  # the same prompt three times
 
 
 def test_json_logs_with_request_ids_and_no_credentials(server: Server, tmp_path: Path) -> None:

@@ -99,6 +99,55 @@ async def test_a_stream_closed_early_counts_as_abort(engine: LLMEngine) -> None:
     assert _value(m, "running", "vllm:num_requests_running") == 0
 
 
+async def test_prefix_cache_and_kept_copies_follow_the_engine(engine: LLMEngine) -> None:
+    service = _service(engine)
+    m = service.metrics
+    system = f"You answer for test {m.labels[0]}; in one word, and politely, always. " * 4
+    before = engine.stats
+    for question in ("Name a colour.", "Name a fruit.", "Name a colour."):
+        body = _chat(False) | {
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": question},
+            ]
+        }
+        answer = await service.handle("POST", "v1/chat/completions", body)
+        assert isinstance(answer, JSONResult) and answer.status == 200, answer
+    await _settle()
+    after = engine.stats
+    hits = _value(m, "prefix_hits", "vllm:prefix_cache_hits_total")
+    queries = _value(m, "prefix_queries", "vllm:prefix_cache_queries_total")
+    # the second question reuses the system prompt, the third its whole earlier prompt
+    assert hits == after.prefix_tokens_reused - before.prefix_tokens_reused
+    assert hits > 2 * 40
+    # every prompt token is looked up once: computed or found
+    assert queries == _value(m, "prompt_tokens", "vllm:prompt_tokens_total") > hits
+    copies = _value(m, "prefix_copies", "modelhost_llm_prefix_cache_copies_total")
+    assert copies == after.prefix_copies - before.prefix_copies >= 1  # the fruit forked
+
+
+async def test_follower_waits_are_counted_caught_or_not(engine: LLMEngine) -> None:
+    service = _service(engine)
+    m = service.metrics
+    before = engine.stats
+
+    async def chat(tokens: int) -> None:
+        answer = await service.handle("POST", "v1/chat/completions", _chat(False, tokens))
+        assert isinstance(answer, JSONResult) and answer.status == 200, answer
+
+    async def short_then_another() -> None:
+        await chat(2)
+        await chat(2)  # sent when the first ends, while the long one runs
+
+    await asyncio.gather(chat(40), short_then_another())
+    await _settle()
+    after = engine.stats
+    caught = _value(m, "follower_waits", "modelhost_llm_follower_waits_total", caught="true")
+    missed = _value(m, "follower_waits", "modelhost_llm_follower_waits_total", caught="false")
+    assert caught == after.follower_catches - before.follower_catches
+    assert caught + missed == after.follower_waits - before.follower_waits >= 1
+
+
 def test_a_histogram_batch_counts_what_observe_would() -> None:
     from prometheus_client import Histogram
 

@@ -80,6 +80,9 @@ class EngineStats:
     prefix_hits: int
     prefix_tokens_reused: int
     preemptions: int
+    prefix_copies: int
+    follower_waits: int
+    follower_catches: int
 
 
 B = TypeVar("B", bound=TextBackend)
@@ -165,6 +168,9 @@ class EngineFront(Generic[B]):
             prefix_hits=counters.prefix.hits,
             prefix_tokens_reused=counters.prefix.reused_tokens,
             preemptions=counters.preemptions,
+            prefix_copies=counters.prefix.copies,
+            follower_waits=counters.follower_waits,
+            follower_catches=counters.follower_catches,
         )
 
     def close(self) -> None:

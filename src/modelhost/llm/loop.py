@@ -22,10 +22,12 @@ Outbox = list[tuple[Channel, Item]]
 
 @dataclass(slots=True)
 class PrefixStats:
-    """Prompts that reused a cached prefix, and the prompt tokens that saved."""
+    """Prompts that reused a cached prefix, the prompt tokens that saved, and the idle
+    caches copied aside before a fork took them in place (`SlotTable._keep_copy`)."""
 
     hits: int = 0
     reused_tokens: int = 0
+    copies: int = 0
 
 
 @dataclass(slots=True)
@@ -34,6 +36,10 @@ class LoopCounters:
     generated_tokens: int = 0
     prefill_tokens: int = 0
     preemptions: int = 0
+    # waits for requests following finished ones (`modelhost.llm.followers`), and those
+    # of them that saw one arrive
+    follower_waits: int = 0
+    follower_catches: int = 0
     prefix: PrefixStats = field(default_factory=PrefixStats)
 
 

@@ -15,12 +15,22 @@ the worker writes them to its `PROMETHEUS_MULTIPROC_DIR`, it has no port of its 
     vllm:kv_cache_usage_perc                gauge, 0..1, where the engine can tell
     modelhost_llm_request_errors_total{status, type}  counter: errors answered as values
                                             (JSON error bodies) and streams failed midway
+    vllm:prefix_cache_queries_total / vllm:prefix_cache_hits_total  counters: prompt tokens
+                                            looked up in the prefix cache / found there
+    vllm:num_preemptions_total              counter: requests put back to wait for KV room
+    modelhost_llm_prefix_cache_copies_total counter: idle caches copied aside before a fork
+                                            took them in place (`llm/slots.py`)
+    modelhost_llm_follower_waits_total{caught}  counter: waits for requests following
+                                            finished ones (`llm/followers.py`); caught="true"
+                                            when one arrived during the wait
 
 A request is metered by a `RequestMeter` that its `TokenStream` calls once per item; per
 token that is a clock read and a count in a plain Python list (`HistogramBatch`), written
 to the inter-token histogram when a request ends or `FLUSH_EVERY` tokens were counted
 (cost measured with `bench/llm_metrics_cost.py`, see the README). Gauges change when a
-request starts, gets its first token and ends: nothing runs on a timer.
+request starts, gets its first token and ends, and the engine's own counters (`EngineStats`:
+prefix cache, preemptions, follower waits) are copied when a request starts or ends: nothing
+runs on a timer.
 """
 
 from __future__ import annotations
@@ -114,6 +124,29 @@ class _Families:
         )
         self.kv_usage = gauge("vllm:kv_cache_usage_perc", "KV-cache usage; 1 means 100 %.")
 
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(name, doc, [*LABELS, *labels], registry=None)
+
+        self.prefix_queries = counter(
+            "vllm:prefix_cache_queries", "Prompt tokens looked up in the prefix cache."
+        )
+        self.prefix_hits = counter(
+            "vllm:prefix_cache_hits", "Prompt tokens found in the prefix cache (not computed)."
+        )
+        self.preemptions = counter(
+            "vllm:num_preemptions", "Requests put back to wait until KV room frees up."
+        )
+        self.prefix_copies = counter(
+            "modelhost_llm_prefix_cache_copies",
+            "Idle prompt caches copied to an empty slot before a request forking from them "
+            "took them in place.",
+        )
+        self.follower_waits = counter(
+            "modelhost_llm_follower_waits",
+            "Decode steps held for requests following finished ones; caught: one arrived.",
+            "caught",
+        )
+
 
 class HistogramBatch:
     """Observations of one histogram (a labelled child) counted here and written in one go
@@ -195,12 +228,22 @@ class LLMMetrics:
         self.kv_usage: Any = None  # made on the first reading: not every engine has one
         self.running = self.waiting = 0
         self._success: dict[str, Any] = {}
+        self._counted = (
+            (families.prefix_queries.labels(*values), _prefix_queries),
+            (families.prefix_hits.labels(*values), _field("prefix_tokens_reused")),
+            (families.preemptions.labels(*values), _field("preemptions")),
+            (families.prefix_copies.labels(*values), _field("prefix_copies")),
+            (families.follower_waits.labels(*values, "true"), _field("follower_catches")),
+            (families.follower_waits.labels(*values, "false"), _follower_misses),
+        )
+        stats = self._engine_stats()
+        self._seen = [read(stats) if stats else 0 for _, read in self._counted]
 
     def watch(self, stream: Any) -> None:
         """Meter one request from now on (call right after ``generate``)."""
         stream.meter = RequestMeter(self)
         self.moved(waiting=1)
-        self.read_kv_usage()
+        self.read_engine()
 
     def moved(self, waiting: int = 0, running: int = 0) -> None:
         self.waiting += waiting
@@ -217,6 +260,26 @@ class LLMMetrics:
             counter = self._success[reason] = self.families.success.labels(*self.labels, reason)
         counter.inc()
 
+    def read_engine(self) -> None:
+        """The engine's KV usage and its own counters, as they are now."""
+        self.read_kv_usage()
+        stats = self._engine_stats()
+        if stats is None:
+            return
+        for i, (child, read) in enumerate(self._counted):
+            value = read(stats)
+            if value > self._seen[i]:
+                child.inc(value - self._seen[i])
+                self._seen[i] = value
+
+    def _engine_stats(self) -> Any:
+        """`EngineStats` where the engine keeps them (None where it does not)."""
+        try:
+            return getattr(self.engine, "stats", None)
+        except Exception as exc:  # read unlocked while the engine thread changes it
+            log.debug("engine stats not read: %s", exc)
+            return None
+
     def read_kv_usage(self) -> None:
         """The engine's `kv_cache_usage` (0..1), where it has one."""
         try:
@@ -229,6 +292,20 @@ class LLMMetrics:
         if self.kv_usage is None:
             self.kv_usage = self.families.kv_usage.labels(*self.labels)
         self.kv_usage.set(float(usage))
+
+
+def _field(name: str) -> Callable[[Any], int]:
+    return lambda stats: int(getattr(stats, name, 0))
+
+
+def _prefix_queries(stats: Any) -> int:
+    # prompt tokens computed plus those the cache saved: every prompt token looked up
+    return int(getattr(stats, "prefill_tokens", 0)) + int(getattr(stats, "prefix_tokens_reused", 0))
+
+
+def _follower_misses(stats: Any) -> int:
+    waits = int(getattr(stats, "follower_waits", 0))
+    return waits - int(getattr(stats, "follower_catches", 0))
 
 
 class MeteredEngine:
@@ -342,7 +419,7 @@ class RequestMeter:
             self.metrics.moved(running=-1)
         else:
             self.metrics.moved(waiting=-1)
-        self.metrics.read_kv_usage()
+        self.metrics.read_engine()
 
     def _count_tokens(self, generated: int) -> None:
         metrics = self.metrics

@@ -157,7 +157,10 @@ class Scheduler(DecodeLoop[Sequence]):
                 break
             self._wake.wait(left)
             self._wake.clear()
-        self._followers.caught(len(self._incoming))
+        arrived = len(self._incoming)
+        self._followers.caught(arrived)
+        self.counters.follower_waits += 1
+        self.counters.follower_catches += arrived > 0
 
     def _intake(self) -> None:
         while self._incoming:

@@ -142,6 +142,7 @@ class SlotTable:
         self._backend.seq_remove(spare.index)
         self._backend.seq_copy(cache.index, spare.index, len(cache.cached))
         spare.cached, spare.last_used = list(cache.cached), cache.last_used
+        self.stats.copies += 1
 
     def _new_runs(self, index: int) -> int:
         """How the number of runs of consecutive running slots changes if ``index`` runs
