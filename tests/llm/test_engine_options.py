@@ -31,7 +31,7 @@ def test_prefill_chunk_sets_the_prompt_tokens_per_step() -> None:
         engine.close()
 
 
-@pytest.mark.parametrize("value", [0, "many", True])
+@pytest.mark.parametrize("value", [0, "many", True, 96.5, float("inf")])
 def test_a_bad_prefill_chunk_is_refused(value: object) -> None:
     with pytest.raises(InvalidModelFolder, match=r"llm\.prefill_chunk"):
         build_engine(_demo(), {"prefill_chunk": value})
@@ -94,6 +94,7 @@ def test_follower_wait_reaches_the_engine(options: dict[str, int], seconds: floa
     [
         ("max_queue", -1, 0),
         ("max_queue", "many", None),
+        ("max_queue", 2.5, None),  # not cut to 2
         ("prefix_cache_tokens", -5, 0),
         ("min_prefix_reuse", 0, 1),
         ("follower_wait_ms", -20, 0),

@@ -77,7 +77,8 @@ def _int(options: dict[str, Any], key: str, minimum: int = 1) -> int | None:
     value = options.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
+    fraction = isinstance(value, float) and not value.is_integer()  # 2.5, inf, nan
+    if isinstance(value, bool) or not isinstance(value, int | float | str) or fraction:
         raise InvalidModelFolder(f'model.json: "llm.{key}" must be a whole number, got {value!r}')
     try:
         number = int(value)
