@@ -16,14 +16,19 @@ import asyncio
 from functools import partial
 
 from modelhost.llm.backend import Backend
-from modelhost.llm.front import EngineFront, EngineStats, check_token_ids, choice_params
+from modelhost.llm.front import (
+    DEFAULT_MAX_QUEUE,
+    EngineFront,
+    EngineStats,
+    check_token_ids,
+    choice_params,
+)
 from modelhost.llm.params import SamplingParams
 from modelhost.llm.sampling import Constraint
 from modelhost.llm.scheduler import Scheduler
 from modelhost.llm.sequence import Sequence
 from modelhost.llm.stream import Channel, TokenStream
 
-DEFAULT_MAX_QUEUE = 64
 # As many prompt tokens as a step has room for beside the running requests' tokens (the
 # scheduler caps it at max_batch_tokens, and each step at what the decode tokens leave).
 # Measured on the prefill-heavy workload at 32 clients, modelhost alone, one run each: 480

@@ -85,6 +85,10 @@ class EngineStats:
     follower_catches: int
 
 
+# Requests that may wait for a slot beside the running ones, for every engine that does not
+# set its own (model.json "llm.max_queue"); one more is a 429 with Retry-After.
+DEFAULT_MAX_QUEUE = 64
+
 B = TypeVar("B", bound=TextBackend)
 
 

@@ -23,12 +23,11 @@ import torch
 from modelhost.llm.engines import machine_threads
 from modelhost.llm.engines.transformers.loop import BatchLoop, HFSequence
 from modelhost.llm.engines.transformers.text import HFTextBackend
-from modelhost.llm.front import EngineFront, check_token_ids, choice_params
+from modelhost.llm.front import DEFAULT_MAX_QUEUE, EngineFront, check_token_ids, choice_params
 from modelhost.llm.params import SamplingParams
 from modelhost.llm.stream import Channel, TokenStream
 
 DEFAULT_MAX_SEQS = 16
-DEFAULT_MAX_QUEUE = 64
 DEFAULT_MAX_PREFILL_TOKENS = 8192
 
 
