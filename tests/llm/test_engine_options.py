@@ -4,10 +4,11 @@ the model is loaded."""
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 import pytest
-from llm_helpers import run
+from llm_helpers import run, text_of
 
 from modelhost.errors import InvalidModelFolder
 from modelhost.llm.demo import demo_model_path
@@ -106,3 +107,44 @@ def test_a_bad_cache_or_queue_setting_is_refused(
     wanted = f"at least {least}" if least is not None else "whole number"
     with pytest.raises(InvalidModelFolder, match=rf"llm\.{key}.*{wanted}"):
         build_engine(_demo(), {key: value})
+
+
+@pytest.mark.anyio
+async def test_quantize_converts_the_weights_once_and_the_copy_answers(tmp_path: Path) -> None:
+    model = tmp_path / "demo.gguf"
+    shutil.copyfile(_demo(), model)
+    options = {"max_seqs": 2, "seq_ctx": 256, "quantize": "q8_0"}
+    engine = build_engine(model, options)
+    copy = tmp_path / "demo.q8_0.gguf"
+    try:
+        assert engine.backend.weight_type == "Q8_0"
+        prompt = engine.backend.tokenize("The capital of France is")
+        events = await run(engine, prompt, temperature=0, max_tokens=4)
+        assert len(events) == 4 and text_of(events).strip()
+    finally:
+        engine.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.gguf", "demo.q8_0.gguf"]
+    made = copy.stat().st_mtime_ns
+    build_engine(model, options).close()  # the copy is reused, not made again
+    assert copy.stat().st_mtime_ns == made
+
+
+def test_the_demo_model_loads_as_q4_1_without_quantize() -> None:
+    engine = build_engine(_demo(), {"max_seqs": 2, "seq_ctx": 256})
+    try:
+        assert engine.backend.weight_type == "Q4_1"
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("value", ["q3", 8, True])
+def test_a_bad_quantize_type_is_refused(value: object) -> None:
+    with pytest.raises(InvalidModelFolder, match=r"llm\.quantize.*one of q8_0, q4_0"):
+        build_engine(_demo(), {"quantize": value})
+
+
+def test_quantize_types_are_the_ones_it_converts_to() -> None:
+    from modelhost.llm.engines import QUANTIZE_TYPES
+    from modelhost.llm.engines.llamacpp.requantize import TYPES
+
+    assert set(QUANTIZE_TYPES) == set(TYPES)

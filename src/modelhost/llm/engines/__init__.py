@@ -21,7 +21,8 @@ folder, needs the vllm package and a CUDA GPU). Settings, all optional:
   that start alike; default: all of them with a stream per request, a quarter with
   ``kv_unified``; 0 keeps none), ``follower_wait_ms`` (after a step that finished
   requests, how long the next one waits for clients sending their next request; 20; 0:
-  never);
+  never), ``quantize`` (``"q8_0"`` or ``"q4_0"``: convert the weights once to that type
+  before loading, see ``llamacpp/requantize.py``; default: load them as they are);
 - transformers: ``threads``, ``dtype``, ``device``, ``max_prefill_tokens``;
 - vllm: ``dtype``, ``gpu_memory_utilization``.
 
@@ -38,6 +39,8 @@ from typing import Any
 from modelhost.errors import InvalidModelFolder
 
 BACKENDS = ("llamacpp", "transformers", "vllm")
+# llm.quantize: the types `llamacpp.requantize` converts a GGUF model's weights to
+QUANTIZE_TYPES = ("q8_0", "q4_0")
 
 
 def machine_threads() -> int:
@@ -122,11 +125,21 @@ def _llamacpp(model_path: Path, options: dict[str, Any]) -> Any:
     min_reuse = _int_or(options, "min_prefix_reuse", DEFAULT_MIN_PREFIX_REUSE)
     cache_tokens = _int(options, "prefix_cache_tokens", minimum=0)
     follower_wait = _int_or(options, "follower_wait_ms", DEFAULT_FOLLOWER_WAIT_MS, minimum=0)
+    quantize = options.get("quantize")
+    if quantize is not None and quantize not in QUANTIZE_TYPES:
+        raise InvalidModelFolder(
+            f'model.json: "llm.quantize" must be one of {", ".join(QUANTIZE_TYPES)}, '
+            f"got {quantize!r}"
+        )
     if batch_tokens < max_seqs:
         raise InvalidModelFolder(
             f'model.json: "llm.max_batch_tokens" ({batch_tokens}) must be at least '
             f'"llm.max_seqs" ({max_seqs}): every running request puts a token in each step'
         )
+    if quantize is not None:
+        from modelhost.llm.engines.llamacpp.requantize import requantized
+
+        model_path = requantized(model_path, quantize)
     backend = LlamaCppBackend(
         model_path,
         max_seqs=max_seqs,

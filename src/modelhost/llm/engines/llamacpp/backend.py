@@ -202,6 +202,13 @@ class LlamaCppBackend:
         return self._name
 
     @property
+    def weight_type(self) -> str:
+        """The weights' llama.cpp type as llama.cpp names it ("Q4_1", "Q8_0", ...)."""
+        buf = ctypes.create_string_buffer(256)
+        lc.llama_model_desc(self._model, buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace").rsplit(" ", 1)[-1]
+
+    @property
     def vocab_size(self) -> int:
         return self._n_vocab
 
