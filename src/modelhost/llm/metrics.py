@@ -45,6 +45,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from modelhost.llm.front import EngineStats
 from modelhost.llm.stream import TokenEvent, TokenStream
 
 log = logging.getLogger(__name__)
@@ -228,16 +229,17 @@ class LLMMetrics:
         self.kv_usage: Any = None  # made on the first reading: not every engine has one
         self.running = self.waiting = 0
         self._success: dict[str, Any] = {}
-        self._counted = (
-            (families.prefix_queries.labels(*values), _prefix_queries),
-            (families.prefix_hits.labels(*values), _field("prefix_tokens_reused")),
-            (families.preemptions.labels(*values), _field("preemptions")),
-            (families.prefix_copies.labels(*values), _field("prefix_copies")),
-            (families.follower_waits.labels(*values, "true"), _field("follower_catches")),
-            (families.follower_waits.labels(*values, "false"), _follower_misses),
+        unlabelled = (
+            families.prefix_queries, families.prefix_hits, families.preemptions,
+            families.prefix_copies,
+        )  # fmt: skip
+        self._counted = (  # in the order of `_engine_counts`
+            *(family.labels(*values) for family in unlabelled),
+            families.follower_waits.labels(*values, "true"),
+            families.follower_waits.labels(*values, "false"),
         )
         stats = self._engine_stats()
-        self._seen = [read(stats) if stats else 0 for _, read in self._counted]
+        self._seen = _engine_counts(stats) if stats else (0,) * len(self._counted)
 
     def watch(self, stream: Any) -> None:
         """Meter one request from now on (call right after ``generate``)."""
@@ -266,13 +268,13 @@ class LLMMetrics:
         stats = self._engine_stats()
         if stats is None:
             return
-        for i, (child, read) in enumerate(self._counted):
-            value = read(stats)
-            if value > self._seen[i]:
-                child.inc(value - self._seen[i])
-                self._seen[i] = value
+        counts = _engine_counts(stats)
+        for child, now, before in zip(self._counted, counts, self._seen, strict=True):
+            if now > before:
+                child.inc(now - before)
+        self._seen = counts
 
-    def _engine_stats(self) -> Any:
+    def _engine_stats(self) -> EngineStats | None:
         """`EngineStats` where the engine keeps them (None where it does not)."""
         try:
             return getattr(self.engine, "stats", None)
@@ -294,18 +296,17 @@ class LLMMetrics:
         self.kv_usage.set(float(usage))
 
 
-def _field(name: str) -> Callable[[Any], int]:
-    return lambda stats: int(getattr(stats, name, 0))
-
-
-def _prefix_queries(stats: Any) -> int:
-    # prompt tokens computed plus those the cache saved: every prompt token looked up
-    return int(getattr(stats, "prefill_tokens", 0)) + int(getattr(stats, "prefix_tokens_reused", 0))
-
-
-def _follower_misses(stats: Any) -> int:
-    waits = int(getattr(stats, "follower_waits", 0))
-    return waits - int(getattr(stats, "follower_catches", 0))
+def _engine_counts(stats: EngineStats) -> tuple[int, ...]:
+    """The engine counters `LLMMetrics` exports, in the order of its ``_counted``."""
+    waits, caught = stats.follower_waits, stats.follower_catches
+    return (
+        stats.prefill_tokens + stats.prefix_tokens_reused,  # every prompt token looked up
+        stats.prefix_tokens_reused,
+        stats.preemptions,
+        stats.prefix_copies,
+        caught,
+        waits - caught,
+    )
 
 
 class MeteredEngine:

@@ -136,6 +136,10 @@ def _llamacpp(model_path: Path, options: dict[str, Any]) -> Any:
             f'model.json: "llm.max_batch_tokens" ({batch_tokens}) must be at least '
             f'"llm.max_seqs" ({max_seqs}): every running request puts a token in each step'
         )
+    # every setting is checked before the weights are converted or read
+    seq_ctx, kv_capacity = _int(options, "seq_ctx"), _int(options, "kv_capacity")
+    threads, threads_batch = _threads(options), _int(options, "threads_batch")
+    unified = _bool(options, "kv_unified", False)
     if quantize is not None:
         from modelhost.llm.engines.llamacpp.requantize import requantized
 
@@ -143,12 +147,12 @@ def _llamacpp(model_path: Path, options: dict[str, Any]) -> Any:
     backend = LlamaCppBackend(
         model_path,
         max_seqs=max_seqs,
-        seq_ctx=_int(options, "seq_ctx"),
-        kv_capacity=_int(options, "kv_capacity"),
+        seq_ctx=seq_ctx,
+        kv_capacity=kv_capacity,
         max_batch_tokens=batch_tokens,
-        n_threads=_threads(options),
-        n_threads_batch=_int(options, "threads_batch"),
-        kv_unified=_bool(options, "kv_unified", False),
+        n_threads=threads,
+        n_threads_batch=threads_batch,
+        kv_unified=unified,
     )
     return LLMEngine(
         backend,
