@@ -1,5 +1,5 @@
 """The models behind `llm/embeddings.py`: a sentence-transformers folder (transformers) or a
-GGUF embedding model (llama.cpp in embedding mode).
+GGUF embedding model (llama.cpp in embedding mode: `engines/llamacpp/embedder.py`).
 
 A backend works in two steps, both blocking and run on the embedding thread: `prepare` turns
 one request's inputs into what `embed` takes (token ids, or checked texts) and counts their
@@ -45,6 +45,8 @@ def load_embedder(model_path: Path, options: dict[str, Any]) -> Embedder:
             f"embedding model {model_path.name!r} must be a sentence-transformers folder "
             "or a .gguf file"
         )
+    from modelhost.llm.engines.llamacpp.embedder import LlamaCppEmbedder
+
     return LlamaCppEmbedder(model_path, n_threads=n_threads, truncate=truncate)
 
 
@@ -102,38 +104,6 @@ class TransformersEmbedder:
 
     def close(self) -> None:
         self.model = None
-
-
-class LlamaCppEmbedder:
-    """A GGUF embedding model (BERT, nomic, ...) through llama.cpp, pooled by llama.cpp."""
-
-    def __init__(self, path: Path, *, n_threads: int | None = None, truncate: bool = False) -> None:
-        from llama_cpp import Llama
-
-        self.llm = Llama(
-            model_path=str(path), embedding=True, n_ctx=0, n_threads=n_threads, verbose=False
-        )
-        self.max_tokens = int(self.llm.n_ctx())
-        self.truncate = truncate
-        self.dimensions = int(self.llm.n_embd())
-
-    def prepare(self, inputs: Sequence[Text]) -> tuple[list[Any], list[int]]:
-        texts, counts = [], []
-        for i, text in enumerate(inputs):
-            s = text if isinstance(text, str) else self.llm.detokenize(text).decode()
-            n = len(self.llm.tokenize(s.encode()))
-            if n > self.max_tokens and not self.truncate:
-                raise too_long(i, n, self.max_tokens)
-            texts.append(s)
-            counts.append(min(n, self.max_tokens))
-        return texts, counts
-
-    def embed(self, prepared: list[Any]) -> list[list[float]]:
-        vectors: Any = self.llm.embed(prepared, normalize=True, truncate=self.truncate)
-        return [[float(x) for x in v] for v in vectors]
-
-    def close(self) -> None:
-        self.llm.close()
 
 
 def too_long(index: int, n: int, limit: int) -> BadRequest:

@@ -55,7 +55,7 @@ def _log_callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
         _log.debug("llama.cpp: %s", text.decode("utf-8", errors="replace").rstrip())
 
 
-def _init_llama() -> None:
+def init_llama() -> None:
     global _initialized
     with _init_lock:
         if not _initialized:
@@ -76,7 +76,7 @@ def _meta_string(model: Any, key: str) -> str | None:
         size = n + 1
 
 
-def _piece(vocab: Any, token: int, special: bool) -> bytes:
+def token_piece(vocab: Any, token: int, special: bool) -> bytes:
     buf = ctypes.create_string_buffer(64)
     n = lc.llama_token_to_piece(vocab, token, buf, 64, 0, special)
     if n < 0:
@@ -110,11 +110,11 @@ class LlamaCppBackend:
         flash_attn: bool | None = None,
         n_ubatch: int | None = None,
     ) -> None:
-        _init_llama()
+        init_llama()
         path = Path(model_path)
         if not path.is_file():
             raise FileNotFoundError(f"model file not found: {path}")
-        self._model: Any = lc.llama_model_load_from_file(str(path).encode(), _model_params())
+        self._model: Any = lc.llama_model_load_from_file(str(path).encode(), model_params())
         if not self._model:
             raise BackendError(f"llama.cpp could not load {path}")
         self._ctx: Any = None
@@ -150,7 +150,7 @@ class LlamaCppBackend:
             lambda seq, pointer, size: int(lc.llama_state_seq_set_data(ctx, pointer, size, seq)),
         )
         self._name = _meta_string(self._model, "general.name") or path.stem
-        self._pieces = [_piece(self._vocab, t, False) for t in range(self._n_vocab)]
+        self._pieces = [token_piece(self._vocab, t, False) for t in range(self._n_vocab)]
         self._eog = frozenset(
             t for t in range(self._n_vocab) if lc.llama_vocab_is_eog(self._vocab, t)
         )
@@ -193,7 +193,7 @@ class LlamaCppBackend:
     def _special_text(self, token: int) -> str:
         if token < 0:
             return ""
-        return _piece(self._vocab, token, True).decode("utf-8", errors="replace")
+        return token_piece(self._vocab, token, True).decode("utf-8", errors="replace")
 
     # --- Backend properties -------------------------------------------------------------
 
@@ -262,7 +262,7 @@ class LlamaCppBackend:
     def detokenize(self, tokens: Sequence[int]) -> str:
         """Text of ``tokens``, control tokens written out (as llama-server does)."""
         data = b"".join(
-            self._pieces[t] or _piece(self._vocab, t, True) for t in tokens if t != self._bos
+            self._pieces[t] or token_piece(self._vocab, t, True) for t in tokens if t != self._bos
         )
         return data.decode("utf-8", errors="replace")
 
@@ -334,7 +334,7 @@ def _round_up(n: int, step: int) -> int:
     return -(-n // step) * step
 
 
-def _model_params() -> Any:
+def model_params() -> Any:
     params = lc.llama_model_default_params()
     # ggml's AMX kernels (picked for repacked weights on CPUs with AMX tiles) crashed with
     # SIGSEGV in ggml_backend_amx_mul_mat on the first batch of more than a few tokens on
