@@ -243,15 +243,7 @@ class LlamaCppBackend:
     # --- text ---------------------------------------------------------------------------
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        data = text.encode("utf-8")
-        size = len(data) + 8
-        while True:
-            buf = (lc.llama_token * size)()
-            n = lc.llama_tokenize(self._vocab, data, len(data), buf, size, special, special)
-            if n >= 0:
-                tokens = list(buf[:n])
-                break
-            size = -n
+        tokens = tokenize(self._vocab, text, add_special=special, parse_special=special)
         if len(tokens) > 1 and tokens[0] == tokens[1] == self._bos:
             del tokens[0]  # the template already wrote BOS and the tokenizer added another
         return tokens
@@ -322,12 +314,29 @@ class LlamaCppBackend:
         lc.llama_memory_seq_rm(self._mem, dst, length, -1)
 
     def close(self) -> None:
-        if self._ctx:
-            lc.llama_free(self._ctx)
-            self._ctx = None
-        if self._model:
-            lc.llama_model_free(self._model)
-            self._model = None
+        free(self._ctx, self._model)
+        self._ctx = self._model = None
+
+
+def tokenize(vocab: Any, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+    """``llama_tokenize`` of ``text``: ``add_special`` adds the model's own BOS / [CLS] ...
+    [SEP]; ``parse_special`` reads special tokens written in the text as such."""
+    data = text.encode("utf-8")
+    size = len(data) + 8
+    while True:
+        buf = (lc.llama_token * size)()
+        n = lc.llama_tokenize(vocab, data, len(data), buf, size, add_special, parse_special)
+        if n >= 0:
+            return list(buf[:n])
+        size = -n
+
+
+def free(ctx: Any, model: Any) -> None:
+    """Free a llama.cpp context and then its model (either may be None)."""
+    if ctx:
+        lc.llama_free(ctx)
+    if model:
+        lc.llama_model_free(model)
 
 
 def _round_up(n: int, step: int) -> int:

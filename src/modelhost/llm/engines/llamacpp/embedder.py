@@ -22,7 +22,13 @@ import numpy as np
 from modelhost.errors import InvalidModelFolder
 from modelhost.llm.embedding_backends import Text, too_long
 from modelhost.llm.engines import machine_threads
-from modelhost.llm.engines.llamacpp.backend import init_llama, model_params, token_piece
+from modelhost.llm.engines.llamacpp.backend import (
+    free,
+    init_llama,
+    model_params,
+    token_piece,
+    tokenize,
+)
 from modelhost.llm.engines.llamacpp.batch import NumpyBatch
 
 MAX_BATCH_TOKENS = 2048  # tokens per pass, and the longest input (the model's window if less)
@@ -75,23 +81,13 @@ class LlamaCppEmbedder:
             text = b"".join(token_piece(self._vocab, t, False) for t in text).decode(
                 "utf-8", errors="replace"
             )
-        ids = self._tokenize(text)
+        # the model's own [CLS] ... [SEP] added; none read from the text
+        ids = tokenize(self._vocab, text, add_special=True, parse_special=False)
         if len(ids) <= self.max_tokens:
             return ids
         if self.truncate:
             return ids[: self.max_tokens - 1] + ids[-1:]  # keep the closing token ([SEP])
         raise too_long(index, len(ids), self.max_tokens)
-
-    def _tokenize(self, text: str) -> list[int]:
-        data = text.encode("utf-8")
-        size = len(data) + 8
-        while True:
-            buf = (lc.llama_token * size)()
-            # the model's own special tokens added ([CLS] ... [SEP]); none parsed from the text
-            n = lc.llama_tokenize(self._vocab, data, len(data), buf, size, True, False)
-            if n >= 0:
-                return list(buf[:n])
-            size = -n
 
     def embed(self, prepared: list[Any]) -> list[list[float]]:
         vectors: list[list[float]] = []
@@ -130,12 +126,8 @@ class LlamaCppEmbedder:
         return out
 
     def close(self) -> None:
-        if self._ctx:
-            lc.llama_free(self._ctx)
-            self._ctx = None
-        if self._model:
-            lc.llama_model_free(self._model)
-            self._model = None
+        free(self._ctx, self._model)
+        self._ctx = self._model = None
 
 
 def _context_params(window: int, threads: int) -> Any:
