@@ -186,6 +186,23 @@ def test_embeddings_tutorial_notebook(
     assert scope["response"].data[0].embedding[:5] == [0.123, 0.345, 0.567, 0.789]
 
 
+def _deploy_gguf_embeddings(srv: Server, gguf: Path, name: str) -> dict[str, Any]:
+    """Upload ``gguf``'s folder to the store under ``cache/<name>/`` and deploy a model.json
+    naming it for ``"task": "embeddings"`` as ``compat/<name>``; the deploy's answer."""
+    store = f"cache/{name}/"
+    subprocess.run(
+        [sys.executable, "-m", "modelhost.cli", "files", "upload", str(gguf.parent), store],
+        env=srv.env(),
+        check=True,
+        capture_output=True,
+    )
+    folder = gguf.parent.parent / name
+    folder.mkdir()
+    config = {"llm": {"model": gguf.name, "task": "embeddings"}, "download_files_from": store}
+    (folder / "model.json").write_text(json.dumps(config))
+    return srv.deploy(folder, "compat", name)
+
+
 def test_gguf_embedding_model_through_llama_cpp(
     engine: tuple[Server, str, str], tmp_path: Path
 ) -> None:
@@ -197,20 +214,7 @@ def test_gguf_embedding_model_through_llama_cpp(
     weights = tmp_path / "weights"
     weights.mkdir()
     convert(minilm_folder(), weights / "all-MiniLM-L6-v2.gguf")
-    subprocess.run(
-        [sys.executable, "-m", "modelhost.cli", "files", "upload", str(weights), "cache/gguf/"],
-        env=srv.env(),
-        check=True,
-        capture_output=True,
-    )
-    folder = tmp_path / "minilm-gguf"
-    folder.mkdir()
-    config = {
-        "llm": {"model": "all-MiniLM-L6-v2.gguf", "task": "embeddings"},
-        "download_files_from": "cache/gguf/",
-    }
-    (folder / "model.json").write_text(json.dumps(config))
-    result = srv.deploy(folder, "compat", "minilm-gguf")
+    result = _deploy_gguf_embeddings(srv, weights / "all-MiniLM-L6-v2.gguf", "minilm-gguf")
     assert result["status"] == 200 and result.get("state") == "ready", (result, srv.log()[-3000:])
     gguf_url = result["api_url"]
 
@@ -237,20 +241,7 @@ def test_a_chat_gguf_deployed_for_embeddings_fails_naming_why(
     weights = tmp_path / "weights"
     weights.mkdir()
     shutil.copy(chat, weights / "chat.gguf")
-    subprocess.run(
-        [sys.executable, "-m", "modelhost.cli", "files", "upload", str(weights), "cache/chat/"],
-        env=srv.env(),
-        check=True,
-        capture_output=True,
-    )
-    folder = tmp_path / "chat-as-embeddings"
-    folder.mkdir()
-    config = {
-        "llm": {"model": "chat.gguf", "task": "embeddings"},
-        "download_files_from": "cache/chat/",
-    }
-    (folder / "model.json").write_text(json.dumps(config))
-    result = srv.deploy(folder, "compat", "chat-as-embeddings")
+    result = _deploy_gguf_embeddings(srv, weights / "chat.gguf", "chat-as-embeddings")
     assert result["state"] == "failed"
     assert "not an embedding model" in result["reason"] and '"task": "chat"' in result["reason"]
     # the other embedding model keeps answering
