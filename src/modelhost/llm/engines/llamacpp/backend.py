@@ -33,6 +33,7 @@ from modelhost.llm.chat_template import ChatTemplate
 from modelhost.llm.engines import machine_threads
 from modelhost.llm.engines.llamacpp.batch import NumpyBatch
 from modelhost.llm.engines.llamacpp.grammar import GrammarCompiler, GrammarConstraint
+from modelhost.llm.engines.llamacpp.head_tokens import HeadTokens
 from modelhost.llm.engines.llamacpp.lazy_pages import create_lazily, release_file_pages
 from modelhost.llm.engines.llamacpp.seq_state import StateCopier
 
@@ -155,6 +156,7 @@ class LlamaCppBackend:
             t for t in range(self._n_vocab) if lc.llama_vocab_is_eog(self._vocab, t)
         )
         self._bos = int(lc.llama_vocab_bos(self._vocab))
+        self._heads = _head_tokens(self._vocab, self._n_vocab)
         self._grammars = GrammarCompiler(self._vocab, self._n_vocab)
         self._template = ChatTemplate(
             _meta_string(self._model, "tokenizer.chat_template"),
@@ -243,7 +245,10 @@ class LlamaCppBackend:
     # --- text ---------------------------------------------------------------------------
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
-        tokens = tokenize(self._vocab, text, add_special=special, parse_special=special)
+        if special and self._heads is not None:
+            tokens = self._heads(text)
+        else:
+            tokens = tokenize(self._vocab, text, add_special=special, parse_special=special)
         if len(tokens) > 1 and tokens[0] == tokens[1] == self._bos:
             del tokens[0]  # the template already wrote BOS and the tokenizer added another
         return tokens
@@ -329,6 +334,33 @@ def tokenize(vocab: Any, text: str, *, add_special: bool, parse_special: bool) -
         if n >= 0:
             return list(buf[:n])
         size = -n
+
+
+_SPECIAL = (
+    lc.LLAMA_TOKEN_ATTR_CONTROL | lc.LLAMA_TOKEN_ATTR_USER_DEFINED | lc.LLAMA_TOKEN_ATTR_UNKNOWN
+)
+_PIECEWISE_VOCABS = (1, 2)  # llama_vocab_type: SPM, BPE (a text's pieces tokenized alone)
+
+
+def _head_tokens(vocab: Any, n_vocab: int) -> HeadTokens | None:
+    """Prompt heads' tokens kept between requests (`head_tokens`), where this vocabulary's
+    tokenizer takes a text piece by piece between special tokens and adds no EOS."""
+    if lc.llama_vocab_type(vocab) not in _PIECEWISE_VOCABS or lc.llama_vocab_get_add_eos(vocab):
+        return None
+    specials: list[str] = []
+    strips_after: list[str] = []
+    for token in range(n_vocab):
+        attr = int(lc.llama_vocab_get_attr(vocab, token))
+        if attr & _SPECIAL:
+            text = (lc.llama_vocab_get_text(vocab, token) or b"").decode("utf-8", "replace")
+            specials.append(text)
+            if attr & lc.LLAMA_TOKEN_ATTR_RSTRIP:
+                strips_after.append(text)
+
+    def raw(text: str, add_special: bool) -> list[int]:
+        return tokenize(vocab, text, add_special=add_special, parse_special=True)
+
+    return HeadTokens(raw, specials, strips_after)
 
 
 def free(ctx: Any, model: Any) -> None:
