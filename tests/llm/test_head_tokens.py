@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from modelhost.llm.engines.llamacpp.head_tokens import HeadTokens, _common_length
+from modelhost.llm.engines.llamacpp.head_tokens import HeadTokens
+from modelhost.llm.slots import common_prefix
 
 SYSTEM = " ".join(f"Rule {i}: answer in plain words and cite the manual." for i in range(40))
 QUESTIONS = [
@@ -155,4 +156,4 @@ def test_at_most_max_heads_are_kept_the_least_recently_used_dropped() -> None:
     ],
 )
 def test_common_length(a: str, b: str, n: int) -> None:
-    assert _common_length(a, b) == n
+    assert common_prefix(a, b) == n

@@ -19,16 +19,19 @@ a shared prefix is copied to a slot next to them rather than used where it lies.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from modelhost.llm.backend import Backend
 from modelhost.llm.loop import PrefixStats
 from modelhost.llm.sequence import Sequence
 
 _CHUNK = 64
+Tokens = TypeVar("Tokens", list[int], str)
 
 
-def common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the common prefix of two token lists (compares in C, by slices)."""
+def common_prefix(a: Tokens, b: Tokens) -> int:
+    """Length of the common prefix of two token lists or strings (compares in C, by
+    slices)."""
     n = min(len(a), len(b))
     if a[:n] == b[:n]:
         return n

@@ -24,6 +24,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
+from modelhost.llm.slots import common_prefix
+
 # Heads shorter than this save too little to be worth a lookup (~100 tokens).
 MIN_CHARS = 400
 MAX_HEADS = 8
@@ -78,7 +80,7 @@ class HeadTokens:
     def _learn(self, text: str, whole: list[int]) -> None:
         with self._lock:
             last, self._last = self._last, text
-        cut = self._cut(text, _common_length(last, text))
+        cut = self._cut(text, common_prefix(last, text))
         if cut < self._min_chars:
             return
         head = text[:cut]
@@ -125,18 +127,3 @@ def _safe_ends(specials: list[str], strips_after: set[str]) -> frozenset[str]:
 def _overlaps(end: str, other: str) -> bool:
     """Whether ``other`` starts with a proper suffix of ``end`` and goes on past it."""
     return any(len(other) > k and other.startswith(end[-k:]) for k in range(1, len(end)))
-
-
-def _common_length(a: str, b: str) -> int:
-    """Length of the common start of two strings (halving slices: compares in C)."""
-    n = min(len(a), len(b))
-    if a[:n] == b[:n]:
-        return n
-    low, high = 0, n  # a[:low] == b[:low], a[:high] != b[:high]
-    while high - low > 1:
-        mid = (low + high) // 2
-        if a[:mid] == b[:mid]:
-            low = mid
-        else:
-            high = mid
-    return low
