@@ -59,7 +59,8 @@ def _summary(times: list[float]) -> dict[str, float]:
 
 async def _run(base: str, api_url: str, token: str) -> dict[str, object]:
     quiet = await _probe(api_url, token, 3.0)
-    stop, counts = asyncio.Event(), {}
+    stop = asyncio.Event()
+    counts: dict[int, int] = {}
     storm = [asyncio.create_task(_storm(base, stop, counts)) for _ in range(STORM_CLIENTS)]
     await asyncio.sleep(0.5)
     loaded = await _probe(api_url, token, SECONDS)
