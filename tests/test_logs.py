@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -51,6 +53,34 @@ def test_text_lines_name_the_request_id(
     logging.getLogger("modelhost.access").info("GET /x/ 404", extra={"request_id": "r-9"})
     (line,) = _lines(capsys)
     assert "INFO modelhost.access: GET /x/ 404 request_id=r-9" in line
+
+
+def test_lines_logged_while_a_request_is_handled_name_it(
+    root_restored: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    logs.setup("info", "json")
+    log = logging.getLogger("model.code")
+
+    def handle(request_id: str, explicit: str | None) -> None:
+        logs.REQUEST_ID.set(request_id)
+        log.info("in %s", request_id)
+        log.info("explicit", extra={"request_id": explicit})
+        # a sync predict runs on a pool thread in a copy of the request's context
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(contextvars.copy_context().run, log.info, "thread").result()
+            pool.submit(log.info, "thread without the context").result()
+
+    contextvars.copy_context().run(handle, "req-a", "given-b")
+    log.info("outside")
+    lines = [json.loads(line) for line in _lines(capsys)]
+    ids = [(line["message"], line.get("request_id")) for line in lines]
+    assert ids == [
+        ("in req-a", "req-a"),
+        ("explicit", "given-b"),
+        ("thread", "req-a"),
+        ("thread without the context", None),
+        ("outside", None),
+    ]
 
 
 @pytest.mark.parametrize("fmt", ["text", "json"])

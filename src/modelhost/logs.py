@@ -3,9 +3,12 @@
 `setup(level, fmt)` is the one place that configures logging: `modelhost serve` calls it with
 `MODELHOST_LOG_LEVEL` / `MODELHOST_LOG_FORMAT`, and each worker with the same values from its
 spec, so a collector reads one format from every process. A JSON line carries `ts` (UTC,
-ISO 8601), `level`, `logger`, `message`, `request_id` when the record has one (access log
-lines, errors answered to a request: ``log.info(..., extra={"request_id": rid})``), the
-worker's `pod`, and `exc` with the traceback.
+ISO 8601), `level`, `logger`, `message`, `request_id` when the record has one, the worker's
+`pod`, and `exc` with the traceback. A record gets its `request_id` from
+``extra={"request_id": rid}`` or, failing that, from `REQUEST_ID`: the gateway sets it for
+each model request it answers and the worker for each request it serves (the id travels
+in the request frame; sync `predict` calls run in a copy of the request's context), so
+whatever is logged while a request is handled names it, `model.py`'s own lines included.
 
 Credentials never reach the output: a filter on the handler masks bearer tokens, JWTs,
 `mh_` access tokens and `password=` values in every message, whichever code logged them.
@@ -18,6 +21,7 @@ import logging
 import re
 import sys
 import time
+from contextvars import ContextVar
 from typing import Any
 
 FORMATS = ("text", "json")
@@ -31,6 +35,8 @@ _SECRETS = re.compile(
     r"|(?<=password=)[^\s&]+"
 )
 _MASK = "[redacted]"
+# The `x-request-id` of the request this task (or predict thread) is handling, if any.
+REQUEST_ID: ContextVar[str | None] = ContextVar("modelhost_request_id", default=None)
 # LogRecord attributes that are not the caller's `extra=` fields.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
@@ -48,6 +54,17 @@ class RedactSecrets(logging.Filter):
         masked = redact(message)
         if masked != message or record.args:
             record.msg, record.args = masked, None
+        return True
+
+
+class TagRequest(logging.Filter):
+    """Gives a record without a `request_id` the one of the request being handled."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "request_id" not in record.__dict__:
+            request_id = REQUEST_ID.get()
+            if request_id:
+                record.request_id = request_id
         return True
 
 
@@ -110,6 +127,7 @@ def setup(level: str, fmt: str = "text", *, pod: str = "") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JSONFormatter(pod) if fmt == "json" else TextFormatter(pod))
     handler.addFilter(RedactSecrets())
+    handler.addFilter(TagRequest())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

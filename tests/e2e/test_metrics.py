@@ -207,6 +207,42 @@ def test_llm_engine_metrics_in_vllm_names(server: Server, tmp_path: Path) -> Non
     assert hits is not None and hits > 0  # the same prompt three times
 
 
+def test_worker_lines_name_the_request_they_were_logged_for(server: Server, tmp_path: Path) -> None:
+    """What model.py logs in predict, and the worker's line about a predict that raised,
+    carry the request's id: the client's `x-request-id`, or the one the gateway made up and
+    answered in the same header."""
+    url, token = _deploy(
+        server, model_dir(tmp_path, "logs_in_predict", "logs_in_predict.py"), "logsinpredict"
+    )
+    given = "req-given-by-client-7"
+    r = httpx.post(url, json={"tag": "tag-one"}, headers={**bearer(token), "x-request-id": given})
+    assert r.status_code == 200 and r.headers["x-request-id"] == given
+    r = httpx.post(url, json={"tag": "tag-two", "fail": True}, headers=bearer(token))
+    assert r.status_code == 500, r.text
+    made_up = r.headers["x-request-id"]
+    assert made_up
+
+    def logged() -> dict[str, dict[str, object]] | None:
+        found: dict[str, dict[str, object]] = {}
+        for text in server.log().splitlines():
+            if not text.startswith("{"):
+                continue
+            line = json.loads(text)
+            message = str(line.get("message"))
+            if line.get("logger") == "model.logs_in_predict":
+                found[message] = line
+            elif "asked to fail" in message and line.get("level") == "error":
+                found["failure"] = line
+        wanted = {"predict saw tag-one", "predict saw tag-two", "failure"}
+        return found if wanted <= found.keys() else None
+
+    lines = poll(logged, "the worker's lines about both requests", deadline_s=20)
+    assert lines["predict saw tag-one"]["request_id"] == given
+    assert lines["predict saw tag-two"]["request_id"] == made_up
+    assert lines["failure"]["request_id"] == made_up
+    assert all(line.get("pod") for line in lines.values()), "logged by the worker"
+
+
 def test_json_logs_with_request_ids_and_no_credentials(server: Server, tmp_path: Path) -> None:
     url, token = _deploy(server, model_dir(tmp_path, "echo", "echo.py"), "echo")
     ids = [f"req-{i}-json-log" for i in range(3)]

@@ -35,6 +35,7 @@ from modelhost.gateway.request_checks import ALLOW, MODEL_METHODS, is_media_type
 from modelhost.gateway.routes import Match, ModelEntry, RouteTable
 from modelhost.gateway.traffic import session_key
 from modelhost.gateway.versions import MetaFn
+from modelhost.logs import REQUEST_ID
 from modelhost.model_config import described
 from modelhost.settings import Settings
 from modelhost.supervision.channel import Head, Reply, Stream, WorkerChannel
@@ -102,6 +103,8 @@ class ModelRoutes:
         n = next(self._ids)
         authorization, content_type, length, encoding, request_id = _read_headers(scope)
         request_id = request_id or f"{self._boot}-{n:x}".encode()  # none, or empty
+        rid = request_id.decode("latin-1")
+        REQUEST_ID.set(rid)  # this request's task: what is logged while it runs names it
         entry: ModelEntry | None = None
         workers: VersionWorkers | None = None
         status = 500  # unless an answer goes out: an unexpected exception, a cancellation
@@ -151,6 +154,7 @@ class ModelRoutes:
                 content_type.decode("latin-1") if content_type else "",
                 body,
                 _forwarded(scope["headers"]),
+                rid,
             )
             reply = await self._wait(fut, channel, receive)
             headers = self._headers(entry, workers, replica) + [(b"x-request-id", request_id)]
@@ -175,7 +179,7 @@ class ModelRoutes:
             latency.observe(entry, workers, status, perf_counter() - started)
         # Sampled access lines; every 5xx but 503 (not ready: the supervisor logs why) too.
         if (self.sample and n % self.sample == 0) or (status >= 500 and status != 503):
-            _log_access(scope, status, request_id)
+            _log_access(scope, status, rid)
 
     async def _wait(
         self, fut: asyncio.Future[Reply | Stream], channel: WorkerChannel, receive: Receive
@@ -451,9 +455,8 @@ async def _abort(send: Send, head: Head, exc: ModelhostError) -> None:
     await send(ABORT)
 
 
-def _log_access(scope: Scope, status: int, request_id: bytes) -> None:
+def _log_access(scope: Scope, status: int, rid: str) -> None:
     level = logging.WARNING if status >= 500 else logging.INFO
-    rid = request_id.decode("latin-1")
     access_log.log(
         level, "%s %s %d", scope["method"], scope["path"], status, extra={"request_id": rid}
     )

@@ -205,9 +205,10 @@ class WorkerChannel:
         content_type: str,
         body: bytes,
         headers: bytes = b"",
+        request_id: str = "",
     ) -> asyncio.Future[Reply | Stream]:
         """Send one request; `headers` = the client's headers to pass on, a JSON object
-        (already encoded) or b"" for none."""
+        (already encoded) or b"" for none; `request_id` = the id its log lines carry."""
         proto = self._proto
         if proto is None or not self.connected:
             raise WorkerUnavailable("the model's worker is not connected; it may be restarting")
@@ -223,8 +224,11 @@ class WorkerChannel:
             head = orjson.dumps({"m": method, "p": subpath, "q": query, "ct": content_type})
             if len(self._heads) < 1024:
                 self._heads[key] = head
-        if headers:  # the cached head, with "h" spliced in before its closing brace
-            head = b'%s,"h":%s}' % (head[:-1], headers)
+        if headers or request_id:  # the cached head, "h" and "r" spliced in before its "}"
+            more = b',"h":%s' % headers if headers else b""
+            if request_id:
+                more += b',"r":' + orjson.dumps(request_id)
+            head = head[:-1] + more + b"}"
         proto.send(encode_raw(Kind.REQUEST, rid, head, body))
         return fut
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -129,7 +130,8 @@ class PythonModelRunner:
         if inspect.iscoroutinefunction(fn):
             return await fn(*args, **kwargs)
         loop = asyncio.get_running_loop()
-        running = self._pool.submit(fn, *args, **kwargs)
+        # in the request's context: what predict logs names the request (`logs.REQUEST_ID`)
+        running = self._pool.submit(contextvars.copy_context().run, fn, *args, **kwargs)
         try:
             result = await asyncio.wrap_future(running, loop=loop)
         except asyncio.CancelledError:

@@ -279,6 +279,7 @@ class _Conn(FrameProtocol):
         return PredictTimeout(message)
 
     async def _serve(self, rid: int, header: dict[str, Any], body: bytes) -> None:
+        logs.REQUEST_ID.set(header.get("r"))  # this request's task: its log lines name it
         server = self.server
         try:
             if server.state != "ready" or server.runner is None:
