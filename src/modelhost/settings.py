@@ -43,6 +43,9 @@ class Settings:
     jwt_kid: str = "env"
     # Old keys still accepted: "kid:secret,kid:secret" (e.g. after changing MODELHOST_JWT_SECRET).
     jwt_previous_keys: str = ""
+    # The keyring file, when not <home>/jwt.key: one file on a volume every gateway mounts
+    # (several hosts), so `modelhost admin rotate-keys` on one reaches them all.
+    jwt_key_file: Path | None = None
     session_token_ttl_s: int = 4 * 3600
     access_token_ttl_s: int = 3600
     refresh_token_ttl_s: int = 7 * 24 * 3600
@@ -196,12 +199,15 @@ class Settings:
 
     @property
     def jwt_key_path(self) -> Path:
-        """The keyring file (JSON, mode 0600) used when MODELHOST_JWT_SECRET is not set."""
+        """The keyring file (JSON, mode 0600) used when MODELHOST_JWT_SECRET is not set:
+        MODELHOST_JWT_KEY_FILE, else <home>/jwt.key."""
+        if self.jwt_key_file:
+            return Path(self.jwt_key_file).expanduser()
         return self.home / "jwt.key"
 
     def load_jwt_keyring(self) -> Keyring:
         """The signing keys: MODELHOST_JWT_SECRET as kid `jwt_kid`, else the keyring file
-        in `home` (made on first use). `jwt_previous_keys` are not included."""
+        (`jwt_key_path`, made on first use). `jwt_previous_keys` are not included."""
         from modelhost.auth.keyring import Keyring, load_or_create
 
         if self.jwt_secret:

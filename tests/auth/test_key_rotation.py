@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -106,6 +107,25 @@ def test_a_verifier_started_before_rotation_learns_the_new_kid(tmp_path: Path) -
     assert verifier.verify(token, "access").sub == 3  # unknown kid -> reload -> known
 
 
+def test_gateways_with_their_own_homes_share_a_keyring_file(tmp_path: Path) -> None:
+    """MODELHOST_JWT_KEY_FILE (several hosts, one mounted file): tokens one gateway signs
+    verify on the other, and a rotation through the file reaches both."""
+    shared = tmp_path / "secrets" / "modelhost-jwt.json"
+    one = _settings(tmp_path / "one", MODELHOST_JWT_KEY_FILE=str(shared))
+    two = _settings(tmp_path / "two", MODELHOST_JWT_KEY_FILE=str(shared))
+    assert one.jwt_key_path == two.jwt_key_path == shared
+    signer, verifier = _server(one), _server(two)
+    assert verifier.verify(signer.issue_access(5), "access").sub == 5
+    assert shared.exists() and _mode(shared) == 0o600
+    assert not (tmp_path / "one" / "jwt.key").exists()
+    assert not (tmp_path / "two" / "jwt.key").exists()
+    before = signer.current_kid
+    rotate(two.jwt_key_path, DAY)
+    token = signer.issue_access(6)  # the signer reloads the file it watches
+    assert _kid(token) != before
+    assert verifier.verify(token, "access").sub == 6
+
+
 def test_unknown_kid_is_refused(tmp_path: Path) -> None:
     server = _server(_settings(tmp_path))
     forged = TokenService(OTHER_SECRET, kid="deadbeef").issue_access(1)
@@ -169,6 +189,24 @@ def test_loose_key_file_permissions_are_tightened(tmp_path: Path) -> None:
     path.chmod(0o644)
     read_keyring(path)
     assert _mode(path) == 0o600
+
+
+def test_loose_key_file_that_cannot_be_tightened_is_refused_naming_the_fix(
+    tmp_path: Path,
+) -> None:
+    """A key file whose mode cannot change (a read-only secret volume; here the immutable
+    attribute, which refuses chmod to root as well) is refused with the fix, not used."""
+    path = tmp_path / "jwt.key"
+    load_or_create(path)
+    path.chmod(0o644)
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here (needs root on ext4/xfs)")
+    try:
+        with pytest.raises(PermissionError, match=r"readable by other users.*defaultMode: 0400"):
+            read_keyring(path)
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+    assert _mode(path) == 0o644
 
 
 def test_plain_text_key_file_is_kid_k1_and_upgraded_on_rotation(tmp_path: Path) -> None:

@@ -214,5 +214,13 @@ def _tighten(path: Path) -> None:
         return
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
-        path.chmod(0o600)
+        try:
+            path.chmod(0o600)
+        except OSError as exc:  # not ours, or a read-only mount (a Kubernetes secret volume)
+            raise PermissionError(
+                f"the signing keyring {path} is readable by other users (mode {mode:o}) and "
+                f"could not be changed to 600 ({exc.strerror or exc}): anyone who reads it can "
+                "sign tokens. Make it readable by its owner only (chmod 600; on a Kubernetes "
+                "secret volume, defaultMode: 0400)"
+            ) from exc
         log.warning("%s was readable by other users (mode %o); changed it to 600", path, mode)
