@@ -1,61 +1,142 @@
-"""Login throttling and off-loop password checks (pure logic, a fake clock)."""
+"""Login throttling (counted in a real registry, SQLite and PostgreSQL, with a settable
+clock) and off-loop password checks."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from modelhost.auth.login_guard import LoginThrottle, PasswordChecker
 from modelhost.auth.passwords import hash_password
 from modelhost.errors import TooManyRequests
+from modelhost.registry import Registry
 
 
 class Clock:
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = 1_800_000_000.0
 
     def __call__(self) -> float:
         return self.now
 
 
-def test_lockout_starts_after_max_failures_and_doubles() -> None:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty registry database on each backend (where the counts live)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'registry.db'}"
+    else:
+        url = str(request.getfixturevalue("pg_url"))
+    with Registry(url) as registry:
+        registry.migrate()
+    return url
+
+
+@pytest.fixture
+def registry(database_url: str) -> Iterator[Registry]:
+    with Registry(database_url) as reg:
+        yield reg
+
+
+def _locked(guard: LoginThrottle, *keys: str) -> float | None:
+    """The Retry-After a login with these keys gets now; None when it may go on."""
+    try:
+        asyncio.run(guard.check(*keys))
+    except TooManyRequests as exc:
+        return exc.retry_after
+    return None
+
+
+def _fail(guard: LoginThrottle, key: str, times: int = 1, threshold: int | None = None) -> None:
+    for _ in range(times):
+        asyncio.run(guard.failed(key, threshold))
+
+
+def test_lockout_starts_after_max_failures_and_doubles(registry: Registry) -> None:
     clock = Clock()
-    guard = LoginThrottle(max_failures=3, window_s=60, base_lock_s=1, max_lock_s=8, clock=clock)
+    guard = LoginThrottle(
+        registry, max_failures=3, window_s=60, base_lock_s=1, max_lock_s=8, clock=clock
+    )
     for _ in range(2):
-        guard.failed("user:a")
-        guard.check("user:a")  # below the threshold: no lock
-    guard.failed("user:a")
-    with pytest.raises(TooManyRequests) as exc:
-        guard.check("user:a")
-    assert exc.value.retry_after == pytest.approx(1)
+        _fail(guard, "user:a")
+        assert _locked(guard, "user:a") is None  # below the threshold: no lock
+    _fail(guard, "user:a")
+    assert _locked(guard, "user:a") == pytest.approx(1)
     clock.now += 1.01
-    guard.check("user:a")
-    guard.failed("user:a")  # the 4th failure locks for 2 s
-    with pytest.raises(TooManyRequests) as exc:
-        guard.check("user:a")
-    assert exc.value.retry_after == pytest.approx(2)
-    for _ in range(10):
-        guard.failed("user:a")
-    with pytest.raises(TooManyRequests) as exc:
-        guard.check("user:a")
-    assert exc.value.retry_after == pytest.approx(8)  # capped
+    assert _locked(guard, "user:a") is None
+    _fail(guard, "user:a")  # the 4th failure locks for 2 s
+    assert _locked(guard, "user:a") == pytest.approx(2)
+    _fail(guard, "user:a", 10)
+    assert _locked(guard, "user:a") == pytest.approx(8)  # capped
 
 
-def test_other_keys_and_success_and_window() -> None:
+def test_other_keys_and_success_and_window(registry: Registry) -> None:
     clock = Clock()
-    guard = LoginThrottle(max_failures=1, window_s=60, clock=clock)
-    guard.failed("user:a")
-    with pytest.raises(TooManyRequests):
-        guard.check("user:b", "user:a")  # any locked key blocks
-    guard.check("user:b")
-    guard.succeeded("user:a")
-    guard.check("user:a")
-    guard.failed("user:c", threshold=3)
-    guard.check("user:c")
+    guard = LoginThrottle(registry, max_failures=1, window_s=60, clock=clock)
+    _fail(guard, "user:a")
+    assert _locked(guard, "user:b", "user:a") is not None  # any locked key blocks
+    assert _locked(guard, "user:b") is None
+    asyncio.run(guard.succeeded("user:a"))
+    assert _locked(guard, "user:a") is None
+    _fail(guard, "user:c", threshold=3)
+    assert _locked(guard, "user:c") is None
     clock.now += 61
-    guard.failed("user:c", threshold=2)  # the old failure was forgotten
-    guard.check("user:c")
+    _fail(guard, "user:c", threshold=2)  # the old failure was forgotten
+    assert _locked(guard, "user:c") is None
+
+
+def test_gateways_sharing_a_registry_count_the_same_failures(database_url: str) -> None:
+    """Two gateways (each its own registry connection): 3 failures on one and 2 on the other
+    lock the account on both at 5; a success on either clears it for both."""
+    clock = Clock()
+    with Registry(database_url) as one, Registry(database_url) as two:
+        first = LoginThrottle(one, max_failures=5, window_s=60, clock=clock)
+        second = LoginThrottle(two, max_failures=5, window_s=60, clock=clock)
+        _fail(first, "user:shared", 3)
+        _fail(second, "user:shared", 1)
+        assert _locked(first, "user:shared") is None
+        _fail(second, "user:shared", 1)
+        assert _locked(first, "user:shared") == pytest.approx(1)
+        assert _locked(second, "user:shared") == pytest.approx(1)
+        clock.now += 2
+        asyncio.run(second.succeeded("user:shared"))
+        _fail(first, "user:shared", 4)
+        assert _locked(first, "user:shared") is None  # counting started again
+
+
+def test_failures_at_the_same_moment_are_all_counted(database_url: str) -> None:
+    """Four gateways fail one key 10 times each at once: the count is 40 (no lost update).
+    The lock here is `count` seconds, so the lockout's end shows the final count."""
+    now = 1_800_000_000.0
+    registries = [Registry(database_url) for _ in range(4)]
+    try:
+
+        def fail_ten(registry: Registry) -> None:
+            for _ in range(10):
+                registry.record_login_failure("user:raced", now, 60.0, float)
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(fail_ten, registries))
+        assert registries[0].login_locked_until(["user:raced"]) == now + 40
+    finally:
+        for registry in registries:
+            registry.close()
+
+
+def test_old_counts_are_purged_from_the_registry(registry: Registry) -> None:
+    now = 1_800_000_000.0
+    registry.record_login_failure("user:old", now, 60.0, lambda count: 0.0)
+    registry.record_login_failure("user:locked", now, 60.0, lambda count: 3600.0)
+    registry._next_login_purge = 0.0  # the purge runs at most once a minute
+    registry.record_login_failure("user:new", now + 120, 60.0, lambda count: 0.0)
+    with registry.engine.connect() as connection:
+        keys = connection.execute(text("SELECT key FROM login_failures ORDER BY key"))
+        assert [row[0] for row in keys] == ["user:locked", "user:new"]
 
 
 def test_unknown_user_costs_a_hash_and_is_refused() -> None:

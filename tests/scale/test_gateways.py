@@ -215,6 +215,23 @@ def test_revocations_on_a_are_refused_by_both(pair: tuple[Server, Server], tmp_p
     )
 
 
+def test_failed_logins_count_on_every_gateway(pair: tuple[Server, Server]) -> None:
+    """An account's failed logins are counted in the registry: 3 on A and 2 on B reach the
+    limit (MODELHOST_LOGIN_MAX_FAILURES, 5), and both gateways then answer 429."""
+    a, b = pair
+    guess = {"email": "spread-guesses@example.com", "password": "wrong-guess"}
+
+    def login(server: Server) -> httpx.Response:
+        return httpx.post(server.url + "/console/api/auth/", json=guess)
+
+    assert [login(a).status_code for _ in range(3)] == [401] * 3
+    assert [login(b).status_code for _ in range(2)] == [401] * 2
+    for server in (a, b):
+        r = login(server)
+        assert r.status_code == 429, r.text
+        assert int(r.headers["retry-after"]) >= 1
+
+
 def test_b_catches_up_after_its_listener_is_killed(
     pair: tuple[Server, Server], pg_admin: tuple[Engine, str], tmp_path: Path
 ) -> None:

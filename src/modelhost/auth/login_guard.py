@@ -9,7 +9,9 @@
   failure locks the key for twice as long as the last (from `base_lock_s`, capped at
   `max_lock_s`); a locked key gets 429 with Retry-After without any hashing. A success
   clears the account's count. Counts older than `window_s` since the last failure are
-  forgotten. State is per gateway process (in memory).
+  forgotten. The counts live in the registry (`FailureStore`, the table `login_failures`):
+  every gateway sharing it counts the same failures, so N gateways do not allow N times as
+  many guesses. Times are wall-clock seconds, which gateways on several hosts share.
 """
 
 from __future__ import annotations
@@ -18,77 +20,64 @@ import asyncio
 import os
 import secrets
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from modelhost.auth.passwords import hash_password, verify_password
 from modelhost.errors import TooManyRequests
 
-_MAX_KEYS = 100_000
 
+class FailureStore(Protocol):
+    """Where failed logins are counted (`registry.Registry`); blocking calls."""
 
-@dataclass
-class _Failures:
-    count: int = 0
-    last: float = 0.0
-    locked_until: float = 0.0
+    def login_locked_until(self, keys: Sequence[str]) -> float: ...
+
+    def record_login_failure(
+        self, key: str, now: float, window_s: float, lock_s: Callable[[int], float]
+    ) -> float: ...
+
+    def clear_login_failures(self, key: str) -> None: ...
 
 
 class LoginThrottle:
     def __init__(
         self,
+        store: FailureStore,
         max_failures: int = 5,
         window_s: float = 900.0,
         base_lock_s: float = 1.0,
         max_lock_s: float = 900.0,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.store = store
         self.max_failures = max_failures
         self.window_s = window_s
         self.base_lock_s = base_lock_s
         self.max_lock_s = max_lock_s
         self._clock = clock
-        self._keys: dict[str, _Failures] = {}
 
-    def check(self, *keys: str) -> None:
+    async def check(self, *keys: str) -> None:
         """Raise 429 when any key is locked now."""
-        now = self._clock()
-        states = [self._keys.get(k) for k in keys]
-        wait = max((s.locked_until - now for s in states if s is not None), default=0.0)
+        until = await asyncio.to_thread(self.store.login_locked_until, keys)
+        wait = until - self._clock()
         if wait > 0:
             raise TooManyRequests(
                 f"too many failed logins; try again in {wait:.0f} s", retry_after=wait
             )
 
-    def failed(self, key: str, threshold: int | None = None) -> None:
-        now = self._clock()
-        state = self._state(key, now)
-        state.count += 1
-        state.last = now
-        over = state.count - (threshold or self.max_failures)
-        if over >= 0:
-            lock = min(self.max_lock_s, self.base_lock_s * 2**over)
-            state.locked_until = now + lock
+    async def failed(self, key: str, threshold: int | None = None) -> None:
+        limit = threshold or self.max_failures
 
-    def succeeded(self, key: str) -> None:
-        self._keys.pop(key, None)
+        def lock_s(count: int) -> float:
+            over = count - limit
+            return min(self.max_lock_s, self.base_lock_s * 2 ** min(over, 60)) if over >= 0 else 0.0
 
-    def _state(self, key: str, now: float) -> _Failures:
-        state = self._keys.get(key)
-        if state is None or (now - state.last > self.window_s and now >= state.locked_until):
-            if len(self._keys) >= _MAX_KEYS:
-                self._prune(now)
-            state = self._keys[key] = _Failures()
-        return state
+        await asyncio.to_thread(
+            self.store.record_login_failure, key, self._clock(), self.window_s, lock_s
+        )
 
-    def _prune(self, now: float) -> None:
-        stale = [
-            k
-            for k, s in self._keys.items()
-            if now - s.last > self.window_s and now >= s.locked_until
-        ]
-        for key in stale or list(self._keys)[: _MAX_KEYS // 10]:
-            del self._keys[key]
+    async def succeeded(self, key: str) -> None:
+        await asyncio.to_thread(self.store.clear_login_failures, key)
 
 
 class PasswordChecker:

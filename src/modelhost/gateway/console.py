@@ -65,7 +65,10 @@ def console_app(parts: ConsoleParts) -> Starlette:
     register_url_convertor("id", _IdConvertor())  # `{name:id}` in the routes below
     s = parts.settings
     throttle = LoginThrottle(
-        max_failures=s.login_max_failures, window_s=s.login_window_s, max_lock_s=s.login_lock_max_s
+        parts.registry,
+        max_failures=s.login_max_failures,
+        window_s=s.login_window_s,
+        max_lock_s=s.login_lock_max_s,
     )
     auth = AuthHandlers(
         parts.registry, parts.tokens, parts.auth, throttle, s.console_max_body_bytes

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +51,7 @@ from modelhost.registry.schema import (
     Grant,
     Group,
     GroupMember,
+    LoginFailure,
     Model,
     Prefix,
     RefreshToken,
@@ -164,6 +165,7 @@ class Registry:
         self._write_engine = self._engine.execution_options(**{_WRITE_OPTION: True})
         self._write = sessionmaker(self._write_engine, expire_on_commit=False)
         self._next_purge = 0.0
+        self._next_login_purge = 0.0
         if self._engine.dialect.name == "postgresql":
             notices.install(self._write, sender)
 
@@ -613,6 +615,59 @@ class Registry:
                     existing.expires_at = expires_at
         except IntegrityError:
             pass  # revoked concurrently by someone else: the outcome is the same
+
+    # -- failed logins (auth.login_guard.LoginThrottle) ----------------------------------------
+
+    def login_locked_until(self, keys: Sequence[str]) -> float:
+        """The latest lockout end (epoch seconds) among `keys`; 0 when none is recorded."""
+        with self._read.begin() as session:
+            found = session.scalar(
+                select(func.max(LoginFailure.locked_until)).where(LoginFailure.key.in_(keys))
+            )
+            return float(found or 0.0)
+
+    def record_login_failure(
+        self, key: str, now: float, window_s: float, lock_s: Callable[[int], float]
+    ) -> float:
+        """Count one more failed login for `key` and return when its lockout ends (epoch
+        seconds; 0 = not locked). A count whose last failure is older than `window_s`, and
+        whose lockout is over, starts again. `lock_s(count)`: the lockout the new count
+        earns (0: none); a running lockout is never shortened. One write transaction (the
+        row locked on PostgreSQL, the database on SQLite): gateways failing the same key at
+        once each add one."""
+        for attempt in range(2):
+            try:
+                with self._write.begin() as session:
+                    row = session.get(LoginFailure, key, with_for_update=True)
+                    if row is None:
+                        row = LoginFailure(key=key, count=0, last_at=now, locked_until=0.0)
+                        session.add(row)
+                    elif now - row.last_at > window_s and now >= row.locked_until:
+                        row.count, row.locked_until = 0, 0.0
+                    row.count += 1
+                    row.last_at = now
+                    lock = lock_s(row.count)
+                    if lock > 0:
+                        row.locked_until = max(row.locked_until, now + lock)
+                    locked_until = row.locked_until
+                break
+            except IntegrityError:  # another gateway inserted the key first: count on it
+                if attempt:
+                    raise
+        if time.monotonic() >= self._next_login_purge:
+            self._next_login_purge = time.monotonic() + _PURGE_INTERVAL_S
+            with self._write.begin() as session:
+                session.execute(
+                    delete(LoginFailure).where(
+                        (LoginFailure.last_at < now - window_s) & (LoginFailure.locked_until <= now)
+                    )
+                )
+        return locked_until
+
+    def clear_login_failures(self, key: str) -> None:
+        """Forget `key`'s failed logins (a successful login)."""
+        with self._write.begin() as session:
+            session.execute(delete(LoginFailure).where(LoginFailure.key == key))
 
     def revocation_snapshot(self) -> RevocationSnapshot:
         """Everything the gateway must reject; three indexed-or-tiny reads per poll."""

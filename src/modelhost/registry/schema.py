@@ -275,6 +275,19 @@ class RevokedJti(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class LoginFailure(Base):
+    """Failed logins of one account (``user:<email>``) or client address (``ip:<address>``),
+    shared by every gateway on this registry (`auth.login_guard.LoginThrottle`). Times are
+    Unix epoch seconds: the gateways' clocks, not one process's monotonic clock."""
+
+    __tablename__ = "login_failures"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer)
+    last_at: Mapped[float] = mapped_column(Float, index=True)
+    locked_until: Mapped[float] = mapped_column(Float)
+
+
 class AuditEvent(Base):
     __tablename__ = "audit_events"
 
