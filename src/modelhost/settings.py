@@ -70,6 +70,9 @@ class Settings:
     # once a worker has been ready for a minute); 0 restarts = restart forever.
     worker_max_restarts: int = 0
     worker_restart_backoff_max_s: float = 30.0
+    # A Ray replica whose TCP connection dropped is connected to again for this long (its
+    # worker may be fine: a network blip) before its actor is stopped and it is restarted.
+    worker_reconnect_s: float = 30.0
     # Retiring a version or stopping the server: in-flight requests and streams get this long to
     # finish (no new ones are routed there), then workers get SIGTERM (cleanup), and SIGKILL
     # `worker_stop_timeout_s` later.

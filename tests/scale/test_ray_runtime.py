@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -88,6 +90,7 @@ def gateway(
             "MODELHOST_RAY_NAMESPACE": f"mh-test-{secrets.token_hex(4)}",
             "MODELHOST_WORKER_HOST": "127.0.0.1",
             "MODELHOST_DRAIN_TIMEOUT_S": "5",
+            "MODELHOST_WORKER_RECONNECT_S": "5",
         },
     ).start(timeout=120)
     try:
@@ -279,6 +282,106 @@ class Clients:
                     self.results.append((start, time.monotonic(), status, pod, retry))
 
 
+def test_a_dropped_connection_is_made_again_and_the_same_workers_serve(
+    gateway: Server, spread: dict[str, Any]
+) -> None:
+    """The kernel aborts the gateway's TCP connections to both workers (`ss -K`: what a
+    network blip or a proxy's idle timeout does) while their actors and workers run on: the
+    gateway connects again and the same worker processes serve, none restarted."""
+    if not _can_kill_sockets():
+        pytest.skip("ss -K cannot abort sockets here (needs root and INET_DIAG_DESTROY)")
+    url, headers = spread["url"], spread["headers"]
+    names = ("mh-v1-r0", "mh-v1-r1")
+    workers = {_worker_pid(gateway.home, name) for name in names}
+    made_again = gateway.log().count("connection lost and made again")
+    for pid in workers:
+        _abort_connections_to(_listening_port(pid))
+    poll(
+        lambda: gateway.log().count("connection lost and made again") >= made_again + 2,
+        "both connections made again",
+        deadline_s=60,
+    )
+    poll(lambda: _ready_replicas(url, headers) == 2, "both replicas ready", deadline_s=60)
+    served = set()
+    for _ in range(20):
+        r = httpx.post(url, json={"sleep": 0}, headers=headers, timeout=30)
+        assert r.status_code == 200, r.text
+        served.add(r.json()["pid"])
+    assert served == workers, "answered by other processes: a replica was restarted"
+    assert {_worker_pid(gateway.home, name) for name in names} == workers
+
+
+def test_a_worker_that_cannot_be_reached_again_is_restarted(
+    gateway: Server, spread: dict[str, Any]
+) -> None:
+    """Its connection aborted while its worker is stopped (SIGSTOP: it accepts nothing and
+    never answers the handshake, like a node cut off): after MODELHOST_WORKER_RECONNECT_S
+    (5 s here) of trying, the gateway stops the replica's actor and restarts the replica,
+    which serves again from a new worker; the other replica is left alone."""
+    if not _can_kill_sockets():
+        pytest.skip("ss -K cannot abort sockets here (needs root and INET_DIAG_DESTROY)")
+    url, headers = spread["url"], spread["headers"]
+    kept = _worker_pid(gateway.home, "mh-v1-r0")
+    stuck = _worker_pid(gateway.home, "mh-v1-r1")
+    gave_up = gateway.log().count("could not be made again")
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        _abort_connections_to(_listening_port(stuck))
+        poll(
+            lambda: gateway.log().count("could not be made again") > gave_up,
+            "the gateway gave up connecting again",
+            deadline_s=60,
+        )
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stuck, signal.SIGCONT)
+    poll(lambda: _ready_replicas(url, headers) == 2, "the replica restarted", deadline_s=180)
+    assert _worker_pid(gateway.home, "mh-v1-r1") != stuck
+    assert _worker_pid(gateway.home, "mh-v1-r0") == kept
+    served = {
+        httpx.post(url, json={"sleep": 0}, headers=headers, timeout=30).json()["pid"]
+        for _ in range(20)
+    }
+    assert stuck not in served and kept in served
+
+
+def _can_kill_sockets() -> bool:
+    """Whether `ss -K` aborts a connection here (tried on a throwaway one)."""
+    if shutil.which("ss") is None:
+        return False
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)):
+            accepted, _ = server.accept()
+            with accepted:
+                _abort_connections_to(port)
+                accepted.settimeout(5)
+                try:
+                    accepted.recv(1)  # b"" (closed) or a reset: the peer is gone
+                except TimeoutError:  # still connected: nothing was aborted
+                    return False
+                except OSError:
+                    pass
+                return True
+
+
+def _abort_connections_to(port: int) -> None:
+    subprocess.run(
+        ["ss", "-K", "dst", "127.0.0.1", "dport", "=", f":{port}"], capture_output=True, timeout=30
+    )
+
+
+def _listening_port(pid: int) -> int:
+    """The TCP port process `pid` listens on (a Ray replica's worker: one)."""
+    out = subprocess.run(["ss", "-Htlnp"], capture_output=True, text=True, timeout=30).stdout
+    for line in out.splitlines():
+        if f"pid={pid}," in line:
+            return int(line.split()[3].rsplit(":", 1)[1])
+    raise AssertionError(f"process {pid} listens on no TCP port:\n{out}")
+
+
 def test_killing_an_actor_fails_only_its_requests_and_it_comes_back(
     gateway: Server, spread: dict[str, Any]
 ) -> None:
@@ -316,13 +419,17 @@ def test_killing_an_actor_fails_only_its_requests_and_it_comes_back(
 
 
 def _actor_pid(home: Path, name: str) -> int:
-    """The process of actor `name` (ray::ReplicaActor in ps): the parent of the worker
-    that runs the replica's spec under this gateway's home."""
+    """The process of actor `name` (ray::ReplicaActor in ps): the parent of its worker."""
+    return _ppid(_worker_pid(home, name))
+
+
+def _worker_pid(home: Path, name: str) -> int:
+    """The worker process that runs replica `name`'s spec under this gateway's home."""
     for pid in _all_pids():
         cmdline = _cmdline(pid)
         ours = b"modelhost.worker\0" in cmdline and str(home).encode() in cmdline
         if ours and f'"pod_name": "spread-{name}"'.encode() in _spec_pod(cmdline):
-            return _ppid(pid)
+            return pid
     raise AssertionError(f"no worker process for {name}")
 
 

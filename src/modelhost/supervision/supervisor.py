@@ -46,6 +46,9 @@ from modelhost.wire.spec import WorkerSpec
 
 log = logging.getLogger("modelhost.supervisor")
 BACKOFF_START_S = 0.5
+# The longest wait between attempts to connect again to a Ray replica whose connection
+# dropped (`Settings.worker_reconnect_s` bounds them all).
+RECONNECT_MAX_DELAY_S = 2.0
 HEALTHY_S = 60.0  # ready this long: the next crash restarts after BACKOFF_START_S again
 
 
@@ -375,17 +378,62 @@ class VersionWorkers:
             await remote.stop(self.settings.worker_stop_timeout_s)
             return False
         replica.remote = remote
-        channel = WorkerChannel(
-            remote.address,
-            lambda h: self._on_state(replica, h) if replica.channel is channel else None,
-        )
-        replica.channel = channel
+        channel = self._remote_channel(replica, remote)
         asyncio.get_running_loop().create_task(self._watch_remote(replica, remote))
         try:
             await channel.connect(timeout=60)
         except Exception as exc:
             self._on_state(replica, {"state": "failed", "reason": str(exc)})
         return True
+
+    def _remote_channel(self, replica: Replica, remote: RemoteWorker) -> WorkerChannel:
+        """The replica's new channel to its worker; frames of an older one change nothing."""
+        channel = WorkerChannel(
+            remote.address,
+            lambda h: self._on_state(replica, h) if replica.channel is channel else None,
+        )
+        replica.channel = channel
+        return channel
+
+    async def _reconnect(self, replica: Replica, remote: RemoteWorker) -> None:
+        """Connect again to a Ray replica whose connection dropped (backoff from 0.1 s to
+        `RECONNECT_MAX_DELAY_S`, for `worker_reconnect_s`): its worker reports its state on the new
+        connection and the replica serves again. When no attempt succeeds, its actor is
+        stopped; `_watch_remote` then restarts the replica as after any exit. Stops trying as
+        soon as the replica is restarted, retired or the supervisor stops."""
+        loop = asyncio.get_running_loop()
+        patience = self.settings.worker_reconnect_s
+        deadline = loop.time() + patience
+        delay = 0.1
+
+        def current() -> bool:
+            return not (self._stopping or replica.retired) and (
+                replica.remote is remote and replica.state == "crashed"
+            )
+
+        while current():
+            await asyncio.sleep(delay)
+            if not current():
+                return
+            channel = self._remote_channel(replica, remote)
+            try:  # one attempt (a partition can hold a connect or a handshake for minutes)
+                await asyncio.wait_for(channel.connect(timeout=0), max(1.0, deadline - loop.time()))
+            except Exception as exc:
+                log.info("worker %s: connecting again failed: %s", replica.pod, exc)
+            else:
+                log.warning("worker %s: connection lost and made again", replica.pod)
+                return
+            if loop.time() >= deadline:
+                break
+            delay = min(RECONNECT_MAX_DELAY_S, delay * 2)
+        if current():
+            log.error(
+                "worker %s: its connection was lost and could not be made again in %.0f s; "
+                "stopping its Ray actor to restart it",
+                replica.pod,
+                patience,
+            )
+            await remote.stop(self.settings.worker_stop_timeout_s)
 
     async def _watch_remote(self, replica: Replica, remote: RemoteWorker) -> None:
         ended = await remote.wait()
@@ -415,6 +463,9 @@ class VersionWorkers:
             self._settled.set()
         if state == "failed":
             asyncio.get_running_loop().create_task(self._terminate(replica))
+        elif state == "crashed" and replica.remote is not None and not self._stopping:
+            # the TCP connection to a Ray replica's worker is gone; its actor may still run
+            asyncio.get_running_loop().create_task(self._reconnect(replica, replica.remote))
         self._changed()
 
     async def _watch(
