@@ -1,9 +1,10 @@
 """What `bench.scale` starts and stops for a run on a Ray cluster: two Ray nodes on this
 machine, a PostgreSQL schema for the registry and an S3 test server (moto) for the store.
 
-Everything binds 127.0.0.1. The Ray nodes are the tests' `RayCluster` (tests/scale/
-ray_cluster.py: ports picked free, files under a temp folder of their own, stopped by
-killing exactly the processes that name that folder, never `ray stop`).
+Everything binds loopback addresses: 127.0.0.1, and 127.0.0.2 for the Ray nodes (Ray turns
+127.0.0.1 into the machine's routable address). The Ray nodes are the tests' `RayCluster`
+(tests/scale/ray_cluster.py: ports picked free, files under a temp folder of their own,
+stopped by killing exactly the processes it started, never `ray stop`).
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ def ray_nodes() -> Iterator[str]:
     """Two Ray nodes (`node_a`, `node_b` resources, 2 CPUs each); yields the address."""
     if str(TESTS) not in sys.path:
         sys.path.insert(0, str(TESTS))
-    from scale.ray_cluster import new_cluster
+    from scale.ray_cluster import NODE_IP, new_cluster
 
-    print("starting a two-node Ray cluster on 127.0.0.1 ...", file=sys.stderr)
+    print(f"starting a two-node Ray cluster on {NODE_IP} ...", file=sys.stderr)
     cluster = new_cluster().start()
     try:
         yield cluster.address

@@ -4,10 +4,11 @@
                           [--runtime ray|local] [--ray-address HOST:PORT] [--num-cpus 0.25]
 
 By default it starts and stops everything it needs (bench/cluster.py): a two-node Ray
-cluster on 127.0.0.1 (nodes `node_a` and `node_b`), a PostgreSQL schema per server for the
-registry (the machine's PostgreSQL: MODELHOST_TEST_PG_URL, else postgres@127.0.0.1/test) and
-a moto S3 server for the store. `--ray-address` uses a running cluster instead;
-`--runtime local` measures the replica scaling with local processes and skips Ray.
+cluster on the loopback address 127.0.0.2 (nodes `node_a` and `node_b`), a PostgreSQL
+schema per server for the registry (the machine's PostgreSQL: MODELHOST_TEST_PG_URL, else
+postgres@127.0.0.1/test) and a moto S3 server for the store. `--ray-address` uses a
+running cluster instead; `--runtime local` measures the replica scaling with local
+processes and skips Ray.
 
 1. A model whose sync `predict` holds one slot for 50 ms (a lock: one request at a time per
    replica, ~20 requests/s each) is deployed once per N in `--replicas`, each on its own

@@ -1,8 +1,16 @@
 """A real two-node Ray cluster on this machine, for the Ray runtime's tests.
 
-Both nodes bind 127.0.0.1 on ports picked free here and keep their files under a temp
-folder of their own; stopping kills exactly the processes whose command line names that
-folder (never `ray stop`, which would stop every Ray on the machine: other tests' too).
+Both nodes bind the loopback address `NODE_IP` on ports picked free here and keep their
+files under a temp folder of their own. Not 127.0.0.1: `ray start` replaces "127.0.0.1",
+"localhost" and "::1" with the machine's routable address (`resolve_ip_for_localhost`,
+Ray 2.60), so a cluster started with `--node-ip-address=127.0.0.1` listens on the private
+address; any other 127/8 address is taken as given and stays on the loopback interface.
+
+Stopping kills exactly this cluster's processes (never `ray stop`, which would stop every
+Ray on the machine: other tests' too): those that carry `MARKER` in their environment,
+which every process `ray start` spawns inherits. (Their command lines are not enough: the
+dashboard and runtime-env agents rename themselves, and the client server's names no
+folder; before, they outlived every test run.)
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from pathlib import Path
 from e2e.harness import free_port
 
 RAY = str(Path(sys.executable).with_name("ray"))
+NODE_IP = "127.0.0.2"
+MARKER = "MODELHOST_TEST_RAY_CLUSTER"
 
 
 @dataclass
@@ -44,13 +54,13 @@ class RayCluster:
         return args
 
     def _start(self, args: list[str], temp: Path) -> None:
-        common = ["--node-ip-address=127.0.0.1", f"--temp-dir={temp}", "--disable-usage-stats"]
+        common = [f"--node-ip-address={NODE_IP}", f"--temp-dir={temp}", "--disable-usage-stats"]
         run = subprocess.run(
             [RAY, "start", *args, *common, *self._ports()],
             capture_output=True,
             text=True,
             timeout=180,
-            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", MARKER: str(self.temp_dir)},
             check=False,
         )
         self.logs.append(run.stdout + run.stderr)
@@ -70,7 +80,7 @@ class RayCluster:
             ],
             self.temp_dir / "a",
         )
-        self.address = f"127.0.0.1:{port}"
+        self.address = f"{NODE_IP}:{port}"
         self._start(
             [
                 f"--address={self.address}",
@@ -82,15 +92,19 @@ class RayCluster:
         return self
 
     def pids(self, marker: str | None = None) -> list[int]:
-        """Processes whose command line names our temp folder (and `marker`, if given)."""
-        needle = str(self.temp_dir).encode()
+        """This cluster's processes (`MARKER` in their environment; or, for one started
+        before it, our temp folder on their command line); with `marker`, only those whose
+        command line also names it."""
+        folder = str(self.temp_dir).encode()
+        tag = f"{MARKER}=".encode() + folder + b"\0"
         found = []
         for entry in filter(str.isdigit, os.listdir("/proc")):
             try:
                 cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+                ours = folder in cmdline or tag in Path(f"/proc/{entry}/environ").read_bytes()
             except OSError:
                 continue
-            if needle in cmdline and (marker is None or marker.encode() in cmdline):
+            if ours and (marker is None or marker.encode() in cmdline):
                 found.append(int(entry))
         return found
 
