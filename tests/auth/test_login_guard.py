@@ -4,6 +4,7 @@ clock) and off-loop password checks."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,7 +55,7 @@ def _locked(guard: LoginThrottle, *keys: str) -> float | None:
 
 def _fail(guard: LoginThrottle, key: str, times: int = 1, threshold: int | None = None) -> None:
     for _ in range(times):
-        asyncio.run(guard.failed(key, threshold))
+        asyncio.run(guard.failed({key: threshold}))
 
 
 def test_lockout_starts_after_max_failures_and_doubles(registry: Registry) -> None:
@@ -118,7 +119,7 @@ def test_failures_at_the_same_moment_are_all_counted(database_url: str) -> None:
 
         def fail_ten(registry: Registry) -> None:
             for _ in range(10):
-                registry.record_login_failure("user:raced", now, 60.0, float)
+                registry.record_login_failures({"user:raced": float}, now, 60.0)
 
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(fail_ten, registries))
@@ -128,12 +129,71 @@ def test_failures_at_the_same_moment_are_all_counted(database_url: str) -> None:
             registry.close()
 
 
+def test_a_failure_counts_against_its_account_and_its_address_together(
+    database_url: str,
+) -> None:
+    """One write per failed login for both keys. Four gateways fail the same two keys 10
+    times each at once, half naming them in the other order: nobody deadlocks (the rows are
+    locked in key order) and each key counts 40; the answer is the later lockout."""
+    now = 1_800_000_000.0
+    registries = [Registry(database_url) for _ in range(4)]
+    try:
+
+        def fail_ten(index: int) -> float:
+            keys = ["user:both", "ip:10.0.0.9"]
+            if index % 2:
+                keys.reverse()
+            locks = {keys[0]: float, keys[1]: float}
+            until = 0.0
+            for _ in range(10):
+                until = registries[index].record_login_failures(locks, now, 60.0)
+            return until
+
+        with ThreadPoolExecutor(4) as pool:
+            assert max(pool.map(fail_ten, range(4))) == now + 40
+        for key in ("user:both", "ip:10.0.0.9"):
+            assert registries[0].login_locked_until([key]) == now + 40
+        until = registries[0].record_login_failures(
+            {"ip:new": lambda count: 5.0, "user:both": float}, now, 60.0
+        )
+        assert until == now + 41  # the later of the two lockouts (the 41st failure's)
+        assert registries[0].login_locked_until(["ip:new"]) == now + 5
+    finally:
+        for registry in registries:
+            registry.close()
+
+
+def test_a_success_after_no_failure_writes_nothing(tmp_path: Path) -> None:
+    """Most logins follow no failure: clearing their count must not wait for the write lock
+    (on SQLite another writer holding it would stall every login). With a count, it does."""
+    path = tmp_path / "registry.db"
+    with Registry(f"sqlite:///{path}") as registry:
+        registry.migrate()
+        registry.record_login_failures({"user:had": lambda count: 0.0}, 1_800_000_000.0, 60.0)
+        writer = sqlite3.connect(path, isolation_level=None)
+        writer.execute("BEGIN IMMEDIATE")  # another gateway's write transaction
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                clean = pool.submit(registry.clear_login_failures, "user:never")
+                clean.result(timeout=10)  # answered while the lock is held
+                had = pool.submit(registry.clear_login_failures, "user:had")
+                assert not had.done()  # this one deletes: it waits for the lock
+                writer.execute("COMMIT")
+                had.result(timeout=30)
+        finally:
+            writer.close()
+        assert registry.login_locked_until(["user:had"]) == 0.0
+        with registry.engine.connect() as connection:
+            left = connection.execute(text("SELECT count(*) FROM login_failures")).scalar()
+            assert left == 0
+
+
 def test_old_counts_are_purged_from_the_registry(registry: Registry) -> None:
     now = 1_800_000_000.0
-    registry.record_login_failure("user:old", now, 60.0, lambda count: 0.0)
-    registry.record_login_failure("user:locked", now, 60.0, lambda count: 3600.0)
+    registry.record_login_failures({"user:old": lambda count: 0.0}, now, 60.0)
+    registry.record_login_failures({"user:locked": lambda count: 3600.0}, now, 60.0)
     registry._next_login_purge = 0.0  # the purge runs at most once a minute
-    registry.record_login_failure("user:new", now + 120, 60.0, lambda count: 0.0)
+    registry.record_login_failures({"user:new": lambda count: 0.0}, now + 120, 60.0)
     with registry.engine.connect() as connection:
         keys = connection.execute(text("SELECT key FROM login_failures ORDER BY key"))
         assert [row[0] for row in keys] == ["user:locked", "user:new"]

@@ -20,7 +20,7 @@ import asyncio
 import os
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from modelhost.auth.passwords import hash_password, verify_password
@@ -32,8 +32,8 @@ class FailureStore(Protocol):
 
     def login_locked_until(self, keys: Sequence[str]) -> float: ...
 
-    def record_login_failure(
-        self, key: str, now: float, window_s: float, lock_s: Callable[[int], float]
+    def record_login_failures(
+        self, keys: Mapping[str, Callable[[int], float]], now: float, window_s: float
     ) -> float: ...
 
     def clear_login_failures(self, key: str) -> None: ...
@@ -65,15 +65,22 @@ class LoginThrottle:
                 f"too many failed logins; try again in {wait:.0f} s", retry_after=wait
             )
 
-    async def failed(self, key: str, threshold: int | None = None) -> None:
-        limit = threshold or self.max_failures
+    async def failed(self, keys: Mapping[str, int | None]) -> None:
+        """Count a failed login against each key (its account, its address), in one write;
+        a key's value: the failures it may have before it locks (None: `max_failures`)."""
 
-        def lock_s(count: int) -> float:
-            over = count - limit
-            return min(self.max_lock_s, self.base_lock_s * 2 ** min(over, 60)) if over >= 0 else 0.0
+        def lock_s(limit: int) -> Callable[[int], float]:
+            def lock(count: int) -> float:
+                over = count - limit
+                if over < 0:
+                    return 0.0
+                return min(self.max_lock_s, self.base_lock_s * 2 ** min(over, 60))
 
+            return lock
+
+        locks = {key: lock_s(limit or self.max_failures) for key, limit in keys.items()}
         await asyncio.to_thread(
-            self.store.record_login_failure, key, self._clock(), self.window_s, lock_s
+            self.store.record_login_failures, locks, self._clock(), self.window_s
         )
 
     async def succeeded(self, key: str) -> None:

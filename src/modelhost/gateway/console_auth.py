@@ -49,8 +49,7 @@ class AuthHandlers:
         user = await asyncio.to_thread(self.registry.get_user_by_email, email)
         ok = await self.passwords.check(user.password_hash if user else None, password)
         if user is None or not ok or not user.is_active:
-            await self.throttle.failed(account)
-            await self.throttle.failed(ip, self.throttle.max_failures * _IP_FACTOR)
+            await self.throttle.failed({account: None, ip: self.throttle.max_failures * _IP_FACTOR})
             await self._audit(email, "login.failure", request)
             raise Unauthorized("wrong email or password")
         await self.throttle.succeeded(account)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -626,32 +626,37 @@ class Registry:
             )
             return float(found or 0.0)
 
-    def record_login_failure(
-        self, key: str, now: float, window_s: float, lock_s: Callable[[int], float]
+    def record_login_failures(
+        self, keys: Mapping[str, Callable[[int], float]], now: float, window_s: float
     ) -> float:
-        """Count one more failed login for `key` and return when its lockout ends (epoch
-        seconds; 0 = not locked). A count whose last failure is older than `window_s`, and
-        whose lockout is over, starts again. `lock_s(count)`: the lockout the new count
-        earns (0: none); a running lockout is never shortened. One write transaction (the
-        row locked on PostgreSQL, the database on SQLite): gateways failing the same key at
-        once each add one."""
+        """Count one more failed login for each key and return when the latest of their
+        lockouts ends (epoch seconds; 0 = none locked). ``keys[key](count)``: the lockout the
+        key's new count earns (0: none); a running lockout is never shortened. A count whose
+        last failure is older than `window_s`, and whose lockout is over, starts again.
+
+        One write transaction for all the keys (a login's account and address): their rows
+        locked in key order on PostgreSQL (two gateways never wait on each other in a cycle),
+        the database locked on SQLite, so gateways failing the same key at once each add one.
+        """
         for attempt in range(2):
             try:
                 with self._write.begin() as session:
-                    row = session.get(LoginFailure, key, with_for_update=True)
-                    if row is None:
-                        row = LoginFailure(key=key, count=0, last_at=now, locked_until=0.0)
-                        session.add(row)
-                    elif now - row.last_at > window_s and now >= row.locked_until:
-                        row.count, row.locked_until = 0, 0.0
-                    row.count += 1
-                    row.last_at = now
-                    lock = lock_s(row.count)
-                    if lock > 0:
-                        row.locked_until = max(row.locked_until, now + lock)
-                    locked_until = row.locked_until
+                    locked_until = 0.0
+                    for key in sorted(keys):
+                        row = session.get(LoginFailure, key, with_for_update=True)
+                        if row is None:
+                            row = LoginFailure(key=key, count=0, last_at=now, locked_until=0.0)
+                            session.add(row)
+                        elif now - row.last_at > window_s and now >= row.locked_until:
+                            row.count, row.locked_until = 0, 0.0
+                        row.count += 1
+                        row.last_at = now
+                        lock = keys[key](row.count)
+                        if lock > 0:
+                            row.locked_until = max(row.locked_until, now + lock)
+                        locked_until = max(locked_until, row.locked_until)
                 break
-            except IntegrityError:  # another gateway inserted the key first: count on it
+            except IntegrityError:  # another gateway inserted a key first: count on it
                 if attempt:
                     raise
         if time.monotonic() >= self._next_login_purge:
@@ -665,7 +670,11 @@ class Registry:
         return locked_until
 
     def clear_login_failures(self, key: str) -> None:
-        """Forget `key`'s failed logins (a successful login)."""
+        """Forget `key`'s failed logins (a successful login). Most successful logins follow
+        no failure: they only read, and take no write lock."""
+        with self._read.begin() as session:
+            if session.get(LoginFailure, key) is None:
+                return
         with self._write.begin() as session:
             session.execute(delete(LoginFailure).where(LoginFailure.key == key))
 
