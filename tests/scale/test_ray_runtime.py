@@ -506,3 +506,44 @@ def test_losing_a_node_fails_only_its_requests_and_the_replica_moves(
     assert any(r[2] == 200 and r[3].endswith(kept) and r[0] > killed_at for r in clients.results)
     moved, _ = _node_of(cluster, namespace, names)
     assert moved[lost] != node_b, f"{lost} still on the lost node"
+
+
+HOG = Path(__file__).parents[1] / "faults" / "models" / "memory_hog.py"
+BOUND_MB = 250
+
+
+def test_a_replica_over_its_memory_bound_is_killed_on_its_node_and_restarted(
+    gateway: Server, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The deployment's `memory_mb` holds on a Ray node as for a local worker: the actor
+    polls its worker's resident memory, kills it past the bound, and the replica's last exit
+    names the bound; Ray restarts the actor and the model serves again from a new worker.
+    (After the node-loss test: one node is left, which has room for this small replica.)"""
+    admin = bearer(gateway.admin_token())
+    body = {"key": "bounded", "replicas": 1, "num_cpus": 0.1, "memory_mb": BOUND_MB}
+    r = httpx.post(gateway.url + MH + "/deployments/", json=body, headers=admin, timeout=60)
+    assert r.status_code == 201, r.text
+    folder = tmp_path_factory.mktemp("hog") / "hog"
+    folder.mkdir()
+    shutil.copy(HOG, folder / "model.py")
+    result = gateway.deploy(folder, "ray", "hog", "bounded")
+    assert result["status"] == 200, (result, gateway.log()[-3000:])
+    url = str(result["api_url"])
+    headers = bearer(gateway.session_token(url))
+    poll(lambda: _ready_replicas(url, headers) == 1, "the replica ready", deadline_s=180)
+
+    small = httpx.post(url, json={"mb": 10}, headers=headers, timeout=60)
+    assert small.status_code == 200, small.text  # well under the bound: served
+    pid = small.json()["pid"]
+    big = httpx.post(url, json={"mb": 400, "hold_s": 60}, headers=headers, timeout=90)
+    assert big.status_code == 503, big.text  # killed while answering, not after 60 s
+    assert big.headers.get("retry-after"), big.headers
+
+    def served_by_a_new_worker() -> bool:
+        answer = httpx.post(url, json={"mb": 10}, headers=headers, timeout=60)
+        return answer.status_code == 200 and answer.json()["pid"] != pid
+
+    poll(served_by_a_new_worker, "the killed worker replaced", deadline_s=180)
+    meta = _meta(url, headers)
+    assert f"exceeded its memory bound of {BOUND_MB} MB" in meta["last_exit"], meta
+    assert meta["restarts"] >= 1, meta

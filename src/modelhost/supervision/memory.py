@@ -1,4 +1,6 @@
-"""A worker's memory bound (gateway side): its resident memory polled, SIGKILL past the bound.
+"""A worker's memory bound: its resident memory polled, SIGKILL past the bound. The gateway
+polls its local workers (`MemoryGuard`); a Ray replica's actor polls its worker on its node
+(`replica_actor.py`, with `over_bound`).
 
 Measured on the hosts modelhost runs on, the other ways fail: ``RLIMIT_AS`` counts address
 space, and torch, CUDA and llama.cpp reserve or map far more than they touch (a GGUF is
@@ -39,6 +41,14 @@ def resident_mb(pid: int) -> int | None:
         return None
 
 
+def over_bound(pid: int, limit_mb: int) -> str:
+    """Why process `pid` must be killed: "" while it is within `limit_mb` (or gone)."""
+    used = resident_mb(pid)
+    if used is None or used <= limit_mb:
+        return ""
+    return f"exceeded its memory bound of {limit_mb} MB ({SETTING}): {used} MB resident; killed"
+
+
 class MemoryGuard:
     """Polls one worker process while it runs; past `limit_mb` it is killed (SIGKILL: it
     may be stuck) and `exceeded` says why, for the supervisor's exit reason and for the
@@ -65,14 +75,9 @@ class MemoryGuard:
         proc = self.proc
         if proc.returncode is not None:
             return
-        used = resident_mb(proc.pid)
-        if used is None:
-            return
-        if used > self.limit_mb:
-            self.exceeded = (
-                f"exceeded its memory bound of {self.limit_mb} MB ({SETTING}): "
-                f"{used} MB resident; killed"
-            )
+        exceeded = over_bound(proc.pid, self.limit_mb)
+        if exceeded:
+            self.exceeded = exceeded
             log.error("worker %s %s", self.name or proc.pid, self.exceeded)
             if self.channel is not None:
                 self.channel.lost_because = f"it {self.exceeded}"

@@ -53,11 +53,12 @@ class RemoteWorker:
     address: TcpAddress
 
     async def wait(self) -> str:
-        """Until the worker is gone; how it ended."""
+        """Until the worker is gone; how it ended, as a local worker's exit is told
+        ("killed by SIGKILL", "exceeded its memory bound ...")."""
         try:
-            return f"worker {await self.actor.wait_exit.remote()}"
+            return str(await self.actor.wait_exit.remote())
         except Exception as exc:  # RayActorError: the actor died (killed, its node lost)
-            return f"its Ray actor {self.name} died ({type(exc).__name__})"
+            return f"ended with its Ray actor {self.name} ({type(exc).__name__})"
 
     async def stop(self, timeout: float) -> None:
         """Stop the worker (SIGTERM, then SIGKILL after `timeout`), then the actor for good."""

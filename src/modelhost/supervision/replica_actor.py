@@ -7,6 +7,10 @@ sandboxed, with the allow-listed environment of `worker_env`) as its child. The 
 listens on TCP: the actor binds the socket (so it knows the port before the worker runs) and
 hands it down; every connection must prove the replica's key (wire/handshake.py).
 
+The actor keeps the worker's memory bound (`memory_mb`) as the gateway does for a local
+worker (`memory.py`): it polls the worker's resident memory and kills it past the bound, and
+the exit it reports names the bound.
+
 The actor lives exactly as long as its worker: when the worker process exits without being
 asked to, the actor exits too, so Ray restarts it (`max_restarts`) and the new actor starts
 a new worker, with or without a gateway watching. Requests never pass through Ray: the
@@ -22,10 +26,12 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from modelhost.supervision.memory import POLL_S, over_bound
 from modelhost.supervision.worker_env import worker_environ
 from modelhost.wire.spec import WorkerSpec
 
@@ -48,6 +54,8 @@ class ReplicaActor:
         self.stopping = False
         self.ready = threading.Event()
         self.exited = threading.Event()
+        self.reported = threading.Event()  # a `wait_exit` call is answering with `exit`
+        self.exceeded = ""  # why the memory bound killed the worker ("" = it did not)
         # The thread that starts the worker waits for it: Linux's parent-death signal (the
         # worker's and the fetch step's `die_with_parent`) follows the creating thread.
         threading.Thread(target=self._run, name="replica", daemon=True).start()
@@ -66,6 +74,7 @@ class ReplicaActor:
         """Blocks until the worker exits; how it ended (the actor itself exits right after
         when it was not asked to stop, so this call then fails with the actor's death)."""
         self.exited.wait()
+        self.reported.set()
         return self.exit
 
     def node(self) -> str:
@@ -103,15 +112,33 @@ class ReplicaActor:
             self.failure = f"the replica could not start: {type(exc).__name__}: {exc}"
             self.ready.set()
             return
-        if self.proc is None:  # it failed, and said why
+        proc = self.proc
+        if proc is None:  # it failed, and said why
             return
-        code = self.proc.wait()
-        self.exit = _exit_reason(code)
+        if self.spec.memory_mb > 0:
+            threading.Thread(target=self._guard_memory, args=(proc,), daemon=True).start()
+        code = proc.wait()
+        self.exit = self.exceeded or _exit_reason(code)
         self.exited.set()
         if not self.stopping:
             log.error("worker %s %s: actor exits, Ray restarts it", self.spec.pod_name, self.exit)
+            # Let a waiting gateway hear how the worker ended before the actor's death
+            # (else it only learns that the actor died).
+            if self.reported.wait(1.0):
+                time.sleep(0.2)
             logging.shutdown()
             os._exit(WORKER_EXITED)
+
+    def _guard_memory(self, proc: subprocess.Popen[bytes]) -> None:
+        """Every `POLL_S` while the worker runs: past its bound, SIGKILL (it may be stuck)."""
+        limit = self.spec.memory_mb
+        while not self.exited.wait(POLL_S):
+            exceeded = over_bound(proc.pid, limit)
+            if exceeded:
+                self.exceeded = exceeded
+                log.error("worker %s %s", self.spec.pod_name, exceeded)
+                proc.kill()  # Popen checks that it has not been reaped (no reused pid)
+                return
 
     def _start(self) -> None:
         spec = self.spec
