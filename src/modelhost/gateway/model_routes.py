@@ -179,7 +179,7 @@ class ModelRoutes:
             latency.observe(entry, workers, status, perf_counter() - started)
         # Sampled access lines; every 5xx but 503 (not ready: the supervisor logs why) too.
         if (self.sample and n % self.sample == 0) or (status >= 500 and status != 503):
-            _log_access(scope, status, rid)
+            _log_access(scope, status)
 
     async def _wait(
         self, fut: asyncio.Future[Reply | Stream], channel: WorkerChannel, receive: Receive
@@ -455,11 +455,10 @@ async def _abort(send: Send, head: Head, exc: ModelhostError) -> None:
     await send(ABORT)
 
 
-def _log_access(scope: Scope, status: int, rid: str) -> None:
+def _log_access(scope: Scope, status: int) -> None:
+    """In the request's task: the line names the request (`REQUEST_ID`)."""
     level = logging.WARNING if status >= 500 else logging.INFO
-    access_log.log(
-        level, "%s %s %d", scope["method"], scope["path"], status, extra={"request_id": rid}
-    )
+    access_log.log(level, "%s %s %d", scope["method"], scope["path"], status)
 
 
 async def _watch_client(
