@@ -38,6 +38,8 @@ class RayCluster:
     temp_dir: Path
     address: str = ""
     logs: list[str] = field(default_factory=list)
+    # The second node's own environment (its `ray start`'s), e.g. MODELHOST_NODE_HOME.
+    node_b_env: dict[str, str] = field(default_factory=dict)
 
     def _ports(self) -> list[str]:
         args = []
@@ -53,14 +55,19 @@ class RayCluster:
             args += [flag, str(free_port())]
         return args
 
-    def _start(self, args: list[str], temp: Path) -> None:
+    def _start(self, args: list[str], temp: Path, env: dict[str, str] | None = None) -> None:
         common = [f"--node-ip-address={NODE_IP}", f"--temp-dir={temp}", "--disable-usage-stats"]
         run = subprocess.run(
             [RAY, "start", *args, *common, *self._ports()],
             capture_output=True,
             text=True,
             timeout=180,
-            env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", MARKER: str(self.temp_dir)},
+            env={
+                **os.environ,
+                **(env or {}),
+                "RAY_USAGE_STATS_ENABLED": "0",
+                MARKER: str(self.temp_dir),
+            },
             check=False,
         )
         self.logs.append(run.stdout + run.stderr)
@@ -88,6 +95,7 @@ class RayCluster:
                 "--resources=" + json.dumps({"node_b": 10}),
             ],
             self.temp_dir / "b",
+            self.node_b_env,
         )
         return self
 

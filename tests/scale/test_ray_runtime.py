@@ -51,9 +51,17 @@ async def predict(payload_dict: dict, **kwargs):
 """
 
 
+# Node b keeps its replicas' files in a home of its own (MODELHOST_NODE_HOME), node a in the
+# gateway's paths (the default).
+NODE_HOME = "mh-node-b-home"
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RayCluster]:
-    ray_cluster = new_cluster().start()
+    ray_cluster = new_cluster()
+    node_home = ray_cluster.temp_dir / NODE_HOME
+    ray_cluster.node_b_env["MODELHOST_NODE_HOME"] = str(node_home)
+    ray_cluster.start()
     try:
         yield ray_cluster
     finally:
@@ -166,6 +174,14 @@ def test_two_replicas_serve_from_both_nodes(
     assert sorted(pods) == ["spread-mh-v1-r0", "spread-mh-v1-r1"], pods
     nodes = _actor_nodes(cluster, gateway.extra_env["MODELHOST_RAY_NAMESPACE"])
     assert len(set(nodes.values())) == 2, f"both replicas on one node: {nodes}"
+    # Each worker keeps its files where its node says: node b in MODELHOST_NODE_HOME (its
+    # folder, its model files, its spec), node a in the gateway's paths.
+    folders = sorted(os.readlink(f"/proc/{pid}/cwd") for pid in _worker_pids(gateway.home))
+    node_home = cluster.temp_dir / NODE_HOME
+    assert [f.startswith(str(node_home)) for f in folders].count(True) == 1, folders
+    assert [f.startswith(str(gateway.home)) for f in folders].count(True) == 1, folders
+    assert list((node_home / "versions" / "ray" / "slow" / "v1").glob("model.py")), folders
+    assert list((node_home / "run").glob("*.json")), folders
 
 
 def test_worker_tcp_socket_refuses_a_client_without_the_secret(
@@ -201,21 +217,20 @@ def test_a_restarted_gateway_attaches_to_the_running_replicas(
     assert _worker_pids(gateway.home) == before, "the replicas were started again"
 
 
+def _ours(cmdline: bytes, home: Path) -> bool:
+    """A modelhost worker of this gateway: its spec under the gateway's home or node b's."""
+    return b"modelhost.worker\0" in cmdline and (
+        str(home).encode() in cmdline or f"/{NODE_HOME}/".encode() in cmdline
+    )
+
+
 def _worker_pids(home: Path) -> set[int]:
-    return {
-        pid
-        for pid in _all_pids()
-        if b"modelhost.worker\0" in _cmdline(pid) and str(home).encode() in _cmdline(pid)
-    }
+    return {pid for pid in _all_pids() if _ours(_cmdline(pid), home)}
 
 
 def _worker_ports(home: Path) -> list[int]:
     """TCP ports our modelhost workers listen on (found from /proc, by their spec paths)."""
-    pids = [
-        pid
-        for pid in _all_pids()
-        if b"modelhost.worker\0" in _cmdline(pid) and str(home).encode() in _cmdline(pid)
-    ]
+    pids = [pid for pid in _all_pids() if _ours(_cmdline(pid), home)]
     inodes = {}
     for pid in pids:
         try:
@@ -427,8 +442,7 @@ def _worker_pid(home: Path, name: str) -> int:
     """The worker process that runs replica `name`'s spec under this gateway's home."""
     for pid in _all_pids():
         cmdline = _cmdline(pid)
-        ours = b"modelhost.worker\0" in cmdline and str(home).encode() in cmdline
-        if ours and f'"pod_name": "spread-{name}"'.encode() in _spec_pod(cmdline):
+        if _ours(cmdline, home) and f'"pod_name": "spread-{name}"'.encode() in _spec_pod(cmdline):
             return pid
     raise AssertionError(f"no worker process for {name}")
 

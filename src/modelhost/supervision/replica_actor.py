@@ -7,6 +7,10 @@ sandboxed, with the allow-listed environment of `worker_env`) as its child. The 
 listens on TCP: the actor binds the socket (so it knows the port before the worker runs) and
 hands it down; every connection must prove the replica's key (wire/handshake.py).
 
+The replica's files (its spec, the model folder, the download cache, the worker's home)
+are kept under the node's own `MODELHOST_NODE_HOME` when its environment sets it, else at
+the gateway's paths, made on the node (`on_this_node`).
+
 The actor keeps the worker's memory bound (`memory_mb`) as the gateway does for a local
 worker (`memory.py`): it polls the worker's resident memory and kills it past the bound, and
 the exit it reports names the bound.
@@ -38,6 +42,9 @@ from modelhost.wire.spec import WorkerSpec
 log = logging.getLogger("modelhost.replica")
 # A worker that exits on its own makes the actor exit with this (Ray then restarts it).
 WORKER_EXITED = 75
+# Set in a node's environment (`MODELHOST_NODE_HOME=/data/modelhost ray start ...`): where
+# replicas on that node keep their files; unset, they use the gateway's paths.
+NODE_HOME_ENV = "MODELHOST_NODE_HOME"
 
 
 class ReplicaActor:
@@ -141,7 +148,7 @@ class ReplicaActor:
                 return
 
     def _start(self) -> None:
-        spec = self.spec
+        spec = self.spec = on_this_node(self.spec, os.environ.get(NODE_HOME_ENV, ""))
         if not self.host:
             import ray
 
@@ -176,6 +183,25 @@ class ReplicaActor:
         )
         listener.close()  # the worker holds its own copy
         self.ready.set()
+
+
+def on_this_node(spec: WorkerSpec, node_home: str) -> WorkerSpec:
+    """The spec with its folders where this node keeps them: under `node_home` (the node's
+    `MODELHOST_NODE_HOME`) laid out as a gateway's home is, hidden from the worker as the
+    gateway hides its own; unchanged (the gateway's paths, made on this node) when it is
+    empty."""
+    if not node_home:
+        return spec
+    home = Path(node_home).absolute()
+    run, versions = home / "run", home / "versions"
+    return replace(
+        spec,
+        socket_path=str(run / Path(spec.socket_path).name),
+        version_dir=str(versions / spec.prefix / spec.name / f"v{spec.version}"),
+        cache_dir=str(home / "cache"),
+        work_dir=str(home / "work" / Path(spec.work_dir).name),
+        hide_paths=[*spec.hide_paths, str(home), str(run), str(versions)],
+    )
 
 
 def _private(path: Path) -> Path:
