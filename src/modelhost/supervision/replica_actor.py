@@ -78,8 +78,9 @@ class ReplicaActor:
         return self.host, self.port, self.spec.store_key
 
     def wait_exit(self) -> str:
-        """Blocks until the worker exits; how it ended (the actor itself exits right after
-        when it was not asked to stop, so this call then fails with the actor's death)."""
+        """Blocks until the worker exits; how it ended. When it was not asked to stop, the
+        actor exits right after, once this answer is on its way (or after at most 1.2 s:
+        the call may then fail with the actor's death instead)."""
         self.exited.wait()
         self.reported.set()
         return self.exit
