@@ -21,6 +21,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Protocol
 
 from modelhost.auth.passwords import hash_password, verify_password
@@ -68,20 +69,19 @@ class LoginThrottle:
     async def failed(self, keys: Mapping[str, int | None]) -> None:
         """Count a failed login against each key (its account, its address), in one write;
         a key's value: the failures it may have before it locks (None: `max_failures`)."""
-
-        def lock_s(limit: int) -> Callable[[int], float]:
-            def lock(count: int) -> float:
-                over = count - limit
-                if over < 0:
-                    return 0.0
-                return min(self.max_lock_s, self.base_lock_s * 2 ** min(over, 60))
-
-            return lock
-
-        locks = {key: lock_s(limit or self.max_failures) for key, limit in keys.items()}
+        locks = {
+            key: partial(self._lock_s, limit or self.max_failures) for key, limit in keys.items()
+        }
         await asyncio.to_thread(
             self.store.record_login_failures, locks, self._clock(), self.window_s
         )
+
+    def _lock_s(self, limit: int, count: int) -> float:
+        """The lockout the `count`-th failure earns a key allowed `limit` failures."""
+        over = count - limit
+        if over < 0:
+            return 0.0
+        return min(self.max_lock_s, self.base_lock_s * 2 ** min(over, 60))
 
     async def succeeded(self, key: str) -> None:
         await asyncio.to_thread(self.store.clear_login_failures, key)
