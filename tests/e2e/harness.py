@@ -157,9 +157,8 @@ def model_dir(tmp: Path, name: str, source: str, model_json: str | None = None) 
     """A model folder from a file in tests/e2e/models or from literal source."""
     folder = tmp / name
     folder.mkdir(parents=True, exist_ok=True)
-    src = MODELS / source
-    if src.is_file():
-        shutil.copy(src, folder / "model.py")
+    if "\n" not in source and (MODELS / source).is_file():
+        shutil.copy(MODELS / source, folder / "model.py")
     else:
         (folder / "model.py").write_text(source)
     if model_json is not None:

@@ -3,6 +3,7 @@ own prometheus_client metrics merged from its multiprocess folder."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,15 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelhost.gateway.metrics import metrics_registry, render
+from modelhost.gateway.model_metrics import ModelMetricsCollector
 from modelhost.gateway.routes import RouteTable
-from modelhost.supervision.worker_env import fresh_metrics_dir, remove_metrics_dir, replica_home
+from modelhost.supervision.worker_env import (
+    fresh_metrics_dir,
+    merged_metrics,
+    metrics_dir,
+    remove_metrics_dir,
+    replica_home,
+)
 
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
@@ -47,7 +55,8 @@ def _entry(prefix: str, name: str, **versions: Any) -> Any:
 
 
 def _scrape(routes: RouteTable, workers_dir: Path | None = None) -> Samples:
-    text = render(metrics_registry(routes, None, workers_dir)).decode()
+    models = ModelMetricsCollector(routes, workers_dir) if workers_dir is not None else None
+    text = render(metrics_registry(routes, None, models)).decode()
     out: Samples = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -151,3 +160,43 @@ def test_stopped_versions_and_exited_workers(tmp_path: Path) -> None:
     # a version stopped for good: the supervisor removes its replicas' folders
     remove_metrics_dir(replica_home(tmp_path, 1, 0))
     assert not (replica_home(tmp_path, 1, 0) / "prometheus").exists()
+
+
+class _Actor:
+    """A Ray replica's side as `ModelMetricsCollector` sees it (`RemoteWorker.metrics`): its
+    worker's files merged where they are, on its node (here another folder), or nothing
+    when its actor did not answer in time."""
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+        self.asked: list[float] = []
+
+    async def metrics(self, timeout: float) -> list[Any]:
+        self.asked.append(timeout)
+        return merged_metrics(self.folder) if self.folder is not None else []
+
+
+def test_ray_replicas_metrics_come_from_their_actors(tmp_path: Path) -> None:
+    node = tmp_path / "node-b"
+    _worker_writes(fresh_metrics_dir(node / "w1-0"), "remote", 5)
+    # a folder at the gateway's path for the same replica is not read: its files are the node's
+    _worker_writes(fresh_metrics_dir(replica_home(tmp_path / "gw", 1, 0)), "stale", 9)
+    _worker_writes(fresh_metrics_dir(replica_home(tmp_path / "gw", 2, 0)), "local", 3)
+    on_node, silent = _replica(0), _replica(1)
+    on_node.remote = _Actor(metrics_dir(node / "w1-0"))
+    silent.remote = _Actor(None)
+    routes = _Routes(
+        _entry("p", "a", v1=_version(1, "ready", on_node, silent)),
+        _entry("p", "b", v2=_version(2, "ready", _replica(0))),
+    )
+    models = ModelMetricsCollector(routes, tmp_path / "gw")
+    asyncio.run(models.fetch_remote(timeout=1.5))
+    assert on_node.remote.asked == [1.5] and silent.remote.asked == [1.5]
+    text = render(metrics_registry(routes, None, models)).decode()
+    hits = {
+        (s.labels["model"], s.labels["replica"], s.labels["exported_model"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "hits_total"
+    }
+    assert hits == {("a", "0", "remote"): 5, ("b", "0", "local"): 3}

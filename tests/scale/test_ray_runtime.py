@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
@@ -44,9 +45,14 @@ SLOW = """
 import asyncio
 import os
 
+from prometheus_client import Counter
+
+CALLS = Counter("slow_calls", "Predictions answered.")
+
 
 async def predict(payload_dict: dict, **kwargs):
     await asyncio.sleep(float(payload_dict.get("sleep", 0)))
+    CALLS.inc()
     return {"pid": os.getpid()}
 """
 
@@ -182,6 +188,35 @@ def test_two_replicas_serve_from_both_nodes(
     assert [f.startswith(str(gateway.home)) for f in folders].count(True) == 1, folders
     assert list((node_home / "versions" / "ray" / "slow" / "v1").glob("model.py")), folders
     assert list((node_home / "run").glob("*.json")), folders
+
+
+def test_each_replicas_own_metrics_reach_the_gateways_metrics(
+    gateway: Server, spread: dict[str, Any]
+) -> None:
+    """The model's Counter, counted by each worker on its node (node b's files in its node
+    home, where the gateway never looks), shows in the gateway's /metrics once per replica:
+    the gateway asks each replica's actor for its worker's metrics."""
+
+    def calls() -> dict[str, float]:
+        r = httpx.get(gateway.url + "/metrics", headers=admin, timeout=30)
+        assert r.status_code == 200, r.text
+        return {
+            s.labels["replica"]: s.value
+            for family in text_string_to_metric_families(r.text)
+            for s in family.samples
+            if s.name == "slow_calls_total" and s.labels.get("model") == "slow"
+        }
+
+    admin = bearer(gateway.admin_token())
+    before = calls()
+    pods: Counter[str] = Counter()
+    for _ in range(20):
+        r = httpx.post(spread["url"], json={}, headers=spread["headers"], timeout=30)
+        assert r.status_code == 200, r.text
+        pods[r.headers["x-prt-pod-name"].rsplit("-r", 1)[1]] += 1
+    after = calls()
+    assert sorted(after) == ["0", "1"], after
+    assert {k: after[k] - before.get(k, 0) for k in after} == dict(pods), (before, after)
 
 
 def test_worker_tcp_socket_refuses_a_client_without_the_secret(

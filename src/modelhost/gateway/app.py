@@ -31,6 +31,7 @@ from modelhost.gateway.console import ConsoleParts, console_app
 from modelhost.gateway.deployer import Deployer
 from modelhost.gateway.metrics import metrics_registry
 from modelhost.gateway.metrics import render as render_metrics
+from modelhost.gateway.model_metrics import ModelMetricsCollector
 from modelhost.gateway.model_routes import ModelRoutes
 from modelhost.gateway.reconcile import Reconciler
 from modelhost.gateway.routes import RouteTable
@@ -65,7 +66,8 @@ class Gateway:
         self.autoscaler = Autoscaler(settings, lambda: list(supervised.values()))
         meta = with_autoscale_status(self.versions.meta, self.autoscaler)
         self._models = ModelRoutes(settings, self.auth, self.routes, meta, self.autoscaler.wake)
-        self._metrics = metrics_registry(self.routes, self._models.latency, settings.workers_dir)
+        self._model_metrics = ModelMetricsCollector(self.routes, settings.workers_dir)
+        self._metrics = metrics_registry(self.routes, self._models.latency, self._model_metrics)
         self._console = console_app(
             ConsoleParts(
                 settings,
@@ -136,7 +138,8 @@ class Gateway:
         left = max(0.0, started + self.settings.drain_timeout_s - time.monotonic())
         await self.versions.shutdown(left)
 
-    def metrics_text(self) -> bytes:
+    async def metrics_text(self) -> bytes:
+        await self._model_metrics.fetch_remote()  # Ray replicas' own metrics, from their nodes
         return render_metrics(self._metrics)
 
 

@@ -10,7 +10,7 @@ a cap (`console_io.read_body`).
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -50,7 +50,7 @@ class ConsoleParts:
     deployer: Deployer
     versions: VersionAdmin
     model_meta: MetaFn
-    metrics_text: Callable[[], bytes]
+    metrics_text: Callable[[], Awaitable[bytes]]
 
 
 class _IdConvertor(IntegerConvertor):
@@ -158,7 +158,7 @@ class StatusHandlers:
     def __init__(
         self,
         routes: RouteTable,
-        metrics_text: Callable[[], bytes],
+        metrics_text: Callable[[], Awaitable[bytes]],
         admin: AdminHandlers,
         metrics_token: str,
     ) -> None:
@@ -202,7 +202,7 @@ class StatusHandlers:
         """Metrics name every prefix and model: only the metrics token or an admin reads them."""
         if not self._metrics_token(request):
             await self.admin.admin(request)
-        return Response(self.metrics_text(), media_type="text/plain; version=0.0.4")
+        return Response(await self.metrics_text(), media_type="text/plain; version=0.0.4")
 
     def _metrics_token(self, request: Request) -> bool:
         presented = request.headers.get("authorization", "")

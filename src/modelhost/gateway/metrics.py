@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -30,6 +29,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from modelhost.gateway.model_metrics import ModelMetricsCollector
     from modelhost.gateway.routes import ModelEntry, RouteTable
     from modelhost.supervision.supervisor import VersionWorkers
 
@@ -239,19 +239,17 @@ def _inflight(replica: object) -> int:
 def metrics_registry(
     routes: RouteTable,
     latency: LatencyRecorder | None = None,
-    workers_dir: Path | None = None,
+    models: ModelMetricsCollector | None = None,
 ) -> CollectorRegistry:
-    """The gateway's collectors; with `workers_dir`, also the workers' own metrics
+    """The gateway's collectors; with `models`, also the workers' own metrics
     (`model_metrics.py`)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RouteCollector(routes))
     registry.register(VersionCollector(routes))
     if latency is not None:
         registry.register(LatencyCollector(latency))
-    if workers_dir is not None:
-        from modelhost.gateway.model_metrics import ModelMetricsCollector
-
-        registry.register(ModelMetricsCollector(routes, workers_dir))
+    if models is not None:
+        registry.register(models)
     return registry
 
 

@@ -60,6 +60,15 @@ class RemoteWorker:
         except Exception as exc:  # RayActorError: the actor died (killed, its node lost)
             return f"ended with its Ray actor {self.name} ({type(exc).__name__})"
 
+    async def metrics(self, timeout: float) -> list[Any]:
+        """The worker's own prometheus_client metrics, merged on its node; [] when the actor
+        does not answer within `timeout` (restarting, its node lost)."""
+        try:
+            return list(await asyncio.wait_for(self.actor.metrics.remote(), timeout))
+        except Exception as exc:
+            log.debug("replica %s's metrics: %s: %s", self.name, type(exc).__name__, exc)
+            return []
+
     async def stop(self, timeout: float) -> None:
         """Stop the worker (SIGTERM, then SIGKILL after `timeout`), then the actor for good."""
         import ray

@@ -15,6 +15,9 @@ The actor keeps the worker's memory bound (`memory_mb`) as the gateway does for 
 worker (`memory.py`): it polls the worker's resident memory and kills it past the bound, and
 the exit it reports names the bound.
 
+The worker's own Prometheus metrics stay on the node too: `metrics()` merges its files there
+for the gateway's `/metrics`.
+
 The actor lives exactly as long as its worker: when the worker process exits without being
 asked to, the actor exits too, so Ray restarts it (`max_restarts`) and the new actor starts
 a new worker, with or without a gateway watching. Requests never pass through Ray: the
@@ -35,8 +38,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.multiprocess import mark_process_dead
+
 from modelhost.supervision.memory import POLL_S, over_bound
-from modelhost.supervision.worker_env import worker_environ
+from modelhost.supervision.worker_env import merged_metrics, metrics_dir, worker_environ
 from modelhost.wire.spec import WorkerSpec
 
 log = logging.getLogger("modelhost.replica")
@@ -84,6 +89,15 @@ class ReplicaActor:
         self.exited.wait()
         self.reported.set()
         return self.exit
+
+    def metrics(self) -> list[Any]:
+        """The worker's own prometheus_client metrics (`PROMETHEUS_MULTIPROC_DIR` in its home
+        on this node), merged; an exited worker's `live*` gauges left out."""
+        folder = metrics_dir(self.spec.work_dir)
+        proc = self.proc
+        if proc is not None and self.exited.is_set():
+            mark_process_dead(proc.pid, str(folder))
+        return merged_metrics(folder)
 
     def node(self) -> str:
         """The Ray node this replica runs on."""

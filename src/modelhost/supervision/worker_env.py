@@ -8,15 +8,22 @@ MODELHOST_WORKER_ENV_PASSTHROUGH, and the model's own `"env"` object from model.
 It also gets `PROMETHEUS_MULTIPROC_DIR`: a folder inside its own HOME (so writable inside its
 sandbox), emptied at every start. prometheus_client then keeps every metric the process
 makes (the model's own, the LLM engine's `vllm:*`) in memory-mapped files there, which the
-gateway merges into its `/metrics` at scrape time (`gateway/model_metrics.py`).
+gateway merges into its `/metrics` at scrape time (`gateway/model_metrics.py`; for a Ray
+replica its actor merges them on its node, `merged_metrics`).
 """
 
 from __future__ import annotations
 
+import glob
+import logging
+import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from modelhost.wire.model_folder import model_env
 
@@ -60,6 +67,7 @@ ALLOWED = frozenset(
 )
 ALLOWED_PREFIXES = ("LC_", "MKL_", "OPENBLAS_")
 METRICS_SUBDIR = "prometheus"
+log = logging.getLogger("modelhost.metrics")
 
 
 def passthrough_names(setting: str) -> list[str]:
@@ -108,3 +116,16 @@ def fresh_metrics_dir(home: str | Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
+
+
+def merged_metrics(folder: str | Path) -> list[Metric]:
+    """The metrics a worker keeps in `folder`, merged over its processes' files; [] while it
+    has none, or when a file is being replaced as it is read (the next scrape has them)."""
+    files = glob.glob(os.path.join(folder, "*.db"))
+    if not files:
+        return []
+    try:
+        return list(MultiProcessCollector.merge(files, accumulate=True))
+    except Exception as exc:
+        log.debug("could not read the metrics in %s: %s", folder, exc)
+        return []
