@@ -34,8 +34,10 @@ systems run alone afterwards, the short workload only, one run each:
 - ``llama-server``: llama.cpp's C++ server, built from the llama.cpp vendored in the pinned
   llama-cpp-python sdist (bench/llama_server_build.py, on first use: minutes), ``-np 32
   -t <cores>``, same GGUF;
-- ``batched-bench``: ``llama-batched-bench`` once, decode tok/s at each level's number of
-  sequences: the ceiling line on the plot (bench/llama_batched.py);
+- ``batched-bench``: ``llama-batched-bench``'s decode tok/s at each level's number of
+  sequences, measured in every round of the short workload beside the two servers (the
+  median of its rounds; once, alone, when that workload is not run): the ceiling line on
+  the plot (bench/llama_batched.py);
 - ``engine``: `modelhost.llm.LLMEngine` with N concurrent ``generate()`` calls, no HTTP
   (bench/engine_loop.py, run by bench/llm_engine.py) -- the ceiling; ``plain``
   (opt-in): that file's bare batched llama.cpp loop;
@@ -60,9 +62,11 @@ Prints the tables (bench/llm_report.py); writes bench/results/llm.json, bench/re
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -192,12 +196,22 @@ async def _measure(
 
 
 def bench_paired(
-    runnings: list[Running], spec: Spec, levels: list[int], rounds: int, per_client: int
+    runnings: list[Running],
+    spec: Spec,
+    levels: list[int],
+    rounds: int,
+    per_client: int,
+    ceiling: dict[int, list[float]] | None = None,
 ) -> list[dict[str, Any]]:
     """Every system at every level, ``rounds`` times, the order flipping each round; one raw
     row per measurement (``round`` set). Each measurement starts further on in the prompt
     list (both systems alike), so that a workload of distinct prompts (``prefill``) does not
-    meet a prompt again that a server may still hold in its prefix cache."""
+    meet a prompt again that a server may still hold in its prefix cache.
+
+    With ``ceiling``, ``llama-batched-bench`` at the level's number of sequences takes its
+    turn in every round too (last, then first: the servers idle meanwhile), its decode
+    tok/s appended to ``ceiling[level]``: a ceiling measured once, minutes away from the
+    servers' rounds, moved 5% with the host between two runs of one session."""
 
     async def go() -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
@@ -209,8 +223,17 @@ def bench_paired(
             start = min(4, max(levels))  # after the warm-up's prompts
             for level in levels:
                 for n in range(rounds):
-                    pairs = list(zip(runnings, clients, strict=True))
-                    for running, client in pairs if n % 2 == 0 else pairs[::-1]:
+                    turns: list[tuple[Running, Any] | None] = [*zip(runnings, clients, strict=True)]
+                    if ceiling is not None:
+                        turns.append(None)
+                    for turn in turns if n % 2 == 0 else turns[::-1]:
+                        if turn is None:
+                            assert ceiling is not None
+                            got = await asyncio.to_thread(ceiling_at, level)
+                            ceiling.setdefault(level, []).append(got)
+                            print(f"  batched-bench npl={level}: {got} tok/s", file=sys.stderr)
+                            continue
+                        running, client = turn
                         row = await _measure(client, running, spec, level, per_client, start)
                         row.update(workload=spec.name, round=n)
                         rows.append(row)
@@ -283,15 +306,37 @@ def bench_engine(
     return rows
 
 
+CEILING_TOOL = "llama-batched-bench -npp 32 -ntg 128 (separate KV per sequence, its default)"
+
+
+def ceiling_at(level: int) -> float:
+    """``llama-batched-bench``'s decode tok/s with ``level`` sequences."""
+    from bench.llama_batched import batched_bench
+
+    (row,) = batched_bench([level], tg=MAX_TOKENS)
+    return round(float(row["speed_tg"]), 1)
+
+
 def bench_ceiling(levels: list[int]) -> dict[str, Any]:
-    """``llama-batched-bench`` once: decode tok/s at each level's number of sequences."""
+    """``llama-batched-bench`` once: decode tok/s at each level's number of sequences (when
+    the short workload, which measures it in its rounds, is not run)."""
     from bench.llama_batched import batched_bench
 
     got = batched_bench(levels, tg=MAX_TOKENS)
     return {
-        "tool": "llama-batched-bench -npp 32 -ntg 128 (separate KV per sequence, its default)",
+        "tool": CEILING_TOOL,
         "decode_tok_s": {str(r["pl"]): round(float(r["speed_tg"]), 1) for r in got},
         "raw": got,
+    }
+
+
+def ceiling_of_rounds(rounds: dict[int, list[float]]) -> dict[str, Any]:
+    """The ceiling measured in the short workload's rounds: the median per level."""
+    return {
+        "tool": CEILING_TOOL,
+        "measured": "in every round of the short workload, taking turns with the servers",
+        "decode_tok_s": {str(k): round(statistics.median(v), 1) for k, v in rounds.items()},
+        "rounds": {str(k): v for k, v in rounds.items()},
     }
 
 
@@ -487,11 +532,15 @@ def main() -> None:
         }
         if "llama-server" in systems or "batched-bench" in systems:
             _build_llama(failures)
+        in_rounds: dict[int, list[float]] = {}
         for spec in specs if paired else []:
+            beside = in_rounds if spec.name == "short" and "batched-bench" in systems else None
             raw += _bench_paired_spec(
-                spec, paired, paired_starters, args, load, memory, failures, server_logs
+                spec, paired, paired_starters, args, load, memory, failures, server_logs, beside
             )
-        if "batched-bench" in systems:
+        if in_rounds:
+            ceiling = ceiling_of_rounds(in_rounds)
+        elif "batched-bench" in systems:
             _note_load("batched-bench", load)
             try:
                 ceiling = bench_ceiling(args.levels)
@@ -552,8 +601,10 @@ def _bench_paired_spec(
     memory: dict[str, Any],
     failures: dict[str, str],
     server_logs: dict[str, str],
+    ceiling: dict[int, list[float]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One workload on modelhost and llama-server, both up, in alternating rounds."""
+    """One workload on modelhost and llama-server, both up, in alternating rounds (with
+    ``ceiling``, llama-batched-bench in them too: `bench_paired`)."""
     phase = f"{spec.name}: {', '.join(paired)}"
     _note_load(phase, load)
     try:
@@ -562,7 +613,7 @@ def _bench_paired_spec(
             runnings = [stack.enter_context(starters[s](slots)) for s in paired]
             levels = spec.levels or args.levels
             per_client = spec.per_client or args.requests_per_client
-            rows = bench_paired(runnings, spec, levels, args.rounds, per_client)
+            rows = bench_paired(runnings, spec, levels, args.rounds, per_client, ceiling)
             for running in runnings:
                 system = running.target.system
                 memory.setdefault(spec.name, {})[system] = running.memory()

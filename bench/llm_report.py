@@ -191,15 +191,35 @@ def workload_lines(data: dict[str, Any]) -> list[str]:
 
 
 def ceiling_line(data: dict[str, Any]) -> list[str]:
+    """The decode ceiling per level and each server's share of it (short chats); measured in
+    the short workload's rounds: the median, ± half the rounds' spread."""
     ceiling = data.get("ceiling") or {}
     if not ceiling.get("decode_tok_s"):
         return []
-    pairs = sorted((int(k), v) for k, v in ceiling["decode_tok_s"].items())
-    return [
-        "",
-        f"`llama-batched-bench` decode ceiling: {' / '.join(_f(v) for _, v in pairs)} tok/s "
-        f"at {' / '.join(str(k) for k, _ in pairs)} sequences.",
-    ]
+    pairs = sorted((int(k), float(v)) for k, v in ceiling["decode_tok_s"].items())
+    rounds = ceiling.get("rounds") or {}
+    cells = []
+    for level, value in pairs:
+        got = rounds.get(str(level)) or []
+        spread = f" ±{50 * (max(got) - min(got)) / value:.0f}%" if len(got) > 1 else ""
+        cells.append(_f(value) + spread)
+    levels = " / ".join(str(k) for k, _ in pairs)
+    how = (
+        f" (median of {max(map(len, rounds.values()))} rounds, beside the servers)"
+        if rounds
+        else ""
+    )
+    line = f"`llama-batched-bench` decode ceiling{how}: {' / '.join(cells)} tok/s"
+    line += f" at {levels} sequences"
+    short = _by(data["results"], "short")
+    shares = []
+    for system in PAIRED:
+        ratios = [_ratio(short.get((system, level)), {"out_tok_s": v}) for level, v in pairs]
+        if any(r != "—" for r in ratios):
+            shares.append(f"{system} {' / '.join(ratios)}")
+    if shares:
+        line += f"; of it: {', '.join(shares)}"
+    return ["", line + "."]
 
 
 def memory_lines(data: dict[str, Any]) -> list[str]:
