@@ -153,14 +153,15 @@ class Server:
         return str(r.json()["token"])
 
 
-def model_dir(tmp: Path, name: str, source: str, model_json: str | None = None) -> Path:
-    """A model folder from a file in tests/e2e/models or from literal source."""
+def model_dir(tmp: Path, name: str, source: str | Path, model_json: str | None = None) -> Path:
+    """A model folder from a file (a path, or a name in tests/e2e/models) or from literal
+    source (text with a line break)."""
     folder = tmp / name
     folder.mkdir(parents=True, exist_ok=True)
-    if "\n" not in source and (MODELS / source).is_file():
+    if "\n" not in str(source) and (MODELS / source).is_file():
         shutil.copy(MODELS / source, folder / "model.py")
     else:
-        (folder / "model.py").write_text(source)
+        (folder / "model.py").write_text(str(source))
     if model_json is not None:
         (folder / "model.json").write_text(model_json)
     return folder
