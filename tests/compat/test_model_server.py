@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +32,14 @@ def _tutorial() -> tuple[str, Path]:
     if not (page.is_file() and mock.is_file()):
         pytest.skip(f"{LLM} is not there (../shared/reference/practicus/)")
     return page.read_text(encoding="utf-8"), mock
+
+
+def _copy_mock(mock: Path, dest: Path) -> None:
+    """The tutorial's mock server file, bound to the loopback address: as written it listens
+    on every interface (`host="0.0.0.0"`), and tests keep their servers on loopback."""
+    source = mock.read_text(encoding="utf-8")
+    assert 'host="0.0.0.0"' in source, "the tutorial's mock server binds another address now"
+    dest.write_text(source.replace('host="0.0.0.0"', 'host="127.0.0.1"'), encoding="utf-8")
 
 
 def _block(page: str, *needles: str) -> str:
@@ -64,7 +71,7 @@ def test_mock_server_at_design_time(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     page, mock = _tutorial()
     import practicuscore as prt
 
-    shutil.copyfile(mock, tmp_path / "mock_llm_server.py")
+    _copy_mock(mock, tmp_path / "mock_llm_server.py")
     monkeypatch.chdir(tmp_path)
     output: list[str] = []
     from openai import OpenAI
@@ -150,7 +157,7 @@ def test_option_3_model_py_with_the_mock_server(server: Server, tmp_path: Path) 
     folder = tmp_path / "option3"
     folder.mkdir()
     (folder / "model.py").write_text(_block(page, "start_serving()", "async def serve"))
-    shutil.copyfile(mock, folder / "mock_llm_server.py")
+    _copy_mock(mock, folder / "mock_llm_server.py")
     (folder / "model.json").write_text(
         json.dumps({"env": {"PRT_SERVE_MODEL": "mock_llm_server.py"}})
     )
