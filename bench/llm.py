@@ -71,7 +71,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +118,10 @@ def _prompts() -> list[str]:
     from bench.engine_loop import PROMPTS  # the engine benchmark's questions, same order
 
     return list(PROMPTS)
+
+
+# One system's measurement at (level, round, first prompt index) in `bench_paired`.
+Turn = Callable[[int, int, int], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -216,6 +220,19 @@ def bench_paired(
     async def go() -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         clients = [new_client(max(levels) + spec.long_clients) for _ in runnings]
+
+        def server_turn(running: Running, client: Any) -> Turn:
+            async def turn(level: int, n: int, start: int) -> None:
+                row = await _measure(client, running, spec, level, per_client, start)
+                row.update(workload=spec.name, round=n)
+                rows.append(row)
+                _progress(row)
+
+            return turn
+
+        turns = [server_turn(r, c) for r, c in zip(runnings, clients, strict=True)]
+        if ceiling is not None:
+            turns.append(_ceiling_turn(ceiling))
         try:
             for running, client in zip(runnings, clients, strict=True):
                 warm = min(4, max(levels))  # warm-up, not counted
@@ -223,21 +240,8 @@ def bench_paired(
             start = min(4, max(levels))  # after the warm-up's prompts
             for level in levels:
                 for n in range(rounds):
-                    turns: list[tuple[Running, Any] | None] = [*zip(runnings, clients, strict=True)]
-                    if ceiling is not None:
-                        turns.append(None)
                     for turn in turns if n % 2 == 0 else turns[::-1]:
-                        if turn is None:
-                            assert ceiling is not None
-                            got = await asyncio.to_thread(ceiling_at, level)
-                            ceiling.setdefault(level, []).append(got)
-                            print(f"  batched-bench npl={level}: {got} tok/s", file=sys.stderr)
-                            continue
-                        running, client = turn
-                        row = await _measure(client, running, spec, level, per_client, start)
-                        row.update(workload=spec.name, round=n)
-                        rows.append(row)
-                        _progress(row)
+                        await turn(level, n, start)
                     start += level * per_client
         finally:
             for client in clients:
@@ -245,6 +249,18 @@ def bench_paired(
         return rows
 
     return run_client(go())
+
+
+def _ceiling_turn(into: dict[int, list[float]]) -> Turn:
+    """`bench_paired`'s turn of llama-batched-bench: its decode tok/s at the level, kept in
+    ``into[level]``."""
+
+    async def turn(level: int, n: int, start: int) -> None:
+        got = await asyncio.to_thread(ceiling_at, level)
+        into.setdefault(level, []).append(got)
+        print(f"  batched-bench npl={level}: {got} tok/s", file=sys.stderr)
+
+    return turn
 
 
 def bench_http(
